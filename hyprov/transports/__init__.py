@@ -1,0 +1,1 @@
+"""Connections to nodes: ``local`` (a directory per node) and ``ssh`` (paramiko)."""
