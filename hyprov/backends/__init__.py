@@ -1,0 +1,121 @@
+"""Where the state document lives: the backend seam.
+
+Every backend stores exactly the document :func:`hyprov.state.to_json`
+produces and offers the same three guarantees, so the planner and applier
+never care which one is in use:
+
+* ``write`` is a compare-and-set on (lineage, serial): a run that read serial
+  N can only replace serial N of the same lineage, never a state some other
+  run wrote in between;
+* ``lock`` is exclusive for a whole plan or apply and says who holds it;
+* nothing half-written is ever visible.
+
+The local file backend is :mod:`hyprov.backends.local`; a PostgreSQL one will
+implement the same Protocol (CAS as ``UPDATE ... WHERE serial = %s``).
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from hyprov.errors import Locked
+from hyprov.state import State
+
+__all__ = ["LockHolder", "StateBackend", "current_holder", "locked_error"]
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds the state lock, shown to whoever is refused it."""
+
+    user: str
+    host: str
+    pid: int
+    since: str  # ISO 8601
+
+    def describe(self) -> str:
+        return f"{self.user}@{self.host} (pid {self.pid}, since {self.since})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"user": self.user, "host": self.host, "pid": self.pid, "since": self.since}
+
+    @classmethod
+    def from_dict(cls, data: object) -> LockHolder | None:
+        """Parse holder info; ``None`` for anything malformed (it is only informative)."""
+        if not isinstance(data, dict):
+            return None
+        user, host, pid, since = (data.get(k) for k in ("user", "host", "pid", "since"))
+        if not (isinstance(user, str) and isinstance(host, str) and isinstance(since, str)):
+            return None
+        if isinstance(pid, bool) or not isinstance(pid, int):
+            return None
+        return cls(user=user, host=host, pid=pid, since=since)
+
+
+def current_holder(now: datetime) -> LockHolder:
+    """This process as a lock holder: ``$USER``, host name, pid, ``now`` in ISO form."""
+    user = os.environ.get("USER")
+    if not user:
+        try:
+            user = getpass.getuser()
+        except (OSError, KeyError):
+            user = f"uid{os.getuid()}"
+    return LockHolder(
+        user=user,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        since=now.isoformat(timespec="seconds"),
+    )
+
+
+def locked_error(holder: LockHolder | None, where: str, waited: float) -> Locked:
+    """The one message every backend gives when the lock is taken."""
+    who = holder.describe() if holder else "another process (holder unknown)"
+    hint = "wait for that run to finish, or give a lock timeout to wait for it"
+    if waited > 0:
+        hint = f"waited {waited:g}s for the lock on {where}; " + hint
+    else:
+        hint = f"lock on {where}; " + hint
+    return Locked(f"state is locked by {who}", hint=hint)
+
+
+class StateBackend(Protocol):
+    """Storage for one state document (see the module docstring for guarantees)."""
+
+    def read(self) -> State | None:
+        """The stored state, upgraded to the current version; ``None`` if there is none.
+
+        Raises :class:`hyprov.errors.StateError` for a corrupt or too-new
+        document (which is left untouched).
+        """
+        ...
+
+    def write(self, state: State, prior_serial: int | None) -> None:
+        """Store ``state`` if the stored one is still what the caller read.
+
+        ``prior_serial`` is the serial the caller read (``None``: it read no
+        state). Refused with :class:`hyprov.errors.StaleState` when the stored
+        lineage or serial moved; refused with
+        :class:`hyprov.errors.StateError` when content changed but the serial
+        did not grow. Writing an unchanged state is a no-op.
+        """
+        ...
+
+    def lock(self, timeout: float, holder: LockHolder) -> AbstractContextManager[None]:
+        """Hold the exclusive lock for the ``with`` block.
+
+        Fails with :class:`hyprov.errors.Locked` (``state is locked by
+        USER@HOST (pid N, since T)``) at once when ``timeout`` is 0, or after
+        polling for ``timeout`` seconds.
+        """
+        ...
+
+    def describe(self) -> str:
+        """Where the state lives, for messages (e.g. ``local state file PATH``)."""
+        ...

@@ -1,0 +1,136 @@
+"""Command line: argparse sub-commands, exit codes, user-facing error lines.
+
+Imports are lazy (inside each command): yaml, cryptography, networkx, jsonschema
+and paramiko together cost ~0.4 s, and a command pays only for what it uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import HyprovError
+
+if TYPE_CHECKING:
+    from .model import Topology
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+
+def _topology(args: argparse.Namespace) -> Topology:
+    from .config import load_topology
+
+    return load_topology(Path(args.file))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    t = _topology(args)
+    print(f"{args.file}: ok: cluster {t.cluster.name}, mtls {t.mode}, "
+          f"{len(t.control_planes)} control plane(s), {len(t.data_planes)} data plane(s)")
+    return EXIT_OK
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from . import kongconf
+
+    t = _topology(args)
+    node = t.node(args.node)
+    if node is None:
+        names = ", ".join(n.name for n in t.nodes) or "none"
+        raise HyprovError(f"no node named {args.node!r} in {args.file}", f"nodes: {names}")
+    password = None
+    if args.show_secrets and t.database and t.database.password_env and node.role == "control_plane":
+        password = os.environ.get(t.database.password_env)
+        if password is None:
+            raise HyprovError(f"--show-secrets: environment variable {t.database.password_env} is not set",
+                              f"export {t.database.password_env}=...")
+    render = kongconf.render_env if args.format == "env" else kongconf.render_conf
+    sys.stdout.write(render(t, node, password))
+    return EXIT_OK
+
+
+def cmd_gen_cert(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from . import pki
+
+    paths = args.paths or []
+    if len(paths) not in (0, 2):
+        raise HyprovError("gen-cert takes both CERT and KEY paths, or neither",
+                          "hyprov gen-cert [CERT KEY] (default ./cluster.crt ./cluster.key)")
+    cert, key = (Path(paths[0]), Path(paths[1])) if paths else (Path("cluster.crt"), Path("cluster.key"))
+    pki.gen_cert(cert, key, days=args.days, key_type=args.key_type, now=datetime.now(UTC))
+    print(f"Successfully generated certificate/key pairs, they have been written to: '{cert}' and '{key}'.")
+    return EXIT_OK
+
+
+def _add_file(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--file", default="hyprov.yaml", help="topology file (default ./hyprov.yaml)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hyprov", description="Declarative provisioning for Kong hybrid mode.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("validate", help="check the topology file and report every problem")
+    _add_file(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("render", help="print one node's kong.conf (or KONG_* environment)")
+    p.add_argument("node")
+    _add_file(p)
+    p.add_argument("--format", choices=("conf", "env"), default="conf")
+    p.add_argument("--show-secrets", action="store_true", help="print the database password instead of (sensitive)")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("gen-cert", help="drop-in for `kong hybrid gen_cert` (shared mode)")
+    p.add_argument("paths", nargs="*", metavar="CERT KEY")
+    p.add_argument("--days", type=int, default=1095)
+    p.add_argument("--key-type", default="ec-p384",
+                   choices=("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096"))
+    p.set_defaults(func=cmd_gen_cert)
+
+    for extra in _EXTRA_COMMANDS:
+        extra(sub)
+    return parser
+
+
+# later modules register their sub-commands here (plan, apply, state, ...)
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except HyprovError as exc:
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("hyprov: error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_ERROR
+    except Exception as exc:  # a bug: one clear line, the traceback only on request
+        if os.environ.get("HYPROV_DEBUG"):
+            raise
+        print(f"hyprov: error: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("hyprov: hint: this is a bug in hyprov; rerun with HYPROV_DEBUG=1 and report the traceback",
+              file=sys.stderr)
+        return EXIT_ERROR
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

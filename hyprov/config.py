@@ -1,0 +1,764 @@
+"""hyprov.yaml -> Topology: YAML with marks, JSON Schema, Kong's own rules.
+
+Every problem is collected (never the first one only) and located at the line
+of what is wrong. Nothing here reads the environment, key files, DNS or hosts:
+``validate`` and ``render`` must run anywhere, e.g. in a pull-request check.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import ipaddress
+import itertools
+import json
+import re
+from collections.abc import Iterator
+from functools import cache
+from importlib import resources as importlib_resources
+from pathlib import Path
+from typing import Any
+
+from . import model as m
+from .errors import ConfigError, HyprovError, Problem
+from .yamlmarks import Document, Path_, load
+
+# kong.conf keys hyprov writes itself, and the topology field to use instead
+MANAGED: dict[str, str] = {
+    "role": "control_planes / data_planes",
+    "database": "database",
+    "pg_host": "database.host",
+    "pg_port": "database.port",
+    "pg_user": "database.user",
+    "pg_password": "database.password_env",
+    "pg_database": "database.database",
+    "cluster_mtls": "cluster.mtls",
+    "cluster_cert": "pki / shared_cert (hyprov installs the certificate)",
+    "cluster_cert_key": "pki / shared_cert (hyprov installs the key)",
+    "cluster_ca_cert": "pki.root",
+    "cluster_server_name": "cluster.server_name",
+    "cluster_control_plane": "cluster.control_plane_endpoint (or the DP's control_plane_endpoint)",
+    "cluster_listen": "the CP's cluster_listen",
+    "cluster_telemetry_listen": "the CP's telemetry_listen",
+    "cluster_telemetry_endpoint": "cluster.telemetry_endpoint",
+    "cluster_telemetry_server_name": "cluster.server_name",
+    "cluster_dp_labels": "the DP's labels",
+    "admin_listen": "the CP's admin_listen",
+    "proxy_listen": "the DP's proxy_listen",
+    "lua_ssl_verify_depth": "pki.intermediates (hyprov derives the depth)",
+}
+
+# keys that exist on the other role: a precise message beats "did you mean"
+_ROLE_ONLY = {
+    "labels": "data planes", "proxy_listen": "data planes", "control_plane_endpoint": "data planes",
+    "server_names": "control planes", "cluster_listen": "control planes",
+    "telemetry_listen": "control planes", "admin_listen": "control planes",
+}
+
+_DNS_NAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+_VERSION_KEYS = {"kong_version", "version"}
+_LISTEN_KEYS = {"cluster_listen", "telemetry_listen", "admin_listen", "proxy_listen"}
+
+
+@cache
+def schema() -> dict[str, Any]:
+    text = importlib_resources.files("hyprov").joinpath("topology.schema.json").read_text("utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+@cache
+def _validator() -> Any:
+    import jsonschema  # lazy: ~0.1 s of import, only commands that load a topology pay it
+
+    return jsonschema.Draft202012Validator(schema())
+
+
+# --------------------------------------------------------------------------- entry
+
+
+def load_topology(path: Path) -> m.Topology:
+    """Read, validate and build the topology; raise ConfigError with every problem."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise HyprovError(f"{path}: no such file", "write a hyprov.yaml (see examples/) or pass -f FILE") from exc
+    except OSError as exc:
+        raise HyprovError(f"{path}: cannot read: {exc.strerror}") from exc
+    return parse_topology(raw, path)
+
+
+def parse_topology(raw: bytes, path: Path) -> m.Topology:
+    file = str(path)
+    doc, problems = load(raw, file)
+    if problems:
+        raise ConfigError(problems)
+    if not isinstance(doc.data, dict):
+        raise ConfigError([doc.problem((), "the top level must be a mapping", "start with 'version: 1'")])
+    _normalize(doc)
+    problems = list(_schema_problems(doc))
+    problems += _Semantics(doc).check()
+    if problems:
+        problems.sort(key=lambda p: (p.line, p.col))
+        raise ConfigError(_dedupe(problems))
+    return _build(doc.data, path.resolve(), hashlib.sha256(raw).hexdigest())
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    seen: set[tuple[int, int, str]] = set()
+    out = []
+    for p in problems:
+        k = (p.line, p.col, p.message)
+        if k not in seen:
+            seen.add(k)
+            out.append(p)
+    return out
+
+
+# --------------------------------------------------------------------- normalize
+
+
+def _normalize(doc: Document) -> None:
+    """YAML 1.1 reads ``off`` as False: for listens that is Kong's ``off``."""
+    for section in ("control_planes", "data_planes"):
+        nodes = doc.data.get(section)
+        if not isinstance(nodes, list):
+            continue
+        for node in nodes:
+            if not isinstance(node, dict):
+                continue
+            for key in _LISTEN_KEYS:
+                if node.get(key) is False:
+                    node[key] = "off"
+
+
+# ------------------------------------------------------------------------ schema
+
+
+def _schema_problems(doc: Document) -> Iterator[Problem]:
+    for error in _validator().iter_errors(doc.data):
+        yield from _explain(doc, error)
+
+
+def _typename(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int):
+        return "an integer"
+    if isinstance(v, float):
+        return "a number"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, list):
+        return "a list"
+    return "a mapping"
+
+
+def _explain(doc: Document, error: Any) -> Iterator[Problem]:
+    path: Path_ = tuple(error.absolute_path)
+    v = error.validator
+    inst = error.instance
+    where = ".".join(str(p) for p in path) or "the top level"
+    if v == "additionalProperties":
+        allowed = list(error.schema.get("properties", {}))
+        for key in inst:
+            if key in allowed:
+                continue
+            if key in _ROLE_ONLY and path and path[0] in ("control_planes", "data_planes"):
+                yield doc.problem((*path, key), f"'{key}' is only for {_ROLE_ONLY[key]}", key=True)
+                continue
+            close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else f"known keys: {', '.join(sorted(allowed))}"
+            yield doc.problem((*path, key), f"unknown key '{key}' in {where}", hint, key=True)
+    elif v == "required":
+        for key in error.validator_value:
+            if isinstance(inst, dict) and key not in inst:
+                yield doc.problem(path, f"{where} is missing the required key '{key}'")
+    elif v == "type":
+        yield _type_problem(doc, path, error.validator_value, inst)
+    elif v in ("enum", "const"):
+        options = error.validator_value if v == "enum" else [error.validator_value]
+        shown = ", ".join(str(o) for o in options)
+        hint = None
+        if isinstance(inst, str):
+            close = difflib.get_close_matches(inst, [str(o) for o in options], n=1)
+            hint = f"did you mean {close[0]}?" if close else None
+        if path == ("version",):
+            yield doc.problem(path, f"version must be 1, not {inst!r}", "this hyprov reads format version 1")
+        elif path and path[-1] == "type" and inst == "cassandra":
+            yield doc.problem(path, "Cassandra is not supported by Kong 3.4 and later", "use type: postgres")
+        elif isinstance(inst, bool):
+            yield _type_problem(doc, path, "string", inst)
+        else:
+            yield doc.problem(path, f"{where}: {inst!r} is not one of {shown}", hint)
+    elif v == "pattern":
+        key = next((p for p in reversed(path) if isinstance(p, str)), "")
+        if key == "name":
+            yield doc.problem(path, f"name {inst!r} is not a DNS label",
+                              "use lowercase letters, digits and '-', at most 63 characters")
+        elif key in _VERSION_KEYS:
+            yield doc.problem(path, f"version {inst!r} does not parse", "write x.y.z (or x.y.z.w for Enterprise)")
+        elif (path and path[-2:-1] == ("labels",)) or (path and path[-1] == "labels"):
+            yield doc.problem(path, f"label {inst!r} may not contain ',' or ':'", None, key=False)
+        elif key in ("conf_path", "cert_dir"):
+            yield doc.problem(path, f"{key} must be an absolute path, not {inst!r}")
+        else:
+            yield doc.problem(path, f"{where}: {inst!r} does not match {error.validator_value}")
+    elif v == "propertyNames":
+        yield doc.problem(path, f"{where}: bad key: {error.message}")
+    elif v in ("minimum", "maximum", "exclusiveMinimum"):
+        key = path[-1] if path else ""
+        if key == "port":
+            yield doc.problem(path, f"port {inst} is out of range 1-65535")
+        else:
+            yield doc.problem(path, f"{where} is {inst}; {error.message.split(' is ', 1)[-1]}")
+    elif v == "maxItems" and path and path[-1] == "intermediates":
+        yield doc.problem(path, f"{len(inst)} intermediates: at most 3 are allowed",
+                          "Kong verifies at most three levels between root and leaf")
+    elif v == "oneOf":
+        key = path[-1] if path else ""
+        if isinstance(inst, bool):
+            yield _type_problem(doc, path, "string", inst)
+        elif key in _LISTEN_KEYS:
+            yield doc.problem(path, f"{key} must be a listen string or a list of them, not {_typename(inst)}",
+                              "e.g. 0.0.0.0:8000 or [0.0.0.0:8000, 0.0.0.0:8443 ssl]")
+        else:
+            yield doc.problem(path, f"{where}: {error.message}")
+    elif v == "minLength":
+        yield doc.problem(path, f"{where} must not be empty")
+    else:
+        yield doc.problem(path, f"{where}: {error.message}")
+
+
+def _type_problem(doc: Document, path: Path_, expected: Any, inst: Any) -> Problem:
+    exp = expected if isinstance(expected, str) else " or ".join(expected)
+    where = ".".join(str(p) for p in path) or "the top level"
+    raw = doc.where(path).raw
+    if isinstance(inst, float | int) and not isinstance(inst, bool) and path and path[-1] in _VERSION_KEYS:
+        shown = raw or str(inst)
+        return doc.problem(path, f"{where} must be a string, not the number {shown}",
+                           f'quote it: "{shown}" (YAML reads 3.10 as 3.1)')
+    if isinstance(inst, bool) and "string" in exp:
+        shown = raw or str(inst).lower()
+        return doc.problem(path, f"{where}: YAML reads {shown} as a boolean, not a string",
+                           f'quote it: "{shown}"')
+    return doc.problem(path, f"{where} must be {exp.replace('object', 'mapping').replace('array', 'list')}, "
+                             f"not {_typename(inst)}")
+
+
+# --------------------------------------------------------------------- semantics
+
+
+def parse_listen(text: str) -> list[m.Listen]:
+    """Kong's listen syntax -> entries; raises ValueError with a reason. ``off`` -> []."""
+    if text.strip() == "off":
+        return []
+    out = []
+    for part in text.split(","):
+        words = part.split()
+        if not words:
+            raise ValueError("empty listen entry")
+        ep = parse_endpoint(words[0])
+        for flag in words[1:]:
+            if not re.fullmatch(r"[a-z0-9_]+(=[A-Za-z0-9_.:-]+)?", flag):
+                raise ValueError(f"bad listen flag {flag!r}")
+        out.append(m.Listen(ep.host, ep.port, tuple(words[1:])))
+    return out
+
+
+def parse_endpoint(text: str) -> m.Endpoint:
+    """``host:port`` (``[v6]:port``) -> Endpoint; ValueError without a port or with a bad one."""
+    mt = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\w+)|([^\s:\[\]]+):(\w+)", text.strip())
+    if not mt:
+        raise ValueError(f"{text!r} needs the form host:port")
+    host = mt.group(1) or mt.group(3)
+    port_s = mt.group(2) or mt.group(4)
+    if not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
+        raise ValueError(f"port {port_s} is out of range 1-65535")
+    return m.Endpoint(host, int(port_s))
+
+
+def listens_of(value: Any) -> list[m.Listen]:
+    items = value if isinstance(value, list) else [value]
+    out: list[m.Listen] = []
+    for item in items:
+        out.extend(parse_listen(str(item)))
+    return out
+
+
+class _Semantics:
+    """Kong's rules (kong-facts.md), applied defensively to possibly malformed data."""
+
+    def __init__(self, doc: Document) -> None:
+        self.doc = doc
+        self.d: dict[str, Any] = doc.data
+        self.problems: list[Problem] = []
+
+    def err(self, path: Path_, message: str, hint: str | None = None, *, key: bool = False) -> None:
+        self.problems.append(self.doc.problem(path, message, hint, key=key))
+
+    def _nodes(self, section: str) -> list[tuple[int, dict[str, Any]]]:
+        items = self.d.get(section)
+        if not isinstance(items, list):
+            return []
+        return [(i, n) for i, n in enumerate(items) if isinstance(n, dict)]
+
+    def _dict(self, *path: str) -> dict[str, Any]:
+        cur: Any = self.d
+        for p in path:
+            cur = cur.get(p) if isinstance(cur, dict) else None
+        return cur if isinstance(cur, dict) else {}
+
+    def check(self) -> list[Problem]:
+        cps = self._nodes("control_planes")
+        dps = self._nodes("data_planes")
+        self._names(cps, dps)
+        self._listens(cps, dps)
+        self._endpoints(cps, dps)
+        self._settings(cps, dps)
+        self._versions(cps, dps)
+        self._pki()
+        self._database(cps)
+        self._connections(cps, dps)
+        self._firewall()
+        return self.problems
+
+    def _names(self, cps: list[tuple[int, dict[str, Any]]], dps: list[tuple[int, dict[str, Any]]]) -> None:
+        seen: dict[str, Path_] = {}
+        for section, nodes in (("control_planes", cps), ("data_planes", dps)):
+            for i, node in nodes:
+                name = node.get("name")
+                if not isinstance(name, str):
+                    continue
+                if name in seen:
+                    first = self.doc.where(seen[name])
+                    self.err((section, i, "name"), f"duplicate node name '{name}' (first at line {first.line})",
+                             "node names must be unique across control_planes and data_planes")
+                else:
+                    seen[name] = (section, i, "name")
+        if dps and not cps:
+            self.err(("data_planes",), "data planes need at least one control plane",
+                     "add a control_planes entry", key=True)
+
+    def _listens(self, cps: list[tuple[int, dict[str, Any]]], dps: list[tuple[int, dict[str, Any]]]) -> None:
+        refuse_off = {"control_planes": ("cluster_listen", "admin_listen"), "data_planes": ("proxy_listen",)}
+        for section, nodes in (("control_planes", cps), ("data_planes", dps)):
+            for i, node in nodes:
+                used: list[tuple[m.Listen, str]] = []
+                for key in sorted(_LISTEN_KEYS):
+                    value = node.get(key)
+                    if not isinstance(value, str | list):
+                        continue
+                    items = value if isinstance(value, list) else [value]
+                    for j, item in enumerate(items):
+                        p: Path_ = (section, i, key, j) if isinstance(value, list) else (section, i, key)
+                        if not isinstance(item, str):
+                            continue
+                        try:
+                            entries = parse_listen(item)
+                        except ValueError as exc:
+                            self.err(p, f"{key}: {exc}", "Kong's syntax: host:port [flags], e.g. 0.0.0.0:8443 ssl")
+                            continue
+                        if not entries and key in refuse_off[section]:
+                            role = "control plane" if section == "control_planes" else "data plane"
+                            self.err(p, f"{key} cannot be off on a {role}: Kong refuses to start",
+                                     "remove it to use Kong's default")
+                        for e in entries:
+                            for other, okey in used:
+                                if other.port == e.port and (other.host == e.host or "0.0.0.0" in (other.host, e.host)
+                                                             or "::" in (other.host, e.host)):
+                                    self.err(p, f"{key} {e.host}:{e.port} uses port {e.port} "
+                                                f"that {okey} already listens on")
+                            used.append((e, key))
+
+    def _endpoints(self, cps: list[tuple[int, dict[str, Any]]], dps: list[tuple[int, dict[str, Any]]]) -> None:
+        cluster = self._dict("cluster")
+        for key in ("control_plane_endpoint", "telemetry_endpoint"):
+            v = cluster.get(key)
+            if isinstance(v, str):
+                self._endpoint(("cluster", key), v)
+        for i, dp in dps:
+            v = dp.get("control_plane_endpoint")
+            if isinstance(v, str):
+                self._endpoint(("data_planes", i, "control_plane_endpoint"), v)
+        sn = cluster.get("server_name")
+        if isinstance(sn, str) and not _DNS_NAME.match(sn):
+            self.err(("cluster", "server_name"), f"server_name {sn!r} is not a valid DNS name")
+        for i, cp in cps:
+            names = cp.get("server_names")
+            if isinstance(names, list):
+                for j, n in enumerate(names):
+                    if isinstance(n, str) and not _DNS_NAME.match(n):
+                        self.err(("control_planes", i, "server_names", j), f"server name {n!r} is not a valid DNS name")
+        needs_default = any("control_plane_endpoint" not in dp for _, dp in dps)
+        if needs_default and "control_plane_endpoint" not in cluster and cps:
+            i, first = cps[0]
+            if not isinstance(first.get("address"), str):
+                self.err(("control_planes", i), "the first control plane has no address, so data planes "
+                         "have no cluster_control_plane", "set cluster.control_plane_endpoint (host:port)")
+
+    def _endpoint(self, path: Path_, value: str) -> None:
+        try:
+            parse_endpoint(value)
+        except ValueError as exc:
+            self.err(path, f"{path[-1]}: {exc}", "e.g. control-plane.example.com:8005")
+
+    def _settings(self, cps: list[tuple[int, dict[str, Any]]], dps: list[tuple[int, dict[str, Any]]]) -> None:
+        defaults = self._dict("defaults", "settings")
+        mtls = self._dict("cluster").get("mtls", "shared")
+        for key in defaults:
+            self._managed(("defaults", "settings", key), key)
+        plugin_lists: list[tuple[Path_, str]] = []
+        for section, nodes in (("control_planes", cps), ("data_planes", dps)):
+            for i, node in nodes:
+                own: dict[str, Any] = node["settings"] if isinstance(node.get("settings"), dict) else {}
+                for key in own:
+                    self._managed((section, i, "settings", key), key)
+                merged = {**defaults, **own}
+
+                def at(key: str, i: int = i, section: str = section, own: dict[str, Any] = own) -> Path_:
+                    return (section, i, "settings", key) if key in own else ("defaults", "settings", key)
+
+                self._min(merged, "cluster_max_payload", 4194304, at)
+                self._min(merged, "cluster_data_plane_purge_delay", 60, at)
+                ocsp = merged.get("cluster_ocsp")
+                if ocsp is not None:
+                    text = {True: "on", False: "off"}.get(ocsp, ocsp) if isinstance(ocsp, bool) else ocsp
+                    if text not in ("on", "off", "optional"):
+                        self.err(at("cluster_ocsp"), f"cluster_ocsp must be on, off or optional, not {ocsp!r}")
+                    elif text != "off" and mtls != "pki":
+                        self.err(at("cluster_ocsp"), "cluster_ocsp works only with cluster.mtls: pki")
+                use_proxy = merged.get("cluster_use_proxy")
+                if use_proxy in (True, "on"):
+                    if section == "control_planes":
+                        self.err(at("cluster_use_proxy"), "cluster_use_proxy is refused on a control plane")
+                    elif not merged.get("proxy_server"):
+                        self.err(at("cluster_use_proxy"), "cluster_use_proxy needs proxy_server",
+                                 "set proxy_server in the same settings")
+                if "plugins" in merged:
+                    plugin_lists.append((at("plugins"), _plugin_set(merged["plugins"])))
+                else:
+                    plugin_lists.append(((section, i), "bundled"))
+        sets = {s for _, s in plugin_lists}
+        if len(sets) > 1:
+            reference = plugin_lists[0][1]
+            for p, s in plugin_lists:
+                if s != reference:
+                    self.err(p, f"plugins differ between nodes ({s} vs {reference})",
+                             "every CP and DP needs the same plugins, or DPs get plugin_set_incompatible")
+
+    def _managed(self, path: Path_, key: str) -> None:
+        if key in MANAGED:
+            self.err(path, f"'{key}' is managed by hyprov and may not be set in settings",
+                     f"use {MANAGED[key]} instead", key=True)
+
+    def _min(self, merged: dict[str, Any], key: str, minimum: int, at: Any) -> None:
+        v = merged.get(key)
+        if v is None:
+            return
+        if isinstance(v, bool) or not isinstance(v, int | str) or not str(v).isdigit():
+            self.err(at(key), f"{key} must be a whole number, not {v!r}")
+        elif int(v) < minimum:
+            self.err(at(key), f"{key} is {v}; Kong refuses values below {minimum}")
+
+    def _versions(self, cps: list[tuple[int, dict[str, Any]]], dps: list[tuple[int, dict[str, Any]]]) -> None:
+        base = self._dict("cluster").get("kong_version")
+        cp_versions: list[m.Version] = []
+        for _, cp in cps:
+            v = cp.get("kong_version", base)
+            if isinstance(v, str) and _is_version(v):
+                cp_versions.append(m.Version.parse(v))
+        if not cp_versions:
+            return
+        lowest = min(cp_versions)
+        if len({v.major for v in cp_versions}) > 1:
+            for i, cp in cps:
+                v = cp.get("kong_version")
+                if isinstance(v, str) and _is_version(v) and m.Version.parse(v).major != lowest.major:
+                    self.err(("control_planes", i, "kong_version"), "control planes run different major versions")
+        for i, dp in dps:
+            v = dp.get("kong_version", base)
+            if not (isinstance(v, str) and _is_version(v)):
+                continue
+            dv = m.Version.parse(v)
+            path: Path_ = ("data_planes", i, "kong_version") if "kong_version" in dp else ("cluster", "kong_version")
+            if dv.major != lowest.major:
+                self.err(path, f"data plane {dp.get('name')} runs Kong {dv}, control planes {lowest}: "
+                               "the major version must match")
+            elif dv.minor > lowest.minor:
+                self.err(path, f"data plane {dp.get('name')} runs Kong {dv}, newer than the control planes' {lowest}",
+                         "Kong rejects a DP with a newer minor (kong_version_incompatible); upgrade CPs first")
+
+    def _pki(self) -> None:
+        mtls = self._dict("cluster").get("mtls", "shared")
+        if "pki" in self.d and mtls != "pki":
+            self.err(("pki",), "a pki section but cluster.mtls is not pki", "set cluster.mtls: pki", key=True)
+        if "shared_cert" in self.d and mtls == "pki":
+            self.err(("shared_cert",), "a shared_cert section but cluster.mtls is pki",
+                     "remove shared_cert, or set cluster.mtls: shared", key=True)
+        sc = self._dict("shared_cert")
+        validity, renew = sc.get("validity_days", 1095), sc.get("renew_before_days", 30)
+        if isinstance(validity, int) and isinstance(renew, int) and renew >= validity:
+            self.err(("shared_cert", "renew_before_days") if "renew_before_days" in sc else ("shared_cert",),
+                     f"renew_before_days ({renew}) must be less than validity_days ({validity})")
+        pki = self._dict("pki")
+        if not pki:
+            return
+        chain: list[tuple[Path_, Any]] = []
+        root = pki.get("root")
+        if isinstance(root, dict):
+            chain.append((("pki", "root"), root.get("validity_days", 3650)))
+        inters = pki.get("intermediates")
+        inters = inters if isinstance(inters, list) else []
+        for j, inter in enumerate(inters):
+            if isinstance(inter, dict):
+                chain.append((("pki", "intermediates", j), inter.get("validity_days", 1825)))
+        leaf = pki.get("leaf_validity_days", 90)
+        chain.append((("pki", "leaf_validity_days"), leaf))
+        for (ppath, pv), (cpath, cv) in itertools.pairwise(chain):
+            if isinstance(pv, int) and isinstance(cv, int) and cv > pv:
+                self.err(cpath, f"validity {cv} days outlives its issuer ({pv} days at {'.'.join(map(str, ppath))})",
+                         "a certificate may not outlive the CA that signs it")
+        renew = pki.get("renew_before_days", 30)
+        if isinstance(renew, int) and isinstance(leaf, int) and renew >= leaf:
+            self.err(("pki", "renew_before_days") if "renew_before_days" in pki else ("pki",),
+                     f"renew_before_days ({renew}) must be less than leaf_validity_days ({leaf})")
+        cas = [(("pki", "root"), root)] + [(("pki", "intermediates", j), x) for j, x in enumerate(inters)]
+        for k, (p, ca) in enumerate(cas):
+            if not isinstance(ca, dict):
+                continue
+            external = "cert_file" in ca or "key_file" in ca
+            if external and not ("cert_file" in ca and "key_file" in ca):
+                self.err(p, "an existing CA needs both cert_file and key_file")
+            if external and k not in (0, len(cas) - 1):
+                self.err(p, "only pki.root or the last intermediate may name an existing CA")
+            if external and k > 0 and "chain_file" not in ca:
+                self.err(p, "an existing intermediate CA needs chain_file (its chain up to the root)")
+            if external and k > 0 and len(cas) > 2:
+                self.err(p, "with an existing intermediate, list no other intermediates")
+            if not external and "common_name" not in ca and k > 0:
+                self.err(p, "an intermediate needs common_name")
+            if "chain_file" in ca and not external:
+                self.err(p, "chain_file goes with cert_file and key_file")
+
+    def _database(self, cps: list[tuple[int, dict[str, Any]]]) -> None:
+        db = self.d.get("database")
+        if isinstance(db, dict) and "password" in db:
+            self.err(("database", "password"), "a password in clear text is refused",
+                     "set password_env: NAME and export NAME=... where hyprov runs", key=True)
+        if cps and not isinstance(db, dict):
+            self.err(("control_planes",), "control planes need a database (Kong's CPs store config in PostgreSQL)",
+                     "add a database section with host, user, database and password_env", key=True)
+
+    def _connections(self, cps: list[tuple[int, dict[str, Any]]], dps: list[tuple[int, dict[str, Any]]]) -> None:
+        default = self._dict("defaults", "connection")
+        for section, nodes in (("control_planes", cps), ("data_planes", dps)):
+            for i, node in nodes:
+                own: dict[str, Any] = node["connection"] if isinstance(node.get("connection"), dict) else {}
+                ctype = own.get("type", default.get("type", "local"))
+                if ctype == "ssh" and not isinstance(node.get("address"), str):
+                    self.err((section, i), f"node {node.get('name')} connects over ssh but has no address",
+                             "add address: HOST")
+                merged = {**default, **own}
+                if ctype == "local":
+                    for key in ("user", "identity_file", "known_hosts", "proxy_jump", "become"):
+                        if key in own:
+                            self.err((section, i, "connection", key), f"'{key}' has no meaning for a local connection",
+                                     key=True)
+                elif "root" in merged:
+                    path: Path_ = (section, i, "connection", "root") if "root" in own else ("defaults", "connection", "root")
+                    self.err(path, "'root' is only for local connections", key=True)
+
+    def _firewall(self) -> None:
+        fw = self._dict("firewall")
+        for key in ("admin_sources", "proxy_sources"):
+            items = fw.get(key)
+            if not isinstance(items, list):
+                continue
+            for j, item in enumerate(items):
+                if isinstance(item, str):
+                    try:
+                        ipaddress.ip_network(item, strict=False)
+                    except ValueError as exc:
+                        self.err(("firewall", key, j), f"{item!r} is not a CIDR or address: {exc}")
+
+
+def _is_version(text: str) -> bool:
+    return re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+(\.[0-9]+)?", text) is not None
+
+
+def _plugin_set(value: Any) -> str:
+    return ",".join(sorted(p.strip() for p in str(value).split(",") if p.strip()))
+
+
+# ------------------------------------------------------------------------- build
+
+
+def _path(base: Path, value: str | None) -> Path | None:
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def _setting_pairs(*dicts: dict[str, Any]) -> tuple[tuple[str, m.SettingValue], ...]:
+    merged: dict[str, Any] = {}
+    for d in dicts:
+        merged.update(d)
+    return tuple(merged.items())
+
+
+def _connection(base: Path, defaults: dict[str, Any], own: dict[str, Any]) -> m.Connection:
+    c = {**defaults, **own}
+    ctype = c.get("type", "local")
+    return m.Connection(
+        type=ctype,
+        user=c.get("user"),
+        port=c.get("port"),
+        identity_file=c.get("identity_file"),
+        known_hosts=c.get("known_hosts"),
+        host_key_policy=c.get("host_key_policy", "strict"),
+        become=c.get("become", "none"),
+        proxy_jump=c.get("proxy_jump"),
+        connect_timeout=float(c.get("connect_timeout", 10.0)),
+        root=_path(base, c.get("root", ".hyprov/hosts")) if ctype == "local" else None,
+    )
+
+
+def _kong(base: Path, defaults: dict[str, Any], own: dict[str, Any], conn: m.Connection) -> m.KongOptions:
+    k = {**defaults, **own}
+    mig = {**defaults.get("migrations", {}), **own.get("migrations", {})}
+    dflt = m.KongOptions()
+    owner = k.get("owner", None if conn.type == "local" else dflt.owner)
+    group = k.get("group", None if conn.type == "local" else dflt.group)
+    conf_path = k.get("conf_path", dflt.conf_path)
+    return m.KongOptions(
+        conf_path=conf_path,
+        cert_dir=k.get("cert_dir", dflt.cert_dir),
+        owner=owner,
+        group=group,
+        restart=k["restart"] if "restart" in k else f"kong restart -c {conf_path}",
+        health=k.get("health", dflt.health),
+        license_file=_path(base, k.get("license_file")),
+        migrations=m.Migrations(**{key: mig.get(key, getattr(m.Migrations(), key))
+                                   for key in ("list", "bootstrap", "up", "finish")}),
+    )
+
+
+def _listens(node: dict[str, Any], key: str, default: m.Listens) -> m.Listens:
+    return tuple(listens_of(node[key])) if key in node else default
+
+
+def _build(d: dict[str, Any], source: Path, digest: str) -> m.Topology:
+    base = source.parent
+    cl = d["cluster"]
+    defaults = d.get("defaults", {})
+    dconn, dkong, dset = defaults.get("connection", {}), defaults.get("kong", {}), defaults.get("settings", {})
+    base_version = cl.get("kong_version")
+
+    def node_common(n: dict[str, Any], role: m.Role) -> dict[str, Any]:
+        conn = _connection(base, dconn, n.get("connection", {}))
+        version = n.get("kong_version", base_version)
+        return {
+            "name": n["name"],
+            "role": role,
+            "address": n.get("address"),
+            "firewall_address": n.get("firewall_address"),
+            "kong_version": m.Version.parse(version) if version else None,
+            "connection": conn,
+            "kong": _kong(base, dkong, n.get("kong", {}), conn),
+            "settings": _setting_pairs(dset, n.get("settings", {})),
+        }
+
+    cps = tuple(
+        m.ControlPlane(
+            **node_common(n, "control_plane"),
+            server_names=tuple(n.get("server_names", ())),
+            cluster_listen=_listens(n, "cluster_listen", (m.Listen("0.0.0.0", 8005),)),
+            telemetry_listen=_listens(n, "telemetry_listen", ()),
+            admin_listen=_listens(n, "admin_listen", (m.Listen("127.0.0.1", 8001),)),
+        )
+        for n in d.get("control_planes", [])
+    )
+    dps = tuple(
+        m.DataPlane(
+            **node_common(n, "data_plane"),
+            proxy_listen=_listens(n, "proxy_listen", m.DataPlane.__dataclass_fields__["proxy_listen"].default),  # type: ignore[arg-type]
+            labels=tuple(sorted(n.get("labels", {}).items())),
+            control_plane_endpoint=parse_endpoint(n["control_plane_endpoint"]) if "control_plane_endpoint" in n else None,
+        )
+        for n in d.get("data_planes", [])
+    )
+    cp_endpoint = parse_endpoint(cl["control_plane_endpoint"]) if "control_plane_endpoint" in cl else None
+    if cp_endpoint is None and cps and cps[0].address:
+        cluster_port = cps[0].cluster_listen[0].port if cps[0].cluster_listen else 8005
+        cp_endpoint = m.Endpoint(cps[0].address, cluster_port)
+    tel_endpoint = parse_endpoint(cl["telemetry_endpoint"]) if "telemetry_endpoint" in cl else None
+
+    pki = None
+    if cl.get("mtls", "shared") == "pki":
+        p = d.get("pki", {})
+
+        def ca(c: dict[str, Any], dflt_cn: str, dflt_days: int) -> m.CAConfig:
+            return m.CAConfig(
+                common_name=c.get("common_name", dflt_cn),
+                organization=c.get("organization"),
+                validity_days=c.get("validity_days", dflt_days),
+                cert_file=_path(base, c.get("cert_file")),
+                key_file=_path(base, c.get("key_file")),
+                chain_file=_path(base, c.get("chain_file")),
+            )
+
+        pki = m.PKIConfig(
+            key_type=p.get("key_type", "ec-p256"),
+            root=ca({"organization": "Kong Inc.", **p.get("root", {})}, "Hybrid Root CA", 3650),
+            intermediates=tuple(ca(x, "Hybrid Intermediate CA", 1825) for x in p.get("intermediates", [])),
+            leaf_validity_days=p.get("leaf_validity_days", 90),
+            renew_before_days=p.get("renew_before_days", 30),
+            key_generation=p.get("key_generation", "on_node"),
+        )
+    sc = d.get("shared_cert", {})
+    st = d.get("state", {})
+    db = d.get("database")
+    fw = d.get("firewall", {})
+    return m.Topology(
+        source=source,
+        digest=digest,
+        cluster=m.Cluster(
+            name=cl["name"],
+            kong_version=m.Version.parse(base_version) if base_version else None,
+            mtls=cl.get("mtls", "shared"),
+            control_plane_endpoint=cp_endpoint,
+            telemetry_endpoint=tel_endpoint,
+            server_name=cl.get("server_name"),
+        ),
+        state=m.StateConfig(
+            backend=st.get("backend", "local"),
+            path=_path(base, st.get("path", "hyprov.state.json")) or base / "hyprov.state.json",
+            dsn_env=st.get("dsn_env", "HYPROV_STATE_DSN"),
+            schema=st.get("schema", "hyprov"),
+            workspace=st.get("workspace", cl["name"]),
+            history_keep=st.get("history_keep", 50),
+        ),
+        secrets_dir=_path(base, d.get("secrets_dir", ".hyprov/secrets")) or base,
+        pki=pki,
+        shared_cert=m.SharedCertConfig(
+            key_type=sc.get("key_type", "ec-p384"),
+            validity_days=sc.get("validity_days", 1095),
+            renew_before_days=sc.get("renew_before_days", 30),
+        ),
+        database=m.Database(
+            host=db["host"], port=db.get("port", 5432), user=db.get("user", "kong"),
+            database=db.get("database", "kong"), password_env=db.get("password_env"),
+        ) if db else None,
+        control_planes=cps,
+        data_planes=dps,
+        firewall=m.FirewallConfig(
+            mode=fw.get("mode", "report"),
+            admin_sources=tuple(fw.get("admin_sources", ())),
+            proxy_sources=tuple(fw.get("proxy_sources", ("0.0.0.0/0",))),
+        ),
+        rollout=m.Rollout(max_unavailable=d.get("rollout", {}).get("max_unavailable", "25%")),
+    )

@@ -1,0 +1,98 @@
+"""Topology + node -> kong.conf lines or Docker ``KONG_*`` environment (pure).
+
+What is rendered is what Kong's conf_loader accepts for the node's role
+(kong-facts.md), including the seed document's errata: DPs trust
+``system,<cluster file>`` rather than replacing the system bundle, and
+``lua_ssl_verify_depth`` follows the number of intermediates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import model as m
+
+SENSITIVE = "(sensitive)"
+HEADER = "# Managed by hyprov: edits here are reverted by the next apply.\n"
+
+
+@dataclass(frozen=True)
+class ClusterFiles:
+    """Where a node's cluster certificate files live on the host."""
+
+    cert: str
+    key: str
+    ca: str | None  # pki: the root CA bundle (cluster_ca_cert)
+
+
+def cluster_files(topology: m.Topology, node: m.Node) -> ClusterFiles:
+    d = node.kong.cert_dir.rstrip("/")
+    ca = f"{d}/cluster-ca.crt" if topology.mode == "pki" else None
+    return ClusterFiles(cert=f"{d}/cluster.crt", key=f"{d}/cluster.key", ca=ca)
+
+
+def value_text(value: m.SettingValue) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def settings(topology: m.Topology, node: m.Node, password: str | None = None) -> list[tuple[str, str]]:
+    """Every managed setting, then the node's extra settings, as (key, value) text.
+
+    ``password`` is the database password; ``None`` renders ``(sensitive)``.
+    """
+    files = cluster_files(topology, node)
+    out: list[tuple[str, str]] = [("role", node.role)]
+    extra = dict(node.settings)
+    if isinstance(node, m.ControlPlane):
+        db = topology.database
+        out.append(("database", "postgres"))
+        if db is not None:
+            out += [("pg_host", db.host), ("pg_port", str(db.port)), ("pg_user", db.user)]
+            if db.password_env:
+                out.append(("pg_password", password if password is not None else SENSITIVE))
+            out.append(("pg_database", db.database))
+    else:
+        out.append(("database", "off"))
+    out.append(("cluster_mtls", topology.mode))
+    out += [("cluster_cert", files.cert), ("cluster_cert_key", files.key)]
+    if files.ca:
+        out.append(("cluster_ca_cert", files.ca))
+    if isinstance(node, m.ControlPlane):
+        out.append(("cluster_listen", m.render_listens(node.cluster_listen)))
+        if node.telemetry_listen:
+            out.append(("cluster_telemetry_listen", m.render_listens(node.telemetry_listen)))
+        out.append(("admin_listen", m.render_listens(node.admin_listen)))
+    elif isinstance(node, m.DataPlane):
+        endpoint = node.control_plane_endpoint or topology.cluster.control_plane_endpoint
+        if endpoint is not None:
+            out.append(("cluster_control_plane", str(endpoint)))
+        if topology.mode == "pki":
+            out.append(("cluster_server_name", topology.server_name))
+        if topology.cluster.telemetry_endpoint is not None:
+            out.append(("cluster_telemetry_endpoint", str(topology.cluster.telemetry_endpoint)))
+        if node.labels:
+            out.append(("cluster_dp_labels", ",".join(f"{k}:{v}" for k, v in node.labels)))
+        out.append(("proxy_listen", m.render_listens(node.proxy_listen)))
+        trusted = files.ca or files.cert
+        user_trusted = extra.pop("lua_ssl_trusted_certificate", None)
+        out.append(("lua_ssl_trusted_certificate",
+                    f"{trusted},{value_text(user_trusted)}" if user_trusted is not None else f"system,{trusted}"))
+        out.append(("lua_ssl_verify_depth", str(max(1, topology.intermediates_count))))
+    out += [(k, value_text(v)) for k, v in extra.items()]
+    return out
+
+
+def _escape(value: str) -> str:
+    return value.replace("#", "\\#")  # Kong strips from an unescaped '#'; only '\#' is unescaped
+
+
+def render_conf(topology: m.Topology, node: m.Node, password: str | None = None) -> str:
+    lines = [HEADER.rstrip("\n"), f"# node {node.name} ({node.role}) of cluster {topology.cluster.name}"]
+    lines += [f"{k} = {_escape(v)}" for k, v in settings(topology, node, password)]
+    return "\n".join(lines) + "\n"
+
+
+def render_env(topology: m.Topology, node: m.Node, password: str | None = None) -> str:
+    return "".join(f"KONG_{k.upper()}={v}\n" for k, v in settings(topology, node, password))

@@ -1,0 +1,560 @@
+"""The recorded state: what hyprov last put on the nodes.
+
+Modelled on Terraform core's ``states`` package: a document with a ``version``
+(the schema, upgraded step by step on read), a ``lineage`` (a uuid fixed when
+the state is born, so two unrelated states are never confused) and a
+``serial`` (bumped only when the content changes, so compare-and-set and
+stale-plan checks have something to compare).
+
+This module is pure: no file I/O, no clock, no uuid generation. Backends do
+I/O and pass text in and out; callers pass the lineage in.
+
+Unlike Terraform (hashicorp/terraform#516) no secret is ever stored: every
+:class:`ResourceState` is checked at construction and the whole document again
+when serialized (:func:`check_no_secrets`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeAlias, TypeVar
+
+from hyprov.errors import StateError
+
+__all__ = [
+    "KNOWN_RESOURCE_TYPES",
+    "STATE_VERSION",
+    "UPGRADES",
+    "FrozenMap",
+    "JSONValue",
+    "NodeState",
+    "ResourceState",
+    "State",
+    "check_no_secrets",
+    "from_json",
+    "new_state",
+    "parse_address",
+    "to_json",
+    "upgrade",
+]
+
+#: The state schema version this hyprov writes.
+STATE_VERSION = 1
+
+#: The resource types hyprov produces today (informative: not enforced, so a
+#: new resource type does not need a state schema change).
+KNOWN_RESOURCE_TYPES = frozenset({"ca", "cert", "shared_cert", "file", "firewall", "service"})
+
+JSONValue: TypeAlias = (
+    "bool | int | float | str | Sequence[JSONValue] | Mapping[str, JSONValue] | None"
+)
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class FrozenMap(Mapping[K, V]):
+    """An immutable, hashable mapping iterating in sorted key order.
+
+    Frozen dataclasses holding it stay hashable and compare by value, and the
+    sorted order makes every output deterministic.
+    """
+
+    __slots__ = ("_data", "_hash")
+
+    def __init__(self, items: Mapping[K, V] | Sequence[tuple[K, V]] = ()) -> None:
+        pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
+        pairs.sort(key=lambda kv: kv[0])  # type: ignore[arg-type,return-value]
+        self._data: dict[K, V] = dict(pairs)
+        self._hash: int | None = None
+
+    def __getitem__(self, key: K) -> V:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash(tuple(self._data.items()))
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, FrozenMap):
+            return self._data == other._data
+        if isinstance(other, Mapping):
+            return self._data == dict(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._data!r})"
+
+
+# --------------------------------------------------------------------------
+# JSON values: deep-freeze on the way in, thaw on the way out
+
+
+def _freeze(value: object, where: str) -> JSONValue:
+    """Deep-copy a JSON-able value into immutable form (lists -> tuples)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise StateError(f"{where}: {value!r} cannot be stored in state (not valid JSON)")
+        return value
+    if isinstance(value, Mapping):
+        out: list[tuple[str, JSONValue]] = []
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise StateError(f"{where}: attribute names must be strings, got {k!r}")
+            out.append((k, _freeze(v, f"{where}.{k}")))
+        return FrozenMap(out)
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v, f"{where}[{i}]") for i, v in enumerate(value))
+    raise StateError(f"{where}: {type(value).__name__} is not a JSON value")
+
+
+def _thaw(value: JSONValue) -> Any:
+    """Turn a frozen value back into plain dicts and lists (for JSON and callers)."""
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------
+# The secret guard
+
+_SECRET_NAME_PARTS = (
+    "password",
+    "passwd",
+    "passphrase",
+    "private_key",
+    "privatekey",
+    "privkey",
+    "secret_key",
+    "client_secret",
+)
+_PEM_PRIVATE = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----")
+
+
+def _secret_name(name: str) -> bool:
+    norm = name.lower().replace("-", "_")
+    return any(part in norm for part in _SECRET_NAME_PARTS)
+
+
+def check_no_secrets(value: object, where: str, *, names: bool = True) -> None:
+    """Refuse secret-looking attribute names and PEM private keys in values.
+
+    State files are copied, backed up and (later) stored in PostgreSQL; a
+    secret there leaks. Store a fingerprint or digest instead. ``where`` names
+    the position for the message, e.g. ``resources[cert.cp1].attributes``.
+    With ``names=False`` only values are checked (for mappings whose keys are
+    addresses or node names, not attribute names).
+    """
+    if isinstance(value, str):
+        if _PEM_PRIVATE.search(value):
+            raise StateError(
+                f"refusing to store a secret in state: {where} holds a PEM private key",
+                hint="record the key's fingerprint or the file's digest, never the key",
+            )
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            if names and isinstance(k, str) and _secret_name(k):
+                raise StateError(
+                    f"refusing to store a secret in state: {where}.{k} "
+                    "(the attribute name looks like a secret)",
+                    hint="record a digest or fingerprint under a different name, never the secret",
+                )
+            check_no_secrets(v, f"{where}.{k}", names=names)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_no_secrets(v, f"{where}[{i}]", names=names)
+
+
+# --------------------------------------------------------------------------
+# Addresses
+
+_ADDRESS = re.compile(
+    r'^(?P<type>[a-z][a-z0-9_]*)\.(?P<name>[^.\[\]"\s]+)(?P<key>\["(?:[^"\\]|\\.)*"\])?$'
+)
+_NODE_NAME = re.compile(r'^[^.\[\]"\s]+$')
+
+
+def parse_address(address: str) -> tuple[str, str, str]:
+    """Split ``file.cp1["/etc/kong/kong.conf"]`` into ``("file", "cp1", '["/etc/kong/kong.conf"]')``.
+
+    The key part is ``""`` when absent. Raises :class:`StateError` for
+    anything else, so ``state mv`` can rewrite the name part safely.
+    """
+    m = _ADDRESS.match(address)
+    if m is None:
+        raise StateError(
+            f"invalid resource address {address!r}",
+            hint='addresses look like TYPE.NAME or TYPE.NAME["KEY"], e.g. file.cp1["/etc/kong/kong.conf"]',
+        )
+    return m["type"], m["name"], m["key"] or ""
+
+
+# --------------------------------------------------------------------------
+# The values
+
+
+@dataclass(frozen=True)
+class ResourceState:
+    """What hyprov recorded about one resource after creating or updating it.
+
+    ``attributes`` accepts any JSON-able mapping and is deep-frozen; use
+    :attr:`attrs` for a plain ``dict`` copy. Certificates record ``serial``,
+    ``fingerprint`` and ``not_after`` there. The address's type part must be
+    ``type`` and, for a per-node resource, its name part must be ``node``: that
+    is what lets ``move`` rename a node without losing track of anything.
+    """
+
+    address: str
+    type: str
+    node: str | None = None
+    digest: str | None = None
+    attributes: Mapping[str, JSONValue] = field(default_factory=FrozenMap)
+
+    def __post_init__(self) -> None:
+        a_type, a_name, _ = parse_address(self.address)
+        if a_type != self.type:
+            raise StateError(
+                f"resource {self.address!r}: address type {a_type!r} differs from type {self.type!r}"
+            )
+        if self.node is not None and a_name != self.node:
+            raise StateError(
+                f"resource {self.address!r}: address names {a_name!r} but node is {self.node!r}"
+            )
+        if self.digest is not None and not isinstance(self.digest, str):
+            raise StateError(f"resource {self.address!r}: digest must be a string")
+        if not isinstance(self.attributes, Mapping):
+            raise StateError(f"resource {self.address!r}: attributes must be a mapping")
+        frozen = _freeze(self.attributes, f"resources[{self.address}].attributes")
+        check_no_secrets(frozen, f"resources[{self.address}].attributes")
+        object.__setattr__(self, "attributes", frozen)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """A plain, mutable copy of the attributes (changing it changes nothing here)."""
+        return dict(_thaw(self.attributes))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "node": self.node,
+            "digest": self.digest,
+            "attributes": self.attrs,
+        }
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """Per-node facts hyprov must not forget between runs.
+
+    ``pending_restart`` is an intent record (the fix for ansible#10498's lost
+    handlers): set and saved before the node's first file is written, cleared
+    only after its restart succeeded, so a failed run restarts it next time.
+    """
+
+    name: str
+    pending_restart: bool = False
+    kong_version: str | None = None
+    migrations_done: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NODE_NAME.match(self.name):
+            raise StateError(f"invalid node name {self.name!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pending_restart": self.pending_restart,
+            "kong_version": self.kong_version,
+            "migrations_done": self.migrations_done,
+        }
+
+
+@dataclass(frozen=True)
+class State:
+    """One immutable state document; every change returns a new State."""
+
+    version: int
+    lineage: str
+    serial: int
+    resources: Mapping[str, ResourceState] = field(default_factory=FrozenMap)
+    nodes: Mapping[str, NodeState] = field(default_factory=FrozenMap)
+
+    def __post_init__(self) -> None:
+        if self.version != STATE_VERSION:
+            raise StateError(f"in-memory state must be version {STATE_VERSION}, got {self.version}")
+        if not isinstance(self.lineage, str) or not self.lineage:
+            raise StateError("state lineage must be a non-empty string")
+        if isinstance(self.serial, bool) or not isinstance(self.serial, int) or self.serial < 0:
+            raise StateError(f"state serial must be a non-negative integer, got {self.serial!r}")
+        for addr, r in self.resources.items():
+            if addr != r.address:
+                raise StateError(f"resource recorded under {addr!r} has address {r.address!r}")
+        for name, n in self.nodes.items():
+            if name != n.name:
+                raise StateError(f"node recorded under {name!r} is named {n.name!r}")
+        object.__setattr__(self, "resources", FrozenMap(self.resources))
+        object.__setattr__(self, "nodes", FrozenMap(self.nodes))
+
+    # -- changes ------------------------------------------------------------
+
+    def with_resource(self, r: ResourceState) -> State:
+        """Add or replace the resource at ``r.address``."""
+        return replace(self, resources={**self.resources, r.address: r})
+
+    def without_resource(self, address: str) -> State:
+        """Forget a resource (``state rm``); a missing address is an error."""
+        if address not in self.resources:
+            raise StateError(f"no resource {address!r} in state")
+        return replace(self, resources={a: r for a, r in self.resources.items() if a != address})
+
+    def with_node(self, n: NodeState) -> State:
+        """Add or replace the node record for ``n.name``."""
+        return replace(self, nodes={**self.nodes, n.name: n})
+
+    def without_node(self, name: str) -> State:
+        """Forget a node record (its resources are untouched)."""
+        if name not in self.nodes:
+            raise StateError(f"no node {name!r} in state")
+        return replace(self, nodes={k: v for k, v in self.nodes.items() if k != name})
+
+    def move(self, old: str, new: str) -> State:
+        """``state mv``: rename one resource address, or a whole node.
+
+        ``old`` is a resource address if one is recorded under it, otherwise a
+        node name: then every resource of that node (and its node record) is
+        moved, rewriting the name part of each address. Moving onto anything
+        that already exists is refused, so nothing is silently dropped.
+        """
+        if old in self.resources:
+            return self._move_resource(old, new)
+        if old in self.nodes or any(r.node == old for r in self.resources.values()):
+            return self._move_node(old, new)
+        raise StateError(f"nothing to move: no resource or node {old!r} in state")
+
+    def _move_resource(self, old: str, new: str) -> State:
+        r = self.resources[old]
+        n_type, n_name, _ = parse_address(new)
+        if n_type != r.type:
+            raise StateError(f"cannot move {old!r} to {new!r}: a {r.type} cannot become a {n_type}")
+        if new in self.resources:
+            raise StateError(f"cannot move {old!r} to {new!r}: {new!r} already exists")
+        moved = replace(r, address=new, node=n_name if r.node is not None else None)
+        return self.without_resource(old).with_resource(moved)
+
+    def _move_node(self, old: str, new: str) -> State:
+        if not _NODE_NAME.match(new):
+            raise StateError(f"cannot move node {old!r} to {new!r}: not a node name")
+        if new in self.nodes or any(r.node == new for r in self.resources.values()):
+            raise StateError(f"cannot move node {old!r} to {new!r}: {new!r} already exists")
+        resources: dict[str, ResourceState] = {}
+        for addr, r in self.resources.items():
+            if r.node == old:
+                r_type, _, key = parse_address(addr)
+                r = replace(r, address=f"{r_type}.{new}{key}", node=new)
+            resources[r.address] = r
+        nodes = {k: v for k, v in self.nodes.items() if k != old}
+        if old in self.nodes:
+            nodes[new] = replace(self.nodes[old], name=new)
+        return replace(self, resources=resources, nodes=nodes)
+
+    # -- serial ---------------------------------------------------------------
+
+    def content_equal(self, other: State) -> bool:
+        """True when resources and nodes are the same (version, lineage and serial ignored).
+
+        Compared as canonical JSON so ``True`` and ``1`` or ``1`` and ``1.0``
+        count as different, as they would in the file.
+        """
+        return _content_json(self) == _content_json(other)
+
+    def bump_serial_if_changed(self, prior: State) -> State:
+        """Return self with serial ``prior.serial + 1`` if content changed, else ``prior.serial``."""
+        if prior.lineage != self.lineage:
+            raise StateError(
+                f"state lineage {self.lineage} differs from prior lineage {prior.lineage}"
+            )
+        serial = prior.serial if self.content_equal(prior) else prior.serial + 1
+        return self if serial == self.serial else replace(self, serial=serial)
+
+
+def new_state(lineage: str) -> State:
+    """An empty state at serial 0; the caller generates the lineage uuid."""
+    return State(version=STATE_VERSION, lineage=lineage, serial=0)
+
+
+# --------------------------------------------------------------------------
+# JSON
+
+
+def _content_json(state: State) -> str:
+    doc = _to_doc(state)
+    return json.dumps([doc["resources"], doc["nodes"]], sort_keys=True, allow_nan=False)
+
+
+def _to_doc(state: State) -> dict[str, Any]:
+    return {
+        "version": state.version,
+        "lineage": state.lineage,
+        "serial": state.serial,
+        "resources": {a: r.to_dict() for a, r in state.resources.items()},
+        "nodes": {n: v.to_dict() for n, v in state.nodes.items()},
+    }
+
+
+def to_json(state: State) -> str:
+    """Serialize deterministically (sorted keys, indent 2, trailing newline).
+
+    The secret guard runs over the whole document first, whatever built it.
+    """
+    doc = _to_doc(state)
+    for addr, r in doc["resources"].items():
+        check_no_secrets(r["attributes"], f"resources[{addr}].attributes")
+    check_no_secrets(doc, "state", names=False)
+    return json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+Upgrade: TypeAlias = Callable[[dict[str, Any]], dict[str, Any]]
+
+#: ``UPGRADES[v]`` turns a version ``v`` document into a version ``v + 1``
+#: document. Version 1 is the first, so the chain is empty today; when version
+#: 2 comes, add ``UPGRADES[1]`` and bump :data:`STATE_VERSION`.
+UPGRADES: dict[int, Upgrade] = {}
+
+
+def upgrade(
+    doc: dict[str, Any],
+    source_name: str,
+    upgrades: Mapping[int, Upgrade] | None = None,
+    current: int = STATE_VERSION,
+) -> dict[str, Any]:
+    """Bring a decoded document to ``current`` one version at a time.
+
+    Newer versions are refused (an old hyprov must not rewrite, and so
+    damage, a state a newer one wrote).
+    """
+    chain = UPGRADES if upgrades is None else upgrades
+    version = doc.get("version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise StateError(f"{source_name}: corrupt state file: 'version' must be an integer")
+    if version > current:
+        raise StateError(
+            f"{source_name}: state version {version} is newer than this hyprov supports "
+            f"(version {current})",
+            hint="upgrade hyprov to read this state; the file was left untouched",
+        )
+    while version < current:
+        step = chain.get(version)
+        if step is None:
+            raise StateError(
+                f"{source_name}: cannot upgrade state version {version} "
+                f"(this hyprov reads versions {min(chain, default=current)}..{current})"
+            )
+        doc = step(dict(doc))
+        version += 1
+        doc["version"] = version
+    return doc
+
+
+def _expect(cond: bool, source_name: str, what: str) -> None:
+    if not cond:
+        raise StateError(f"{source_name}: corrupt state file: {what}")
+
+
+def _opt_str(value: object) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _keys(
+    obj: Mapping[str, Any], required: set[str], optional: set[str], source: str, where: str
+) -> None:
+    missing = required - obj.keys()
+    unknown = obj.keys() - required - optional
+    _expect(not missing, source, f"{where} lacks {', '.join(sorted(missing))}")
+    _expect(not unknown, source, f"{where} has unknown field(s) {', '.join(sorted(unknown))}")
+
+
+def from_json(text: str, source_name: str) -> State:
+    """Parse, upgrade and validate a state document.
+
+    Every problem is a :class:`StateError` naming ``source_name`` (and, for
+    broken JSON, the line and column) so the user can find and fix the file.
+    """
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StateError(
+            f"{source_name}:{exc.lineno}:{exc.colno}: corrupt state file: {exc.msg}",
+            hint="the file was left untouched; fix it or restore the .backup beside it",
+        ) from exc
+    _expect(isinstance(doc, dict), source_name, "the top level must be an object")
+    doc = upgrade(doc, source_name)
+    _keys(doc, {"version", "lineage", "serial", "resources", "nodes"}, set(), source_name, "state")
+    _expect(isinstance(doc["lineage"], str) and bool(doc["lineage"]), source_name, "bad lineage")
+    serial = doc["serial"]
+    _expect(
+        isinstance(serial, int) and not isinstance(serial, bool) and serial >= 0,
+        source_name,
+        "serial must be a non-negative integer",
+    )
+    _expect(isinstance(doc["resources"], dict), source_name, "'resources' must be an object")
+    _expect(isinstance(doc["nodes"], dict), source_name, "'nodes' must be an object")
+    try:
+        resources: dict[str, ResourceState] = {}
+        for addr, r in doc["resources"].items():
+            where = f"resource {addr!r}"
+            _expect(isinstance(r, dict), source_name, f"{where} must be an object")
+            _keys(r, {"type", "attributes"}, {"node", "digest"}, source_name, where)
+            _expect(isinstance(r["type"], str), source_name, f"{where}: type must be a string")
+            _expect(_opt_str(r.get("node")), source_name, f"{where}: node must be a string")
+            _expect(_opt_str(r.get("digest")), source_name, f"{where}: digest must be a string")
+            _expect(isinstance(r["attributes"], dict), source_name, f"{where}: bad attributes")
+            resources[addr] = ResourceState(
+                address=addr,
+                type=r["type"],
+                node=r.get("node"),
+                digest=r.get("digest"),
+                attributes=r["attributes"],
+            )
+        nodes: dict[str, NodeState] = {}
+        for name, n in doc["nodes"].items():
+            where = f"node {name!r}"
+            _expect(isinstance(n, dict), source_name, f"{where} must be an object")
+            _keys(
+                n, set(), {"pending_restart", "kong_version", "migrations_done"}, source_name, where
+            )
+            pending = n.get("pending_restart", False)
+            done = n.get("migrations_done", False)
+            _expect(isinstance(pending, bool), source_name, f"{where}: pending_restart not boolean")
+            _expect(isinstance(done, bool), source_name, f"{where}: migrations_done not boolean")
+            _expect(_opt_str(n.get("kong_version")), source_name, f"{where}: bad kong_version")
+            nodes[name] = NodeState(
+                name=name,
+                pending_restart=pending,
+                kong_version=n.get("kong_version"),
+                migrations_done=done,
+            )
+        return State(
+            version=STATE_VERSION,
+            lineage=doc["lineage"],
+            serial=serial,
+            resources=resources,
+            nodes=nodes,
+        )
+    except StateError as exc:
+        if str(exc).startswith(f"{source_name}:"):
+            raise
+        raise StateError(f"{source_name}: {exc}", hint=exc.hint) from exc
