@@ -100,8 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# later modules register their sub-commands here (plan, apply, state, ...)
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
+def _register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .commands import register
+
+    register(sub)
+
+
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [_register_commands]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

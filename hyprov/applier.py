@@ -1,0 +1,578 @@
+"""apply(plan) -> State: carry out exactly the plan's changes, nothing else.
+
+The only module that drives transports. Order: controller-side CAs and the
+shared pair, then every node's files in parallel (one batched atomic write per
+node), then migrations, then restarts (CPs one at a time, DPs in batches, each
+gated by its health command), then deletes. State is saved when each node
+finishes a step; a node's ``pending_restart`` is saved before its first file is
+written and cleared only after its restart succeeded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from . import hostscripts as hs
+from . import kongconf
+from . import model as m
+from .backends import StateBackend
+from .errors import CommandFailed, HyprovError, PKIError, TransportError
+from .plan import Action, Change, Plan
+from .resources import sha256
+from .state import NodeState, ResourceState, State
+from .transports.base import Transport
+
+Emit = Callable[[str, str], None]  # (node or "hyprov", message)
+
+
+def secret_fingerprint(secret: str, lineage: str, address: str) -> str:
+    """A slow, salted fingerprint: lets the plan notice a password change without
+    storing anything a fast brute force could reverse."""
+    return hashlib.pbkdf2_hmac("sha256", secret.encode(), f"hyprov:{lineage}:{address}".encode(), 100_000).hex()[:32]
+
+
+def secret_content(masked: str, password: str | None) -> str:
+    if password is None:
+        return masked
+    return masked.replace(f"pg_password = {kongconf.SENSITIVE}", f"pg_password = {password.replace('#', chr(92) + '#')}")
+
+
+@dataclass
+class NodeOutcome:
+    status: str = "not started"  # done | failed | not started | skipped
+    detail: str = ""
+    restarted: bool = False
+
+
+@dataclass
+class ApplyResult:
+    state: State
+    outcomes: dict[str, NodeOutcome]
+    counts: dict[str, int] = field(default_factory=lambda: {"added": 0, "changed": 0, "destroyed": 0})
+
+    @property
+    def failed(self) -> bool:
+        return any(o.status == "failed" for o in self.outcomes.values())
+
+
+class Applier:
+    def __init__(
+        self,
+        topology: m.Topology,
+        plan: Plan,
+        backend: StateBackend,
+        state: State,
+        *,
+        connect: Callable[[m.Node], Transport],
+        now: Callable[[], datetime],
+        password: str | None,
+        secrets: Any,  # hyprov.secrets.SecretsDir
+        passphrase: bytes | None = None,
+        parallelism: int = 64,
+        emit: Emit = lambda node, msg: None,
+    ) -> None:
+        self.t = topology
+        self.plan = plan
+        self.backend = backend
+        self.state = state
+        self.written_serial: int | None = state.serial if plan.serial is not None else None
+        self.connect_fn = connect
+        self.now = now
+        self.password = password
+        self.secrets = secrets
+        self.passphrase = passphrase
+        self.parallelism = max(1, parallelism)
+        self.emit = emit
+        self.lock = threading.RLock()
+        self.transports: dict[str, Transport] = {}
+        self.outcomes: dict[str, NodeOutcome] = {}
+        self.counts = {"added": 0, "changed": 0, "destroyed": 0}
+        self.issued: dict[str, bytes] = {}  # cert address -> installed cert file content
+        self.by_node: dict[str, list[Change]] = {}
+        for c in plan.actionable:
+            if c.node is not None and c.type not in ("migrations",):
+                self.by_node.setdefault(c.node, []).append(c)
+        for name in self.by_node:
+            self.outcomes[name] = NodeOutcome()
+
+    # ------------------------------------------------------------------ state
+
+    def _record(self, fn: Callable[[State], State]) -> None:
+        with self.lock:
+            self.state = fn(self.state)
+
+    def _save(self) -> None:
+        with self.lock:
+            prior_serial = self.written_serial
+            current = self.backend.read()
+            base = current if current is not None else self.state
+            new = self.state.bump_serial_if_changed(base) if current is not None else self.state
+            if current is not None and new.serial == current.serial and new.content_equal(current):
+                return
+            self.backend.write(new, prior_serial)
+            self.state = new
+            self.written_serial = new.serial
+
+    def _count(self, c: Change) -> None:
+        key = {Action.CREATE: "added", Action.UPDATE: "changed", Action.REPLACE: "changed",
+               Action.DELETE: "destroyed"}.get(c.action)
+        if key and c.type not in ("service", "migrations"):
+            with self.lock:
+                self.counts[key] += 1
+
+    # ------------------------------------------------------------------ entry
+
+    def run(self) -> ApplyResult:
+        try:
+            self._controller_phase()
+            self._save()
+            self._intents()
+            self._node_files_phase()
+            self._migrations("before")
+            self._restarts()
+            self._migrations("after")
+            self._controller_deletes()
+            self._save()
+        finally:
+            for tr in self.transports.values():
+                try:
+                    tr.close()
+                except Exception:  # noqa: BLE001 - closing must never hide the real outcome
+                    pass
+        return ApplyResult(self.state, self.outcomes, self.counts)
+
+    def transport(self, node: m.Node | str) -> Transport:
+        name = node if isinstance(node, str) else node.name
+        with self.lock:
+            tr = self.transports.get(name)
+        if tr is None:
+            n = self.t.node(name) if isinstance(node, str) else node
+            if n is None:
+                raise HyprovError(f"node {name} is not in the topology", "it can only be removed with state rm")
+            tr = self.connect_fn(n)
+            with self.lock:
+                self.transports[name] = tr
+        return tr
+
+    # ------------------------------------------------------------ controller
+
+    def _controller_phase(self) -> None:
+        from . import pki
+
+        for c in self.plan.actionable:
+            if c.type not in ("ca", "shared_cert") or c.action is Action.DELETE:
+                continue
+            after = c.after or {}
+            now = self.now()
+            if c.type == "shared_cert":
+                key = pki.generate_key(after["key_type"])
+                cert = pki.issue_shared(key, days=int(after["validity_days"]), now=now)
+                self.secrets.write_key("shared", key)
+                self.secrets.write_cert("shared", cert)
+            elif after.get("external"):
+                cert = self._external_ca().cert
+            else:
+                key = pki.generate_key(after["key_type"])
+                name = _secret_name(c.address)
+                if c.address == "ca.root":
+                    cert = pki.issue_root(key, common_name=after["common_name"], organization=after.get("organization"),
+                                          validity_days=int(after["validity_days"]),
+                                          path_length=int(after["path_length"]), now=now)
+                else:
+                    parent_cert, parent_key = self._ca(_parent_ca(c.address))
+                    cert = pki.issue_intermediate(key.public_key(), parent_cert, parent_key,
+                                                  common_name=after["common_name"],
+                                                  organization=after.get("organization"),
+                                                  validity_days=int(after["validity_days"]),
+                                                  path_length=int(after["path_length"]), now=now)
+                self.secrets.write_key(name, key)
+                self.secrets.write_cert(name, cert)
+            info = pki.cert_info(cert)
+            self._record(lambda s, c=c, info=info: s.with_resource(ResourceState(
+                c.address, c.type, None, info.sha256, {**after, **_cert_attrs(info)})))
+            self.emit("hyprov", f"{c.address} {'created' if c.action is Action.CREATE else 'replaced'} "
+                                f"(expires {info.not_after})")
+            self._count(c)
+
+    def _external_ca(self) -> Any:
+        from . import pki
+
+        pk = self.t.pki
+        assert pk is not None
+        ca = pk.intermediates[-1] if pk.intermediates and pk.intermediates[-1].external else pk.root
+        assert ca.cert_file is not None and ca.key_file is not None
+        return pki.load_external_ca(ca.cert_file, ca.key_file, ca.chain_file, self.passphrase)
+
+    def _ca(self, address: str) -> tuple[Any, Any]:
+        pk = self.t.pki
+        assert pk is not None
+        cfg = pk.root if address == "ca.root" else pk.intermediates[int(address.split("[")[1].rstrip("]"))]
+        if cfg.external:
+            ext = self._external_ca()
+            return ext.cert, ext.key
+        name = _secret_name(address)
+        return self.secrets.read_cert(name), self.secrets.read_key(name)
+
+    def _chain(self) -> tuple[Any, Any, list[Any], Any]:
+        """(signing cert, signing key, intermediates bottom-up for the cert file, root cert)."""
+        from .resources import ca_addresses
+
+        addrs = ca_addresses(self.t)
+        pk = self.t.pki
+        assert pk is not None
+        if any((pk.root, *pk.intermediates)[i].external for i in range(len(addrs))):
+            ext = self._external_ca()
+            return ext.cert, ext.key, list(ext.intermediates), ext.root
+        certs = [self._ca(a)[0] for a in addrs]
+        signing_cert, signing_key = self._ca(addrs[-1])
+        return signing_cert, signing_key, list(reversed(certs[1:])), certs[0]
+
+    # ----------------------------------------------------------------- nodes
+
+    def _intents(self) -> None:
+        """The intent record: every node that will restart says so before any write."""
+        changed = False
+        for name, changes in self.by_node.items():
+            if any(c.type == "service" and c.action in (Action.CREATE, Action.UPDATE) for c in changes):
+                prior = self.state.nodes.get(name)
+                if prior is None or not prior.pending_restart:
+                    self._record(lambda s, name=name, prior=prior: s.with_node(NodeState(
+                        name, True, prior.kong_version if prior else None,
+                        prior.migrations_done if prior else False)))
+                    changed = True
+        if changed:
+            self._save()
+
+    def _node_files_phase(self) -> None:
+        names = [n for n in self.by_node if any(c.type in ("cert", "file") for c in self.by_node[n])]
+        with ThreadPoolExecutor(max_workers=min(self.parallelism, max(1, len(names)))) as pool:
+            for _ in pool.map(self._node_files, names):
+                pass
+
+    def _node_files(self, name: str) -> None:
+        outcome = self.outcomes[name]
+        changes = self.by_node[name]
+        try:
+            node = self.t.node(name)
+            deletes = [c for c in changes if c.type == "file" and c.action is Action.DELETE]
+            if node is None:  # a removed node: only deletes
+                self._delete_files(name, deletes)
+                outcome.status = "done"
+                return
+            outcome.status = "running"
+            cert_change = next((c for c in changes if c.type == "cert" and c.action is not Action.DELETE), None)
+            local_key: bytes | None = None
+            if cert_change is not None:
+                local_key = self._issue_leaf(node, cert_change)
+            writes: list[tuple[Change, hs.FileWrite]] = []
+            on_node_keys: list[Change] = []
+            for c in changes:
+                if c.type != "file" or c.action not in (Action.CREATE, Action.UPDATE):
+                    continue
+                after = c.after or {}
+                if after.get("source") == "on_node":
+                    on_node_keys.append(c)
+                    continue
+                content = self._content(node, after, local_key)
+                writes.append((c, hs.FileWrite(after["path"], content, after["mode"], after.get("owner"),
+                                               after.get("group"))))
+            tr = self.transport(node)
+            written: dict[str, str] = {}
+            if writes:
+                res = tr.run(hs.write_script([w for _, w in writes]))
+                written = hs.parse_written(res.stdout)
+                if res.exit_status != 0:
+                    raise CommandFailed(name, "atomic write of managed files", res.exit_status,
+                                        res.stderr.decode(errors="replace"))
+            for c, w in writes:
+                digest = written.get(w.path)
+                if digest != sha256(w.content):
+                    raise TransportError(name, f"{w.path}: digest after write does not match what was sent")
+                self._record_file(node, c, w.content)
+                self.emit(name, f"file {w.path} {'created' if c.action is Action.CREATE else 'updated'} "
+                                f"({_size(len(w.content))})")
+            if on_node_keys:
+                facts = hs.parse_read(tr.run(hs.read_script([(c.after or {})["path"] for c in on_node_keys])).stdout)
+                for c in on_node_keys:
+                    fact = facts.get((c.after or {})["path"])
+                    if fact is None or not fact.exists:
+                        raise TransportError(name, f"{(c.after or {})['path']}: key missing after key generation")
+                    self._record(lambda s, c=c, fact=fact: s.with_resource(ResourceState(
+                        c.address, "file", name, fact.digest, {**(c.after or {}), "host_digest": fact.digest})))
+                    self._count(c)
+                    self.emit(name, f"file {(c.after or {})['path']} generated on the node")
+            self._delete_files(name, deletes)
+            outcome.status = "files done"
+            self._save()
+        except HyprovError as exc:
+            outcome.status, outcome.detail = "failed", str(exc)
+            self.emit(name, f"failed: {exc}")
+            self._save()
+
+    def _issue_leaf(self, node: m.Node, c: Change) -> bytes | None:
+        """Issue the node's certificate; returns the key PEM when hyprov generated it."""
+        from . import pki
+
+        after = c.after or {}
+        signing_cert, signing_key, intermediates, _root = self._chain()
+        key_pem: bytes | None = None
+        if after["key_generation"] == "on_node":
+            rotate = c.action is Action.REPLACE and "key_type" in (c.reason or "")
+            owner = node.kong.owner and (f"{node.kong.owner}:{node.kong.group}" if node.kong.group else node.kong.owner)
+            script = pki.csr_command(after["key_type"], after["key_path"], after["common_name"], owner, rotate=rotate)
+            tr = self.transport(node)
+            res = tr.run(hs.in_root(_rooted_csr(script)))
+            if res.exit_status != 0:
+                err = res.stderr.decode(errors="replace")
+                hint = " (is openssl installed on the node?)" if "openssl" in err and "not found" in err else ""
+                raise CommandFailed(node.name, f"key and CSR generation{hint}", res.exit_status, err)
+            public = pki.verify_csr(res.stdout, expected_key_type=after["key_type"],
+                                    expected_cn=after["common_name"])
+            if rotate:
+                pending = pki.pending_key_path(after["key_path"])
+                mv = tr.run(hs.in_root(f'mv -f "$R"{_q(pending)} "$R"{_q(after["key_path"])}'))
+                if mv.exit_status != 0:
+                    raise CommandFailed(node.name, "install the rotated key", mv.exit_status, mv.stderr.decode())
+        else:
+            key = pki.generate_key(after["key_type"])
+            public = key.public_key()
+            key_pem = pki.key_pem(key)
+        now = self.now()
+        if after["role"] == "control_plane":
+            cert = pki.issue_cp_leaf(public, signing_cert, signing_key, server_names=after["sans"],
+                                     validity_days=int(after["validity_days"]), now=now)
+        else:
+            cert = pki.issue_dp_leaf(public, signing_cert, signing_key, node_name=after["common_name"],
+                                     validity_days=int(after["validity_days"]), now=now)
+        pem = pki.chain_pem(cert, intermediates)
+        self.issued[c.address] = pem
+        info = pki.cert_info(cert)
+        self._record(lambda s: s.with_resource(ResourceState(
+            c.address, "cert", node.name, info.sha256, {**after, **_cert_attrs(info), "pem": pem.decode()})))
+        self._count(c)
+        self.emit(node.name, f"{c.address} issued (expires {info.not_after})")
+        return key_pem
+
+    def _content(self, node: m.Node, after: Mapping[str, Any], local_key: bytes | None) -> bytes:
+        from . import pki
+
+        source: str = after["source"]
+        if source == "kong_conf":
+            return kongconf.render_conf(self.t, node, self.password if after.get("secret_env") else None).encode()
+        if source.startswith("leaf:"):
+            addr = source[5:]
+            if addr in self.issued:
+                return self.issued[addr]
+            rec = self.state.resources.get(addr)
+            if rec is None or not rec.attrs.get("pem"):
+                raise PKIError(f"{addr} has no recorded certificate to reinstall", f"run: hyprov state rm {addr}")
+            return str(rec.attrs["pem"]).encode()
+        if source.startswith("key:"):
+            if local_key is None:
+                raise PKIError(f"{node.name}: the key file changed, and hyprov never keeps node keys",
+                               f"reissue it: hyprov state rm {source[4:]}, then apply")
+            return local_key
+        if source == "ca_bundle":
+            return pki.cert_pem(self._chain()[3])
+        if source == "shared_cert":
+            return bytes(pki.cert_pem(self.secrets.read_cert("shared")))
+        if source == "shared_key":
+            return bytes(pki.key_pem(self.secrets.read_key("shared")))
+        if source.startswith("license:"):
+            try:
+                return Path(source[8:]).read_bytes()
+            except OSError as exc:
+                raise HyprovError(f"cannot read license file {source[8:]}: {exc.strerror}") from exc
+        raise HyprovError(f"unknown file source {source!r}")  # pragma: no cover
+
+    def _record_file(self, node: m.Node, c: Change, content: bytes) -> None:
+        after = dict(c.after or {})
+        digest = sha256(content)
+        if after.get("source") == "kong_conf":
+            masked = kongconf.render_conf(self.t, node)
+            after["content"] = masked
+            if after.get("secret_env") and self.password is not None:
+                after["secret_fingerprint"] = secret_fingerprint(self.password, self.state.lineage, c.address)
+            else:
+                after["host_digest"] = digest
+        else:
+            after["host_digest"] = digest
+        self._record(lambda s: s.with_resource(ResourceState(c.address, "file", node.name, after.get(
+            "content_digest", digest), after)))
+        self._count(c)
+
+    def _delete_files(self, name: str, deletes: list[Change]) -> None:
+        if not deletes:
+            return
+        paths = [(c.before or {}).get("path", "") for c in deletes]
+        res = self.transport(name).run(hs.delete_script(paths))
+        if res.exit_status != 0:
+            raise CommandFailed(name, "delete managed files", res.exit_status, res.stderr.decode(errors="replace"))
+        for c in deletes:
+            self._record(lambda s, c=c: s.without_resource(c.address))
+            self._count(c)
+            self.emit(name, f"file {(c.before or {}).get('path')} deleted")
+
+    # ----------------------------------------------------------- migrations
+
+    def _migrations(self, when: str) -> None:
+        c = next((c for c in self.plan.actionable if c.type == "migrations"), None)
+        if c is None or c.action is Action.DELETE:
+            return
+        after = c.after or {}
+        runs_on = after["runs_on"]
+        if self.outcomes.get(runs_on, NodeOutcome("done")).status == "failed":
+            return
+        conf = after["conf_path"]
+        tr = self.transport(runs_on)
+
+        def run(step: str) -> int:
+            cmd = after.get(step)
+            if not cmd:
+                return 0
+            res = tr.run(hs.in_root(cmd.format(conf=conf)))
+            self.emit(runs_on, f"kong migrations {step}: exit {res.exit_status}")
+            return res.exit_status
+
+        try:
+            if when == "before":
+                code = run("list")
+                if code == 3:
+                    code = run("bootstrap")
+                elif code == 5 or (c.action is Action.UPDATE and code in (0, 4, 5)):
+                    code = run("up") if code != 4 else 0
+                elif code == 4:
+                    code = 0  # pending: finish runs after every node has restarted
+                if code not in (0,):
+                    raise CommandFailed(runs_on, "kong migrations", code, "see the command's output on the node")
+            else:
+                code = run("list")
+                if code == 4:
+                    code = run("finish")
+                if code != 0:
+                    raise CommandFailed(runs_on, "kong migrations finish", code, "")
+                self._record(lambda s: s.with_resource(ResourceState(c.address, "migrations", runs_on, None, after)))
+        except HyprovError as exc:
+            self.outcomes.setdefault(runs_on, NodeOutcome()).status = "failed"
+            self.outcomes[runs_on].detail = str(exc)
+            self.emit(runs_on, f"failed: {exc}")
+            raise
+
+    # -------------------------------------------------------------- restarts
+
+    def _restarts(self) -> None:
+        svc = {c.node: c for c in self.plan.actionable
+               if c.type == "service" and c.action in (Action.CREATE, Action.UPDATE) and c.node}
+        cps = [n.name for n in self.t.control_planes if n.name in svc]
+        dps = [n.name for n in self.t.data_planes if n.name in svc]
+        batch = self.t.rollout.batch_size(len(self.t.data_planes))
+        stopped = False
+        for name in cps:
+            if not self._restart_one(name, svc[name]):
+                stopped = True
+                break
+        batches = [dps[i:i + batch] for i in range(0, len(dps), batch)]
+        for group in ([] if stopped else batches):
+            with ThreadPoolExecutor(max_workers=min(self.parallelism, len(group))) as pool:
+                ok = list(pool.map(lambda n: self._restart_one(n, svc[n]), group))
+            self._save()
+            if not all(ok):
+                stopped = True
+                break
+        if stopped:
+            for name in cps + dps:
+                o = self.outcomes.setdefault(name, NodeOutcome())
+                if o.status in ("files done", "running", "not started") and not o.restarted:
+                    o.status, o.detail = "not started", "rollout stopped after a failed node; restart pending"
+            self.emit("hyprov", "rollout stopped: later batches were not restarted (their restart stays pending)")
+
+    def _restart_one(self, name: str, c: Change) -> bool:
+        outcome = self.outcomes.setdefault(name, NodeOutcome())
+        if outcome.status == "failed":
+            return False
+        node = self.t.node(name)
+        assert node is not None
+        after = c.after or {}
+        paths = [(x.after or {}).get("path", "") for x in self.by_node.get(name, [])
+                 if x.type == "file" and x.action in (Action.CREATE, Action.UPDATE)]
+        try:
+            tr = self.transport(node)
+            if after.get("restart"):
+                res = tr.run(hs.in_root(after["restart"]))
+                if res.exit_status != 0:
+                    raise CommandFailed(name, after["restart"], res.exit_status, res.stderr.decode(errors="replace"))
+            if after.get("health"):
+                res = tr.run(hs.in_root(after["health"]))
+                if res.exit_status != 0:
+                    self.emit(name, "health check failed: putting the previous files back")
+                    tr.run(hs.restore_script(paths))
+                    if after.get("restart"):
+                        tr.run(hs.in_root(after["restart"]))
+                    raise CommandFailed(name, f"health check ({after['health']})", res.exit_status,
+                                        (res.stderr or res.stdout).decode(errors="replace"))
+            if paths:
+                tr.run(hs.drop_prev_script(paths))
+        except HyprovError as exc:
+            outcome.status, outcome.detail = "failed", str(exc)
+            self.emit(name, f"failed: {exc}")
+            self._save()
+            return False
+        prior = self.state.nodes.get(name)
+        self._record(lambda s: s.with_node(NodeState(name, False, after.get("kong_version"),
+                                                     prior.migrations_done if prior else False))
+                     .with_resource(ResourceState(c.address, "service", name, None, after)))
+        outcome.status, outcome.restarted = "done", True
+        self.emit(name, "restarted" if after.get("restart") else "no restart command configured")
+        return True
+
+    def _controller_deletes(self) -> None:
+        for c in self.plan.actionable:
+            if c.action is not Action.DELETE or c.type == "file":
+                continue
+            if c.node and self.outcomes.get(c.node, NodeOutcome("done")).status == "failed":
+                continue
+            self._record(lambda s, c=c: s.without_resource(c.address))
+            if c.type == "service" and c.node:
+                self._record(lambda s, c=c: s.without_node(c.node) if c.node in s.nodes else s)
+            self._count(c)
+        for name, o in self.outcomes.items():
+            if o.status == "files done":
+                o.status = "done"
+
+
+def _cert_attrs(info: Any) -> dict[str, Any]:
+    return {"serial": info.serial, "fingerprint": info.sha256, "not_before": info.not_before,
+            "not_after": info.not_after}
+
+
+def _secret_name(address: str) -> str:
+    return "ca-root" if address == "ca.root" else "ca-intermediate-" + address.split("[")[1].rstrip("]")
+
+
+def _parent_ca(address: str) -> str:
+    i = int(address.split("[")[1].rstrip("]"))
+    return "ca.root" if i == 0 else f"ca.intermediate[{i - 1}]"
+
+
+def _q(s: str) -> str:
+    import shlex
+
+    return shlex.quote(s)
+
+
+def _rooted_csr(script: str) -> str:
+    """The CSR snippet uses absolute key paths; on the local connection they live under $R."""
+    import re
+
+    return re.sub(r"^(key|target)=('?)/", r'\1="$R"\2/', script, flags=re.MULTILINE)
+
+
+def _size(n: int) -> str:
+    return f"{n} B" if n < 1024 else f"{n / 1024:.1f} KiB"

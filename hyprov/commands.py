@@ -1,0 +1,338 @@
+"""Sub-commands that read state or touch hosts: plan, show, apply, destroy,
+graph, firewall, state. Registered into cli.py's parser."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import ApplyError, HyprovError, StaleState
+
+if TYPE_CHECKING:
+    from .backends import StateBackend
+    from .model import Topology
+    from .plan import Plan
+    from .state import State
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+
+def _topology(args: argparse.Namespace) -> Topology:
+    from .config import load_topology
+
+    return load_topology(Path(args.file))
+
+
+def _color() -> bool:
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+def _make_plan(t: Topology, backend: StateBackend, args: argparse.Namespace, *, destroy: bool = False
+               ) -> tuple[Plan, State | None]:
+    from . import graph, planner, resources, shell
+    from .planner import Facts
+
+    state = backend.read()
+    res = resources.build(t)
+    g = graph.build(res)
+    pw = shell.password(t) if not destroy else shell.password(t, required=False)
+    facts = Facts()
+    refresh = getattr(args, "refresh", None)
+    if state is not None and state.resources and refresh is not False and not destroy:
+        facts, transports = shell.refresh(t, state, shell.Connector(), pw, getattr(args, "parallelism", 64))
+        for tr in transports.values():
+            tr.close()
+        if refresh is None and facts.unreachable and len(facts.unreachable) == len(
+                {r.node for r in state.resources.values() if r.type == "file" and r.node}):
+            print("hyprov: warning: no node is reachable: planning from the recorded state only "
+                  "(--refresh makes this an error)", file=sys.stderr)
+            facts = Facts(secret_fingerprints=facts.secret_fingerprints)
+    elif state is not None:
+        facts = Facts(secret_fingerprints=shell.secret_fingerprints(state, pw))
+    p = planner.plan(res, g, state, shell.now(), topology_digest=t.digest, facts=facts,
+                     targets=tuple(getattr(args, "target", None) or ()), destroy=destroy)
+    return p, state
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from . import render, shell
+
+    t = _topology(args)
+    backend = shell.backend_for(t)
+    with shell.locked(backend, args.lock_timeout):
+        p, _ = _make_plan(t, backend, args)
+    if args.out:
+        _write_plan(Path(args.out), p)
+    sys.stdout.write(render.render_json(p) if args.json else render.render_text(p, color=_color()))
+    if args.out and not args.json:
+        print(f"\nSaved the plan to {args.out}. Apply exactly this plan with: hyprov apply -f {args.file} {args.out}")
+    if p.errors:
+        return EXIT_ERROR
+    return EXIT_CHANGES if args.detailed_exitcode and p.has_changes else EXIT_OK
+
+
+def _write_plan(path: Path, p: Plan) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(p.dumps())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise HyprovError(f"cannot write plan file {path}: {exc.strerror}") from exc
+
+
+def _read_plan(path: str) -> Plan:
+    from .plan import Plan
+
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise HyprovError(f"cannot read plan file {path}: {exc.strerror}") from exc
+    return Plan.loads(text, path)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from . import render
+
+    p = _read_plan(args.planfile)
+    sys.stdout.write(render.render_json(p) if args.json else render.render_text(p, color=_color()))
+    return EXIT_OK
+
+
+def _check_stale(p: Plan, t: Topology, state: State | None, source: str) -> None:
+    if p.topology_digest != t.digest:
+        raise StaleState(f"saved plan {source} is stale: the topology file changed since it was made",
+                         "make a new plan with: hyprov plan --out FILE")
+    lineage = state.lineage if state else None
+    serial = state.serial if state else None
+    if (p.lineage, p.serial) != (lineage, serial):
+        raise StaleState(f"saved plan {source} is stale: the state changed since it was made "
+                         f"(plan: serial {p.serial}, state: serial {serial})",
+                         "make a new plan with: hyprov plan --out FILE")
+
+
+def _confirm(args: argparse.Namespace, question: str) -> bool:
+    if args.auto_approve:
+        return True
+    if not sys.stdin.isatty():
+        raise HyprovError("refusing to apply without confirmation: standard input is not a terminal",
+                          "review the plan and pass --auto-approve, or apply a saved plan file")
+    answer = input(f"{question} (yes/no) ")
+    return answer.strip() == "yes"
+
+
+def _emitter(args: argparse.Namespace) -> Any:
+    import threading
+
+    lock = threading.Lock()
+    as_json = getattr(args, "json", False)
+
+    def emit(node: str, message: str) -> None:
+        with lock:
+            if as_json:
+                print(json.dumps({"node": node, "event": message}), flush=True)
+            else:
+                print(f"{node}: {message}", flush=True)
+
+    return emit
+
+
+def _run_apply(args: argparse.Namespace, *, destroy: bool = False) -> int:
+    from . import render, shell
+    from .applier import Applier
+
+    t = _topology(args)
+    backend = shell.backend_for(t)
+    with shell.locked(backend, args.lock_timeout):
+        if getattr(args, "planfile", None):
+            p = _read_plan(args.planfile)
+            state = backend.read()
+            _check_stale(p, t, state, args.planfile)
+        else:
+            p, state = _make_plan(t, backend, args, destroy=destroy)
+            if not args.json:
+                sys.stdout.write(render.render_text(p, color=_color()))
+            if p.errors:
+                raise HyprovError("the plan has errors: nothing was applied", "fix them or use --target")
+            if not p.has_changes:
+                return EXIT_OK
+            question = "Destroy everything hyprov installed?" if destroy else "Apply these changes?"
+            if not _confirm(args, question):
+                print("Apply cancelled.")
+                return EXIT_ERROR
+        if state is None:
+            state = shell.read_or_new(backend)
+        applier = Applier(t, p, backend, state, connect=shell.Connector(), now=shell.now,
+                          password=shell.password(t, required=not destroy), secrets=shell.secrets_dir(t),
+                          passphrase=shell.passphrase(), parallelism=args.parallelism, emit=_emitter(args))
+        result = applier.run()
+    c = result.counts
+    if result.failed:
+        print("\nApply finished with failures:", file=sys.stderr)
+        for name, o in sorted(result.outcomes.items()):
+            print(f"  {name}: {o.status}{': ' + o.detail if o.detail else ''}", file=sys.stderr)
+        raise ApplyError(f"apply failed on {sum(o.status == 'failed' for o in result.outcomes.values())} node(s); "
+                         f"state records what was done ({c['added']} added, {c['changed']} changed, "
+                         f"{c['destroyed']} destroyed)", "fix the cause and run apply again: it resumes")
+    word = "Destroy" if destroy else "Apply"
+    print(f"{word} complete: {c['added']} added, {c['changed']} changed, {c['destroyed']} destroyed.")
+    return EXIT_OK
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    return _run_apply(args)
+
+
+def cmd_destroy(args: argparse.Namespace) -> int:
+    return _run_apply(args, destroy=True)
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from . import graph, resources
+
+    t = _topology(args)
+    sys.stdout.write(graph.to_dot(graph.build(resources.build(t))))
+    return EXIT_OK
+
+
+def cmd_firewall(args: argparse.Namespace) -> int:
+    from . import firewall
+
+    t = _topology(args)
+    rows = firewall.flows(t)
+    if args.json:
+        print(json.dumps({"cluster": t.cluster.name, "mode": t.firewall.mode,
+                          "flows": [r.to_json() for r in rows]}, indent=2))
+    else:
+        sys.stdout.write(firewall.render_table(rows))
+    return EXIT_OK
+
+
+def _state_rw(args: argparse.Namespace) -> tuple[Any, Any]:
+    from . import shell
+
+    t = _topology(args)
+    return t, shell.backend_for(t)
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    from . import shell
+    from .state import to_json
+
+    t, backend = _state_rw(args)
+    sub = args.state_command
+    if sub == "list":
+        st = backend.read()
+        for addr in sorted(st.resources) if st else []:
+            print(addr)
+        return EXIT_OK
+    if sub == "show":
+        st = backend.read()
+        if st is None or args.address not in st.resources:
+            raise HyprovError(f"no resource {args.address!r} in the state", "see: hyprov state list")
+        print(json.dumps({"address": args.address, **st.resources[args.address].to_dict()}, indent=2, sort_keys=True))
+        return EXIT_OK
+    if sub == "pull":
+        st = backend.read()
+        sys.stdout.write(to_json(st) if st else "")
+        return EXIT_OK
+    with shell.locked(backend, args.lock_timeout):
+        st = backend.read()
+        if st is None:
+            raise HyprovError("there is no state yet", "run hyprov apply first")
+        if sub == "mv":
+            new = st.move(args.old, args.new)
+            what = f"Moved {args.old} to {args.new}"
+        else:
+            if args.address in st.resources:
+                new = st.without_resource(args.address)
+            elif args.address in st.nodes or any(r.node == args.address for r in st.resources.values()):
+                new = st
+                for a in [a for a, r in st.resources.items() if r.node == args.address]:
+                    new = new.without_resource(a)
+                if args.address in new.nodes:
+                    new = new.without_node(args.address)
+            else:
+                raise HyprovError(f"no resource or node {args.address!r} in the state", "see: hyprov state list")
+            what = f"Removed {args.address} from the state (nothing on the host was touched)"
+        new = new.bump_serial_if_changed(st)
+        backend.write(new, st.serial)
+    print(what + ".")
+    return EXIT_OK
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-f", "--file", default="hyprov.yaml", help="topology file (default ./hyprov.yaml)")
+
+    def lock(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--lock-timeout", type=float, default=0.0, metavar="SECONDS",
+                       help="wait this long for the state lock (default: fail at once)")
+
+    def refresh(p: argparse.ArgumentParser) -> None:
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--refresh", dest="refresh", action="store_true", default=None,
+                       help="read the hosts first; an unreachable host is an error")
+        g.add_argument("--no-refresh", dest="refresh", action="store_false", help="plan from the state only")
+
+    p = sub.add_parser("plan", help="show what apply would change (changes nothing)")
+    common(p)
+    lock(p)
+    refresh(p)
+    p.add_argument("--out", metavar="PLANFILE", help="save the plan for `hyprov apply PLANFILE`")
+    p.add_argument("--json", action="store_true", help="machine-readable plan")
+    p.add_argument("--detailed-exitcode", action="store_true", help="exit 0: no changes, 1: error, 2: changes")
+    p.add_argument("--target", action="append", metavar="ADDR", help="limit to ADDR and its dependencies")
+    p.add_argument("--parallelism", type=int, default=64)
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("show", help="print a saved plan")
+    p.add_argument("planfile")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_show)
+
+    for name, func, helptext in (("apply", cmd_apply, "apply the plan (or a saved plan file)"),
+                                 ("destroy", cmd_destroy, "remove everything hyprov installed")):
+        p = sub.add_parser(name, help=helptext)
+        common(p)
+        lock(p)
+        if name == "apply":
+            p.add_argument("planfile", nargs="?", metavar="PLANFILE")
+            refresh(p)
+            p.add_argument("--target", action="append", metavar="ADDR")
+        p.add_argument("--auto-approve", action="store_true", help="do not ask for confirmation")
+        p.add_argument("--parallelism", type=int, default=64, help="hosts worked on at once (default 64)")
+        p.add_argument("--json", action="store_true", help="one JSON event per line")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("graph", help="print the dependency graph in DOT")
+    common(p)
+    p.set_defaults(func=cmd_graph)
+
+    p = sub.add_parser("firewall", help="print the flows the cluster needs")
+    common(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_firewall)
+
+    p = sub.add_parser("state", help="inspect or edit the recorded state")
+    ss = p.add_subparsers(dest="state_command", metavar="SUBCOMMAND")
+    ss.required = True
+    for name, helptext in (("list", "list resource addresses"), ("show", "show one resource"),
+                           ("mv", "rename a resource or a node"), ("rm", "forget a resource or node"),
+                           ("pull", "print the whole state document")):
+        q = ss.add_parser(name, help=helptext)
+        common(q)
+        lock(q)
+        if name in ("show", "rm"):
+            q.add_argument("address")
+        if name == "mv":
+            q.add_argument("old")
+            q.add_argument("new")
+        q.set_defaults(func=cmd_state)

@@ -1,0 +1,57 @@
+"""Resources -> networkx DiGraph; creation order and reverse order for deletes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import networkx as nx
+
+from .errors import GraphError
+from .resources import Resource
+
+
+def build(resources: Iterable[Resource]) -> nx.DiGraph:
+    """An edge A -> B means B depends on A (A is applied first)."""
+    g: nx.DiGraph = nx.DiGraph()
+    res = list(resources)
+    for r in res:
+        g.add_node(r.address, type=r.type, node=r.node)
+    for r in res:
+        for dep in r.depends_on:
+            if dep not in g:
+                raise GraphError(f"{r.address} depends on unknown resource {dep}")
+            g.add_edge(dep, r.address)
+    try:
+        cycle = nx.find_cycle(g)
+    except nx.NetworkXNoCycle:
+        return g
+    names = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
+    raise GraphError(f"dependency cycle: {names}")
+
+
+def order(g: nx.DiGraph) -> list[str]:
+    """A deterministic topological order (dependencies first)."""
+    return list(nx.lexicographical_topological_sort(g))
+
+
+def closure(g: nx.DiGraph, targets: Iterable[str]) -> set[str]:
+    """The targets plus everything they depend on (Terraform's -target)."""
+    out: set[str] = set()
+    for t in targets:
+        out.add(t)
+        out |= nx.ancestors(g, t)
+    return out
+
+
+def to_dot(g: nx.DiGraph) -> str:
+    lines = ["digraph hyprov {", "  rankdir=LR;", '  node [shape=box, fontname="monospace"];']
+    for n in order(g):
+        lines.append(f"  {_q(n)};")
+    for u, v in sorted(g.edges()):
+        lines.append(f"  {_q(u)} -> {_q(v)};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,215 @@
+"""plan(resources, graph, prior state, facts, now) -> Plan. Pure.
+
+Facts read from hosts arrive already judged (``drift``: address -> reason,
+``unreachable``: node -> reason) so this module never touches a host, a clock
+or a secret. Certificates are renewed by the recorded notAfter and ``now``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import networkx as nx
+
+from . import graph as graphmod
+from .errors import HyprovError
+from .plan import Action, Change, Plan
+from .resources import Resource
+from .state import State
+
+# attributes recorded at apply time; they never make a resource differ from its desired form
+APPLY_TIME_ATTRS = frozenset({"serial", "fingerprint", "not_before", "not_after", "host_digest", "content",
+                              "secret_fingerprint", "key_fingerprint", "bytes"})
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What refresh learned from the hosts, already compared with the state."""
+
+    drift: Mapping[str, str] = field(default_factory=dict)  # file address -> reason
+    unreachable: Mapping[str, str] = field(default_factory=dict)  # node -> reason
+    secret_fingerprints: Mapping[str, str] = field(default_factory=dict)  # file address -> fingerprint
+
+
+def _days_left(not_after: str, now: datetime) -> float:
+    return (datetime.fromisoformat(not_after) - now).total_seconds() / 86400
+
+
+def _renewal_reason(attrs: Mapping[str, Any], recorded: Mapping[str, Any], now: datetime, *, ca: bool) -> str | None:
+    not_after = recorded.get("not_after")
+    if not not_after:
+        return None
+    left = _days_left(not_after, now)
+    renew = int(attrs.get("renew_before_days", 30))
+    threshold = renew + (int(attrs.get("leaf_validity_days", 0)) if ca else 0)
+    if left <= 0:
+        return f"certificate expired {int(-left)} days ago"
+    if left < threshold:
+        what = f"leaf_validity_days + renew_before_days is {threshold}" if ca else f"renew_before_days is {renew}"
+        return f"certificate expires in {int(left)} days, {what}"
+    return None
+
+
+def _changed_keys(desired: Mapping[str, Any], recorded: Mapping[str, Any]) -> list[str]:
+    return sorted(k for k in desired if k not in APPLY_TIME_ATTRS and recorded.get(k) != desired[k])
+
+
+def _conf_keys_changed(old: str, new: str) -> list[str]:
+    def parse(text: str) -> dict[str, str]:
+        out = {}
+        for line in text.splitlines():
+            if "=" in line and not line.lstrip().startswith("#"):
+                k, v = line.split("=", 1)
+                out[k.strip()] = v.strip()
+        return out
+
+    a, b = parse(old), parse(new)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def conf_diff(path: str, old: str, new: str) -> str:
+    return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), f"a{path}", f"b{path}"))
+
+
+def _public(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """Attributes as shown in plans: no content bodies, no secret references resolved."""
+    return {k: v for k, v in sorted(attrs.items()) if k != "content"}
+
+
+def plan(
+    resources: Sequence[Resource],
+    g: nx.DiGraph,
+    state: State | None,
+    now: datetime,
+    *,
+    topology_digest: str,
+    facts: Facts | None = None,
+    targets: Sequence[str] = (),
+    destroy: bool = False,
+) -> Plan:
+    facts = facts or Facts()
+    prior = dict(state.resources) if state else {}
+    prior_nodes = dict(state.nodes) if state else {}
+    desired = {} if destroy else {r.address: r for r in resources}
+    changes: dict[str, Change] = {}
+    errors: list[str] = []
+
+    unknown = [t for t in targets if t not in desired and t not in prior and t not in g]
+    if unknown:
+        raise HyprovError(f"unknown target address(es): {', '.join(unknown)}",
+                          "list addresses with: hyprov state list, or hyprov graph")
+
+    for addr in ([] if destroy else graphmod.order(g)):
+        r = desired[addr]
+        rec = prior.get(addr)
+        recorded = rec.attrs if rec else {}
+        action, reason, diff = Action.NOOP, None, None
+
+        def dep_changed(kinds: tuple[Action, ...] = (Action.CREATE, Action.REPLACE), r: Resource = r) -> str | None:
+            for d in r.depends_on:
+                c = changes.get(d)
+                if c is not None and c.action in kinds:
+                    return d
+            return None
+
+        if rec is None:
+            action, reason = Action.CREATE, "not yet created"
+            if r.type == "service":
+                reason = "start after its files are installed"
+            elif r.type == "migrations":
+                reason = "kong migrations list, then bootstrap if the database is new"
+        elif r.type in ("ca", "shared_cert", "cert"):
+            keys = _changed_keys(r.attrs, recorded)
+            issuer = dep_changed()
+            renew = _renewal_reason(r.attrs, recorded, now, ca=r.type == "ca")
+            if keys:
+                action, reason = Action.REPLACE, "changed: " + ", ".join(f"{k}" for k in keys)
+            elif issuer:
+                action, reason = Action.REPLACE, f"issuer {issuer} is replaced"
+            elif renew:
+                action, reason = Action.REPLACE, renew
+            if r.type == "ca" and r.attrs.get("external") and action is Action.REPLACE and not keys:
+                action, reason = Action.NOOP, None  # never rotate a CA hyprov does not own
+        elif r.type == "file":
+            keys = _changed_keys(r.attrs, recorded)
+            source = dep_changed()
+            secret = facts.secret_fingerprints.get(addr)
+            if "content_digest" in keys and r.content is not None:
+                old = recorded.get("content") or ""
+                changed = _conf_keys_changed(old, r.content)
+                reason = "kong.conf: " + (", ".join(changed) + " changed" if changed else "content changed")
+                diff = conf_diff(r.attrs["path"], old, r.content)
+                action = Action.UPDATE
+            elif keys:
+                action = Action.UPDATE
+                reason = ", ".join(f"{k} {recorded.get(k)} -> {r.attrs[k]}" for k in keys)
+            elif source:
+                action, reason = Action.UPDATE, f"{source} is (re)issued"
+            elif secret is not None and recorded.get("secret_fingerprint") != secret:
+                action, reason = Action.UPDATE, "kong.conf: pg_password changed"
+            elif addr in facts.drift:
+                action, reason = Action.UPDATE, f"drift: {facts.drift[addr]}"
+        elif r.type == "service":
+            changed_files = [d for d in r.depends_on if d in changes and changes[d].action is not Action.NOOP
+                             and changes[d].type == "file"]
+            node_state = prior_nodes.get(r.node or "")
+            keys = _changed_keys(r.attrs, recorded)
+            if changed_files:
+                action = Action.UPDATE
+                reason = "restart: " + ", ".join(changes[d].address.split('"')[1] for d in changed_files) + " changed"
+            elif node_state is not None and node_state.pending_restart:
+                action, reason = Action.UPDATE, "restart left pending by an interrupted or failed run"
+            elif "kong_version" in keys:
+                action = Action.UPDATE
+                reason = f"restart: kong_version {recorded.get('kong_version')} -> {r.attrs['kong_version']}"
+            elif keys:
+                action, reason = Action.UPDATE, "changed: " + ", ".join(keys)
+        elif r.type == "migrations":
+            old_v, new_v = recorded.get("kong_version"), r.attrs.get("kong_version")
+            keys = _changed_keys(r.attrs, recorded)
+            if old_v != new_v and old_v and new_v:
+                action, reason = Action.UPDATE, f"kong migrations up, then finish once every node runs {new_v}"
+            elif keys:
+                action, reason = Action.UPDATE, "changed: " + ", ".join(keys)
+
+        err = facts.unreachable.get(r.node or "") if r.node else None
+        before = _public(recorded) if rec else None
+        changes[addr] = Change(addr, r.type, r.node, action, reason, before,
+                               _public(r.attrs) if action is not Action.DELETE else None, diff, None)
+        if err and action is not Action.NOOP:
+            changes[addr] = Change(addr, r.type, r.node, action, reason, before, _public(r.attrs), diff,
+                                   f"{r.node} is unreachable: {err}")
+
+    deletes = [a for a in prior if a not in desired]
+    deletes.sort(key=_delete_order)
+    for addr in deletes:
+        rec = prior[addr]
+        reason = "destroy requested" if destroy else (
+            f"node {rec.node} was removed from the topology" if rec.node and not any(
+                r.node == rec.node for r in desired.values()) else "no longer in the topology")
+        err = facts.unreachable.get(rec.node or "") if rec.node else None
+        changes[addr] = Change(addr, rec.type, rec.node, Action.DELETE, reason, _public(rec.attrs), None, None,
+                               f"{rec.node} is unreachable: {err}" if err else None)
+
+    if targets:
+        keep = graphmod.closure(g, [t for t in targets if t in g]) | {t for t in targets if t in prior}
+        changes = {a: c for a, c in changes.items() if a in keep}
+    for c in changes.values():
+        if c.error:
+            errors.append(f"{c.address}: {c.error}")
+    return Plan(topology_digest, state.lineage if state else None, state.serial if state else None,
+                tuple(changes.values()), tuple(targets), destroy, tuple(dict.fromkeys(errors)))
+
+
+_DELETE_RANK = {"service": 0, "migrations": 0, "firewall": 1, "file": 2, "cert": 3, "shared_cert": 4, "ca": 5}
+
+
+def _delete_order(address: str) -> tuple[int, int, str]:
+    """Reverse dependency order for deletes: DPs before CPs, files before certs before CAs."""
+    kind = address.split(".", 1)[0]
+    ca_depth = -int(address.split("[")[1].rstrip("]")) if address.startswith("ca.intermediate[") else 0
+    return (_DELETE_RANK.get(kind, 9), ca_depth, address)

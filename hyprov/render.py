@@ -1,0 +1,88 @@
+"""Plan -> human text (a careful Terraform-like plan) and JSON. Pure."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .plan import Action, Change, Plan
+
+SENSITIVE = "(sensitive)"
+_HIDDEN = {"content"}
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, str):
+        return json.dumps(v)
+    return json.dumps(v, sort_keys=True)
+
+
+def _attr_lines(c: Change) -> list[str]:
+    before, after = c.before or {}, c.after or {}
+    lines = []
+    for k in sorted(before.keys() | after.keys()):
+        if k in _HIDDEN:
+            continue
+        b, a = before.get(k), after.get(k)
+        if c.action is Action.CREATE:
+            if a is None:
+                continue
+            lines.append(f"      + {k} = {_fmt(a)}")
+        elif c.action is Action.DELETE:
+            lines.append(f"      - {k} = {_fmt(b)}")
+        elif k in after and b != a and k not in ("secret_fingerprint", "host_digest"):
+            lines.append(f"      ~ {k} = {_fmt(b)} -> {_fmt(a)}")
+    if c.after and c.type in ("cert", "ca", "shared_cert") and c.action in (Action.CREATE, Action.REPLACE):
+        lines.append("      + fingerprint = (known after apply)")
+    if c.type == "file" and c.after and "content_digest" not in c.after and c.action is not Action.DELETE:
+        lines.append("      ~ content = (known after apply)")
+    return lines
+
+
+def render_text(plan: Plan, *, color: bool = False) -> str:
+    out: list[str] = []
+    actionable = plan.actionable
+    errored = [c for c in plan.changes if c.error]
+    if not actionable and not errored:
+        return "No changes. The cluster matches the topology.\n"
+    out.append("hyprov will perform the following actions:\n")
+    for c in plan.changes:
+        if c.action is Action.NOOP and not c.error:
+            continue
+        head = f"  {c.action.symbol} {c.address}"
+        if c.reason:
+            head += f"    # {c.reason}"
+        out.append(_paint(head, c.action, color))
+        if c.error:
+            out.append(f"      ! error: {c.error}")
+        out.extend(_attr_lines(c))
+        if c.diff:
+            out.extend("        " + line.rstrip("\n") for line in c.diff.splitlines())
+        out.append("")
+    if any(c.type in ("shared_cert",) and c.action is Action.REPLACE for c in actionable):
+        out.append("Note: shared-mode rotation: Kong compares certificate digests, so old and new pairs cannot")
+        out.append("mix. The new pair is written to every node first, then CPs restart, then DPs. Between the")
+        out.append("CP restarts and each DP's restart, DPs are disconnected: they keep serving their cached")
+        out.append("configuration and reconnect after their own restart.\n")
+    if any(c.type == "migrations" for c in actionable):
+        mig = next(c for c in actionable if c.type == "migrations")
+        out.append(f"Database migrations run on {mig.node} only (Kong takes a cluster mutex).\n")
+    n = plan.counts()
+    out.append(f"Plan: {n['add']} to add, {n['change']} to change, {n['replace']} to replace, "
+               f"{n['destroy']} to destroy.")
+    for e in plan.errors:
+        out.append(f"hyprov: error: {e}")
+    return "\n".join(out) + "\n"
+
+
+def _paint(text: str, action: Action, color: bool) -> str:
+    if not color:
+        return text
+    code = {Action.CREATE: "32", Action.UPDATE: "33", Action.REPLACE: "35", Action.DELETE: "31"}.get(action, "0")
+    return f"\x1b[{code}m{text}\x1b[0m"
+
+
+def render_json(plan: Plan) -> str:
+    return plan.dumps()

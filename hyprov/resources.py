@@ -1,0 +1,144 @@
+"""Topology -> desired resources with stable addresses and content digests (pure).
+
+A resource says *what* should exist, never the secret itself: private keys and
+the database password appear only as references (``key_source``) or slow
+fingerprints. Content produced at apply time (certificates, keys) has no
+digest here; its files change when the certificate resource changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import kongconf
+from . import model as m
+
+CONF_MODE, CP_CONF_MODE, CERT_MODE, KEY_MODE, LICENSE_MODE = "0644", "0640", "0644", "0600", "0640"
+LICENSE_PATH = "/etc/kong/license.json"
+
+
+@dataclass(frozen=True)
+class Resource:
+    address: str
+    type: str  # ca | shared_cert | cert | file | service | migrations
+    node: str | None
+    attrs: dict[str, Any] = field(hash=False, compare=True)
+    depends_on: tuple[str, ...] = ()
+    # the desired content when it is known at plan time (kong.conf, masked); not in state or plans
+    content: str | None = field(default=None, repr=False, compare=False)
+
+
+def file_address(node: str, path: str) -> str:
+    return f'file.{node}["{path}"]'
+
+
+def sha256(text: str | bytes) -> str:
+    data = text.encode() if isinstance(text, str) else text
+    return hashlib.sha256(data).hexdigest()
+
+
+def ca_addresses(topology: m.Topology) -> list[str]:
+    if topology.pki is None:
+        return []
+    return ["ca.root"] + [f"ca.intermediate[{i}]" for i in range(len(topology.pki.intermediates))]
+
+
+def issuer_of_leaves(topology: m.Topology) -> str:
+    return ca_addresses(topology)[-1]
+
+
+def build(topology: m.Topology) -> list[Resource]:
+    """Every desired resource, in a deterministic order (CAs, certs, then per node)."""
+    out: list[Resource] = []
+    pki = topology.pki
+    if pki is not None:
+        parent: str | None = None
+        for i, (addr, ca) in enumerate(zip(ca_addresses(topology), (pki.root, *pki.intermediates), strict=True)):
+            path_length = len(pki.intermediates) - i
+            out.append(Resource(addr, "ca", None, {
+                "common_name": ca.common_name, "organization": ca.organization,
+                "validity_days": ca.validity_days, "key_type": pki.key_type,
+                "path_length": path_length, "external": ca.external,
+                "cert_file": str(ca.cert_file) if ca.cert_file else None,
+                "leaf_validity_days": pki.leaf_validity_days, "renew_before_days": pki.renew_before_days,
+            }, (parent,) if parent else ()))
+            parent = addr
+    else:
+        sc = topology.shared_cert
+        out.append(Resource("shared_cert", "shared_cert", None, {
+            "common_name": "kong_clustering", "key_type": sc.key_type,
+            "validity_days": sc.validity_days, "renew_before_days": sc.renew_before_days,
+        }))
+    cp_services = [f"service.{cp.name}" for cp in topology.control_planes]
+    for node in topology.nodes:
+        out.extend(_node_resources(topology, node, cp_services))
+    cp0 = topology.control_planes[0] if topology.control_planes else None
+    if cp0 is not None and topology.database is not None and cp0.kong.migrations.list is not None:
+        cp = cp0
+        out.append(Resource("migrations.cluster", "migrations", cp.name, {
+            "runs_on": cp.name, "kong_version": str(cp.kong_version) if cp.kong_version else None,
+            "list": cp.kong.migrations.list, "bootstrap": cp.kong.migrations.bootstrap,
+            "up": cp.kong.migrations.up, "finish": cp.kong.migrations.finish,
+            "conf_path": cp.kong.conf_path,
+        }, (file_address(cp.name, cp.kong.conf_path),)))
+    return out
+
+
+def _node_resources(topology: m.Topology, node: m.Node, cp_services: list[str]) -> list[Resource]:
+    pki = topology.pki
+    files = kongconf.cluster_files(topology, node)
+    owner, group = node.kong.owner, node.kong.group
+    out: list[Resource] = []
+    file_addrs: list[str] = []
+
+    def add_file(path: str, mode: str, source: str, deps: tuple[str, ...], *,
+                 content: str | None = None, file_owner: str | None = owner, extra: dict[str, Any] | None = None) -> None:
+        addr = file_address(node.name, path)
+        attrs: dict[str, Any] = {"path": path, "owner": file_owner, "group": group, "mode": mode, "source": source}
+        if content is not None:
+            attrs["content_digest"] = sha256(content)
+        attrs.update(extra or {})
+        out.append(Resource(addr, "file", node.name, attrs, deps, content))
+        file_addrs.append(addr)
+
+    if pki is not None:
+        cert_addr = f"cert.{node.name}"
+        is_cp = isinstance(node, m.ControlPlane)
+        sans: list[str] = []
+        if isinstance(node, m.ControlPlane):
+            sans = list(node.server_names)
+            if topology.server_name not in sans:
+                sans.append(topology.server_name)
+        out.append(Resource(cert_addr, "cert", node.name, {
+            "role": node.role, "common_name": sans[0] if is_cp else node.name, "sans": sans,
+            "key_type": pki.key_type, "validity_days": pki.leaf_validity_days,
+            "renew_before_days": pki.renew_before_days, "key_generation": pki.key_generation,
+            "issuer": issuer_of_leaves(topology), "key_path": files.key, "key_owner": owner,
+        }, (issuer_of_leaves(topology),)))
+        add_file(files.cert, CERT_MODE, f"leaf:{cert_addr}", (cert_addr,))
+        add_file(files.key, KEY_MODE, f"key:{cert_addr}" if pki.key_generation == "local" else "on_node",
+                 (cert_addr,))
+        assert files.ca is not None
+        add_file(files.ca, CERT_MODE, "ca_bundle", ("ca.root",))
+    else:
+        add_file(files.cert, CERT_MODE, "shared_cert", ("shared_cert",))
+        add_file(files.key, KEY_MODE, "shared_key", ("shared_cert",))
+    conf = kongconf.render_conf(topology, node)
+    is_cp = isinstance(node, m.ControlPlane)
+    has_password = bool(is_cp and topology.database is not None and topology.database.password_env)
+    add_file(node.kong.conf_path, CP_CONF_MODE if is_cp else CONF_MODE, "kong_conf",
+             tuple(a for a in file_addrs), content=conf,
+             extra={"secret_env": topology.database.password_env if has_password and topology.database else None})
+    if node.kong.license_file is not None:
+        add_file(LICENSE_PATH, LICENSE_MODE, f"license:{node.kong.license_file}", ())
+    deps = tuple(file_addrs)
+    if isinstance(node, m.DataPlane):
+        deps += tuple(cp_services)  # Kong: control planes first
+    out.append(Resource(f"service.{node.name}", "service", node.name, {
+        "role": node.role, "restart": node.kong.restart, "health": node.kong.health,
+        "kong_version": str(node.kong_version) if node.kong_version else None,
+        "connection": node.connection.type, "address": node.address,
+    }, deps))
+    return out

@@ -1,0 +1,185 @@
+"""The imperative shell around the pure core: backends, connections, refresh,
+environment. Commands in cli.py compose these; the planner never sees a host."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import model as m
+from .errors import HyprovError
+
+if TYPE_CHECKING:
+    from .backends import StateBackend
+    from .planner import Facts
+    from .state import State
+    from .transports.base import Transport
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def backend_for(t: m.Topology, env: Mapping[str, str] | None = None) -> StateBackend:
+    env = os.environ if env is None else env
+    if t.state.backend == "postgres":
+        from .backends.postgres import PostgresBackend
+
+        dsn = env.get(t.state.dsn_env)
+        if not dsn:
+            raise HyprovError(f"state backend postgres: environment variable {t.state.dsn_env} is not set",
+                              f"export {t.state.dsn_env}='postgresql://USER@HOST/DB'")
+        return PostgresBackend(dsn, schema=t.state.schema, workspace=t.state.workspace or t.cluster.name,
+                               history_keep=t.state.history_keep)
+    from .backends.local import LocalBackend
+
+    return LocalBackend(t.state.path)
+
+
+@contextmanager
+def locked(backend: StateBackend, timeout: float) -> Iterator[None]:
+    from .backends import current_holder
+
+    with backend.lock(timeout, current_holder(now())):
+        yield
+
+
+def read_or_new(backend: StateBackend) -> State:
+    from .state import new_state
+
+    st = backend.read()
+    return st if st is not None else new_state(str(uuid.uuid4()))
+
+
+def password(t: m.Topology, env: Mapping[str, str] | None = None, *, required: bool = True) -> str | None:
+    env = os.environ if env is None else env
+    if t.database is None or not t.database.password_env or not t.control_planes:
+        return None
+    value = env.get(t.database.password_env)
+    if value is None and required:
+        raise HyprovError(f"environment variable {t.database.password_env} is not set "
+                          "(the control planes' database password)",
+                          f"export {t.database.password_env}=... before plan/apply")
+    return value
+
+
+def passphrase(env: Mapping[str, str] | None = None) -> bytes | None:
+    env = os.environ if env is None else env
+    value = env.get("HYPROV_SECRETS_PASSPHRASE")
+    return value.encode() if value else None
+
+
+def secrets_dir(t: m.Topology) -> Any:
+    from .secrets import SecretsDir
+
+    return SecretsDir(t.secrets_dir, env=os.environ)
+
+
+class Connector:
+    """Opens one transport per node for the whole run; known_hosts loaded once."""
+
+    def __init__(self) -> None:
+        self._known_hosts: Any = None
+
+    def __call__(self, node: m.Node) -> Transport:
+        c = node.connection
+        if c.type == "local":
+            from .transports.local import LocalTransport
+
+            assert c.root is not None
+            return LocalTransport(node.name, c.root / node.name)
+        from .transports.ssh import KnownHosts, SSHParams, SSHTransport
+
+        if self._known_hosts is None:
+            self._known_hosts = KnownHosts()
+        assert node.address is not None
+        return SSHTransport(SSHParams(
+            host=node.name, address=node.address, port=c.port, user=c.user, identity_file=c.identity_file,
+            known_hosts=c.known_hosts, host_key_policy=c.host_key_policy, become=c.become,
+            connect_timeout=c.connect_timeout, proxy_jump=c.proxy_jump,
+        ), self._known_hosts)
+
+
+def refresh(
+    t: m.Topology,
+    state: State,
+    connect: Callable[[m.Node], Transport],
+    password_value: str | None,
+    parallelism: int = 64,
+) -> tuple[Facts, dict[str, Transport]]:
+    """Read every managed file's digest, mode and owner in ONE command per host and
+    judge drift against the state. Unreachable hosts are reported, not fatal."""
+    from . import hostscripts as hs
+    from .applier import secret_content, secret_fingerprint
+    from .planner import Facts
+    from .resources import sha256
+
+    files_by_node: dict[str, list[Any]] = {}
+    for r in state.resources.values():
+        if r.type == "file" and r.node:
+            files_by_node.setdefault(r.node, []).append(r)
+    drift: dict[str, str] = {}
+    unreachable: dict[str, str] = {}
+    transports: dict[str, Transport] = {}
+    fingerprints: dict[str, str] = {}
+
+    def read(name: str) -> None:
+        node = t.node(name)
+        if node is None:
+            return
+        try:
+            tr = connect(node)
+            transports[name] = tr
+            records = files_by_node[name]
+            res = tr.run(hs.read_script([str(r.attrs["path"]) for r in records]))
+            if res.exit_status != 0:
+                raise HyprovError(f"reading files failed: {res.stderr.decode(errors='replace').strip()}")
+        except HyprovError as exc:
+            unreachable[name] = str(exc).removeprefix(f"{name}: ")
+            return
+        facts = hs.parse_read(res.stdout)
+        for r in records:
+            a = r.attrs
+            fact = facts.get(str(a["path"]))
+            if fact is None or not fact.exists:
+                drift[r.address] = "file removed on host"
+                continue
+            expected = a.get("host_digest")
+            if expected is None and a.get("content") is not None:
+                expected = sha256(secret_content(str(a["content"]), password_value))
+            if expected is not None and fact.digest != expected:
+                drift[r.address] = "file changed on host"
+            elif a.get("mode") and fact.mode != a["mode"]:
+                drift[r.address] = f"mode changed on host ({fact.mode}, want {a['mode']})"
+            elif a.get("owner") and fact.owner != a["owner"]:
+                drift[r.address] = f"owner changed on host ({fact.owner}, want {a['owner']})"
+            elif a.get("group") and fact.group != a["group"]:
+                drift[r.address] = f"group changed on host ({fact.group}, want {a['group']})"
+
+    with ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(files_by_node) or 1))) as pool:
+        list(pool.map(read, sorted(files_by_node)))
+    if password_value is not None:
+        for r in state.resources.values():
+            if r.type == "file" and r.attrs.get("secret_env"):
+                fingerprints[r.address] = secret_fingerprint(password_value, state.lineage, r.address)
+    return Facts(drift=drift, unreachable=unreachable, secret_fingerprints=fingerprints), transports
+
+
+def secret_fingerprints(state: State, password_value: str | None) -> dict[str, str]:
+    """Without refresh the plan still notices a changed password (slow fingerprint)."""
+    from .applier import secret_fingerprint
+
+    if password_value is None:
+        return {}
+    return {r.address: secret_fingerprint(password_value, state.lineage, r.address)
+            for r in state.resources.values() if r.type == "file" and r.attrs.get("secret_env")}
+
+
+def resolve_file(args_file: str) -> Path:
+    return Path(args_file)
