@@ -328,7 +328,8 @@ class Applier:
             owner = node.kong.owner and (f"{node.kong.owner}:{node.kong.group}" if node.kong.group else node.kong.owner)
             script = pki.csr_command(after["key_type"], after["key_path"], after["common_name"], owner, rotate=rotate)
             tr = self.transport(node)
-            res = tr.run(hs.in_root(_rooted_csr(script)))
+            key_dir = after["key_path"].rsplit("/", 1)[0] or "/"
+            res = tr.run(hs.in_root(f'(umask 022; mkdir -p "$R"{_q(key_dir)})\n' + _rooted_csr(script)))
             if res.exit_status != 0:
                 err = res.stderr.decode(errors="replace")
                 hint = " (is openssl installed on the node?)" if "openssl" in err and "not found" in err else ""
@@ -366,18 +367,18 @@ class Applier:
         source: str = after["source"]
         if source == "kong_conf":
             return kongconf.render_conf(self.t, node, self.password if after.get("secret_env") else None).encode()
-        if source.startswith("leaf:"):
-            addr = source[5:]
+        if source == "leaf":
+            addr = f"cert.{node.name}"
             if addr in self.issued:
                 return self.issued[addr]
             rec = self.state.resources.get(addr)
             if rec is None or not rec.attrs.get("pem"):
                 raise PKIError(f"{addr} has no recorded certificate to reinstall", f"run: hyprov state rm {addr}")
             return str(rec.attrs["pem"]).encode()
-        if source.startswith("key:"):
+        if source == "key":
             if local_key is None:
                 raise PKIError(f"{node.name}: the key file changed, and hyprov never keeps node keys",
-                               f"reissue it: hyprov state rm {source[4:]}, then apply")
+                               f"reissue it: hyprov state rm cert.{node.name}, then apply")
             return local_key
         if source == "ca_bundle":
             return pki.cert_pem(self._chain()[3])

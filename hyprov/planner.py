@@ -77,7 +77,7 @@ def conf_diff(path: str, old: str, new: str) -> str:
 
 def _public(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """Attributes as shown in plans: no content bodies, no secret references resolved."""
-    return {k: v for k, v in sorted(attrs.items()) if k != "content"}
+    return {k: v for k, v in sorted(attrs.items()) if k not in ("content", "pem")}
 
 
 def plan(
@@ -124,6 +124,8 @@ def plan(
                 reason = "kong migrations list, then bootstrap if the database is new"
         elif r.type in ("ca", "shared_cert", "cert"):
             keys = _changed_keys(r.attrs, recorded)
+            if r.attrs.get("role") == "data_plane":
+                keys = [k for k in keys if k != "common_name"]  # Kong never checks a DP's CN: a rename keeps it
             issuer = dep_changed()
             renew = _renewal_reason(r.attrs, recorded, now, ca=r.type == "ca")
             if keys:

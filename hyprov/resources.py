@@ -117,8 +117,8 @@ def _node_resources(topology: m.Topology, node: m.Node, cp_services: list[str]) 
             "renew_before_days": pki.renew_before_days, "key_generation": pki.key_generation,
             "issuer": issuer_of_leaves(topology), "key_path": files.key, "key_owner": owner,
         }, (issuer_of_leaves(topology),)))
-        add_file(files.cert, CERT_MODE, f"leaf:{cert_addr}", (cert_addr,))
-        add_file(files.key, KEY_MODE, f"key:{cert_addr}" if pki.key_generation == "local" else "on_node",
+        add_file(files.cert, CERT_MODE, "leaf", (cert_addr,))
+        add_file(files.key, KEY_MODE, "key" if pki.key_generation == "local" else "on_node",
                  (cert_addr,))
         assert files.ca is not None
         add_file(files.ca, CERT_MODE, "ca_bundle", ("ca.root",))

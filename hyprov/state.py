@@ -144,6 +144,13 @@ _SECRET_NAME_PARTS = (
     "client_secret",
 )
 _PEM_PRIVATE = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----")
+# ``pg_password = hunter2`` (kong.conf) or ``KONG_PG_PASSWORD=hunter2`` (env) inside
+# recorded file content; masked values (kongconf's ``(sensitive)``, ``***``) pass.
+_PASSWORD_LINE = re.compile(
+    r"^[ \t]*[A-Za-z0-9_]*(?:password|passwd|passphrase)[ \t]*=[ \t]*(?P<value>.*?)[ \t]*$",
+    re.IGNORECASE | re.MULTILINE,
+)
+_MASKED = re.compile(r'^(?:\(sensitive\)|\*+|<redacted>|""|)$')
 
 
 def _secret_name(name: str) -> bool:
@@ -152,7 +159,8 @@ def _secret_name(name: str) -> bool:
 
 
 def check_no_secrets(value: object, where: str, *, names: bool = True) -> None:
-    """Refuse secret-looking attribute names and PEM private keys in values.
+    """Refuse secret-looking attribute names, PEM private keys and unmasked
+    ``...password = value`` lines (kong.conf / env content) in values.
 
     State files are copied, backed up and (later) stored in PostgreSQL; a
     secret there leaks. Store a fingerprint or digest instead. ``where`` names
@@ -166,6 +174,13 @@ def check_no_secrets(value: object, where: str, *, names: bool = True) -> None:
                 f"refusing to store a secret in state: {where} holds a PEM private key",
                 hint="record the key's fingerprint or the file's digest, never the key",
             )
+        for m in _PASSWORD_LINE.finditer(value):
+            if not _MASKED.match(m["value"]):
+                raise StateError(
+                    f"refusing to store a secret in state: {where} holds an unmasked "
+                    "password setting",
+                    hint="record masked content (password = (sensitive)) or a digest",
+                )
     elif isinstance(value, Mapping):
         for k, v in value.items():
             if names and isinstance(k, str) and _secret_name(k):
@@ -184,7 +199,9 @@ def check_no_secrets(value: object, where: str, *, names: bool = True) -> None:
 # Addresses
 
 _ADDRESS = re.compile(
-    r'^(?P<type>[a-z][a-z0-9_]*)\.(?P<name>[^.\[\]"\s]+)(?P<key>\["(?:[^"\\]|\\.)*"\])?$'
+    r"^(?P<type>[a-z][a-z0-9_]*)"
+    r'(?:\.(?P<name>[^.\[\]"\s]+))?'
+    r'(?P<key>\[(?:"(?:[^"\\]|\\.)*"|[0-9]+)\])?$'
 )
 _NODE_NAME = re.compile(r'^[^.\[\]"\s]+$')
 
@@ -192,8 +209,10 @@ _NODE_NAME = re.compile(r'^[^.\[\]"\s]+$')
 def parse_address(address: str) -> tuple[str, str, str]:
     """Split ``file.cp1["/etc/kong/kong.conf"]`` into ``("file", "cp1", '["/etc/kong/kong.conf"]')``.
 
-    The key part is ``""`` when absent. Raises :class:`StateError` for
-    anything else, so ``state mv`` can rewrite the name part safely.
+    Accepted forms: ``TYPE`` (``shared_cert``), ``TYPE.NAME`` (``cert.dp1``),
+    either followed by ``["KEY"]`` or ``[N]`` (``ca.intermediate[0]``). Absent
+    parts are ``""``. Anything else is a :class:`StateError`, so ``state mv``
+    can rewrite the name part safely.
     """
     m = _ADDRESS.match(address)
     if m is None:
@@ -201,7 +220,7 @@ def parse_address(address: str) -> tuple[str, str, str]:
             f"invalid resource address {address!r}",
             hint='addresses look like TYPE.NAME or TYPE.NAME["KEY"], e.g. file.cp1["/etc/kong/kong.conf"]',
         )
-    return m["type"], m["name"], m["key"] or ""
+    return m["type"], m["name"] or "", m["key"] or ""
 
 
 # --------------------------------------------------------------------------
@@ -214,9 +233,10 @@ class ResourceState:
 
     ``attributes`` accepts any JSON-able mapping and is deep-frozen; use
     :attr:`attrs` for a plain ``dict`` copy. Certificates record ``serial``,
-    ``fingerprint`` and ``not_after`` there. The address's type part must be
-    ``type`` and, for a per-node resource, its name part must be ``node``: that
-    is what lets ``move`` rename a node without losing track of anything.
+    ``fingerprint`` and ``not_after`` there. The address must parse
+    (:func:`parse_address`) and its type part must be ``type``. ``node`` is
+    usually the name part (``cert.dp1``) but need not be
+    (``migrations.cluster`` runs on ``cp1``).
     """
 
     address: str
@@ -226,15 +246,13 @@ class ResourceState:
     attributes: Mapping[str, JSONValue] = field(default_factory=FrozenMap)
 
     def __post_init__(self) -> None:
-        a_type, a_name, _ = parse_address(self.address)
+        a_type, _, _ = parse_address(self.address)
         if a_type != self.type:
             raise StateError(
                 f"resource {self.address!r}: address type {a_type!r} differs from type {self.type!r}"
             )
-        if self.node is not None and a_name != self.node:
-            raise StateError(
-                f"resource {self.address!r}: address names {a_name!r} but node is {self.node!r}"
-            )
+        if self.node is not None and not _NODE_NAME.match(self.node):
+            raise StateError(f"resource {self.address!r}: invalid node name {self.node!r}")
         if self.digest is not None and not isinstance(self.digest, str):
             raise StateError(f"resource {self.address!r}: digest must be a string")
         if not isinstance(self.attributes, Mapping):
@@ -336,8 +354,10 @@ class State:
 
         ``old`` is a resource address if one is recorded under it, otherwise a
         node name: then every resource of that node (and its node record) is
-        moved, rewriting the name part of each address. Moving onto anything
-        that already exists is refused, so nothing is silently dropped.
+        moved, rewriting the name part of each address that is the node's
+        name (``cert.cp1`` -> ``cert.cp9``; ``migrations.cluster`` keeps its
+        address and only changes node). Moving onto anything that already
+        exists is refused, so nothing is silently dropped.
         """
         if old in self.resources:
             return self._move_resource(old, new)
@@ -347,12 +367,16 @@ class State:
 
     def _move_resource(self, old: str, new: str) -> State:
         r = self.resources[old]
+        _, o_name, _ = parse_address(old)
         n_type, n_name, _ = parse_address(new)
         if n_type != r.type:
             raise StateError(f"cannot move {old!r} to {new!r}: a {r.type} cannot become a {n_type}")
         if new in self.resources:
             raise StateError(f"cannot move {old!r} to {new!r}: {new!r} already exists")
-        moved = replace(r, address=new, node=n_name if r.node is not None else None)
+        node = r.node
+        if node is not None and o_name == node and n_name:
+            node = n_name  # file.cp1[...] -> file.cp9[...] now belongs to cp9
+        moved = replace(r, address=new, node=node)
         return self.without_resource(old).with_resource(moved)
 
     def _move_node(self, old: str, new: str) -> State:
@@ -363,8 +387,13 @@ class State:
         resources: dict[str, ResourceState] = {}
         for addr, r in self.resources.items():
             if r.node == old:
-                r_type, _, key = parse_address(addr)
-                r = replace(r, address=f"{r_type}.{new}{key}", node=new)
+                r_type, r_name, key = parse_address(addr)
+                address = f"{r_type}.{new}{key}" if r_name == old else addr
+                r = replace(r, address=address, node=new)
+            if r.address in resources:
+                raise StateError(
+                    f"cannot move node {old!r} to {new!r}: {r.address!r} already exists"
+                )
             resources[r.address] = r
         nodes = {k: v for k, v in self.nodes.items() if k != old}
         if old in self.nodes:

@@ -102,8 +102,9 @@ class StateBackend(Protocol):
         ``prior_serial`` is the serial the caller read (``None``: it read no
         state). Refused with :class:`hyprov.errors.StaleState` when the stored
         lineage or serial moved; refused with
-        :class:`hyprov.errors.StateError` when content changed but the serial
-        did not grow. Writing an unchanged state is a no-op.
+        :class:`hyprov.errors.StateError` when the serial would go backwards or
+        content changed without a bump. Writing an unchanged state is a no-op
+        (so the ``.backup`` keeps the last real change).
         """
         ...
 

@@ -117,13 +117,13 @@ class LocalBackend:
                     f"{where}: stored serial is {stored.serial}, this run read {prior_serial}",
                     hint=hint,
                 )
-            if state.content_equal(stored):
-                if state.serial == stored.serial:
-                    return  # nothing changed: keep the file and its .backup as they are
-            elif state.serial <= stored.serial:
+            same = state.content_equal(stored)
+            if same and state.serial == stored.serial:
+                return  # nothing changed: keep the file and its .backup as they are
+            if state.serial < stored.serial or (not same and state.serial == stored.serial):
                 raise StateError(
-                    f"{where}: state content changed but serial {state.serial} is not above "
-                    f"{stored.serial}",
+                    f"{where}: refusing to write serial {state.serial} over serial "
+                    f"{stored.serial}" + ("" if same else " with changed content"),
                     hint="internal error: the caller must use State.bump_serial_if_changed",
                 )
         data = to_json(state).encode("utf-8")

@@ -1,0 +1,324 @@
+"""plan -> apply -> plan on the local connection, through the real CLI.
+
+The local connection is the embedded default: node N's "/" is
+.hyprov/hosts/N/, so these tests exercise the whole pipeline (validation,
+graph, planner, applier, atomic writes, state, locking) with no host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from topo import ENV, hyprov, local_topology, write
+
+PEM_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+
+
+def host_file(tmp: Path, node: str, path: str) -> Path:
+    return tmp / ".hyprov" / "hosts" / node / path.lstrip("/")
+
+
+def restarts(tmp: Path, node: str) -> int:
+    f = host_file(tmp, node, "/var/restarts")
+    return len(f.read_text().splitlines()) if f.exists() else 0
+
+
+def apply_ok(tmp: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    r = hyprov("apply", "--auto-approve", *extra, cwd=tmp)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def assert_converged(tmp: Path) -> None:
+    r = hyprov("plan", "--detailed-exitcode", cwd=tmp)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "No changes" in r.stdout
+
+
+def test_quickstart_example_applies_and_converges(tmp_path: Path, examples_dir: Path) -> None:
+    (tmp_path / "hyprov.yaml").write_text((examples_dir / "quickstart.yaml").read_text())
+    r = apply_ok(tmp_path)
+    assert "Apply complete: 10 added, 0 changed, 0 destroyed." in r.stdout
+    assert_converged(tmp_path)
+    conf = host_file(tmp_path, "dp1", "/etc/kong/kong.conf").read_text()
+    assert "role = data_plane" in conf and "database = off" in conf
+
+
+@pytest.mark.parametrize(("mtls", "intermediates", "keygen"), [
+    ("shared", 0, "on_node"), ("pki", 0, "on_node"), ("pki", 1, "local"), ("pki", 3, "on_node"),
+])
+def test_first_apply_installs_files_with_modes_and_restarts_once(
+    tmp_path: Path, mtls: str, intermediates: int, keygen: str
+) -> None:
+    write(tmp_path, local_topology(mtls=mtls, intermediates=intermediates, key_generation=keygen))
+    apply_ok(tmp_path)
+    for node in ("cp1", "dp1", "dp2"):
+        key = host_file(tmp_path, node, "/etc/kong/cluster/cluster.key")
+        crt = host_file(tmp_path, node, "/etc/kong/cluster/cluster.crt")
+        conf = host_file(tmp_path, node, "/etc/kong/kong.conf")
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        assert stat.S_IMODE(crt.stat().st_mode) == 0o644
+        assert stat.S_IMODE(conf.stat().st_mode) == (0o640 if node.startswith("cp") else 0o644)
+        assert restarts(tmp_path, node) == 1
+        if mtls == "pki":
+            # the leaf followed by its intermediates, never the root
+            assert crt.read_text().count("BEGIN CERTIFICATE") == 1 + intermediates
+            ca = host_file(tmp_path, node, "/etc/kong/cluster/cluster-ca.crt").read_text()
+            assert ca.count("BEGIN CERTIFICATE") == 1
+    depth = max(1, intermediates)
+    assert f"lua_ssl_verify_depth = {depth}" in host_file(tmp_path, "dp1", "/etc/kong/kong.conf").read_text()
+    assert "pg_password = pg-s3cret\\#word" in host_file(tmp_path, "cp1", "/etc/kong/kong.conf").read_text()
+    assert_converged(tmp_path)
+    apply_ok(tmp_path)
+    assert restarts(tmp_path, "dp1") == 1, "a no-op apply must not restart"
+
+
+def test_no_secret_in_state_plan_or_output(tmp_path: Path) -> None:
+    write(tmp_path, local_topology(mtls="pki", intermediates=1, key_generation="local"))
+    r = hyprov("plan", "--out", "p.json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = apply_ok(tmp_path).stdout
+    state = (tmp_path / "hyprov.state.json").read_text()
+    plan = (tmp_path / "p.json").read_text()
+    secret = ENV["HYPROV_TEST_PG"]
+    for text in (state, plan, out, r.stdout):
+        assert not PEM_KEY.search(text)
+        assert secret not in text and secret.replace("#", "\\#") not in text
+    # and the key material itself: every key body line must be absent from the state
+    key_text = host_file(tmp_path, "dp1", "/etc/kong/cluster/cluster.key").read_text()
+    body = [ln for ln in key_text.splitlines() if ln and not ln.startswith("-----")]
+    assert body and not any(ln in state for ln in body)
+    assert stat.S_IMODE((tmp_path / "hyprov.state.json").stat().st_mode) == 0o600
+    secrets = tmp_path / ".hyprov" / "secrets"
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
+    for f in secrets.glob("*.key"):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600
+
+
+def test_drift_is_planned_as_update_and_fixed(tmp_path: Path) -> None:
+    write(tmp_path, local_topology())
+    apply_ok(tmp_path)
+    conf = host_file(tmp_path, "dp2", "/etc/kong/kong.conf")
+    conf.write_text(conf.read_text() + "log_level = debug\n")
+    r = hyprov("plan", "--detailed-exitcode", cwd=tmp_path)
+    assert r.returncode == 2
+    assert '~ file.dp2["/etc/kong/kong.conf"]    # drift: file changed on host' in r.stdout
+    assert "Plan: 0 to add, 1 to change, 0 to replace, 0 to destroy." in r.stdout
+    host_file(tmp_path, "dp1", "/etc/kong/cluster/cluster.crt").unlink()
+    r = hyprov("plan", "--json", cwd=tmp_path)
+    reasons = {c["address"]: c["action_reason"] for c in json.loads(r.stdout)["resource_changes"]}
+    assert reasons['file.dp1["/etc/kong/cluster/cluster.crt"]'] == "drift: file removed on host"
+    apply_ok(tmp_path)
+    assert "log_level" not in conf.read_text()
+    assert restarts(tmp_path, "dp2") == 2 and restarts(tmp_path, "cp1") == 1
+    assert_converged(tmp_path)
+    r = hyprov("plan", "--no-refresh", "--detailed-exitcode", cwd=tmp_path)
+    assert r.returncode == 0
+
+
+def test_conf_change_reason_diff_and_restart_only_where_changed(tmp_path: Path) -> None:
+    doc = local_topology(mtls="pki")
+    write(tmp_path, doc)
+    apply_ok(tmp_path)
+    doc["data_planes"][1]["labels"] = {"region": "eu"}
+    write(tmp_path, doc)
+    r = hyprov("plan", cwd=tmp_path)
+    assert "kong.conf: cluster_dp_labels changed" in r.stdout
+    assert "+cluster_dp_labels = region:eu" in r.stdout
+    assert "service.dp1" not in r.stdout and "service.cp1" not in r.stdout
+    apply_ok(tmp_path)
+    assert (restarts(tmp_path, "cp1"), restarts(tmp_path, "dp1"), restarts(tmp_path, "dp2")) == (1, 1, 2)
+
+
+def test_cp_restarts_before_dps_and_batches(tmp_path: Path) -> None:
+    log = tmp_path / "order.log"
+    doc = local_topology(cps=2, dps=4, restart=f'echo "$(basename "$R")" >> {log}')
+    doc["rollout"] = {"max_unavailable": 2}
+    write(tmp_path, doc)
+    apply_ok(tmp_path)
+    order = log.read_text().split()
+    assert order[:2] == ["cp1", "cp2"]
+    assert sorted(order[2:4]) == ["dp1", "dp2"] and sorted(order[4:]) == ["dp3", "dp4"]
+
+
+def test_failed_health_check_restores_files_and_stops_later_batches(tmp_path: Path) -> None:
+    doc = local_topology(dps=4, health='test "$(basename "$R")" != dp1 || test ! -e "$R/etc/kong/break"')
+    doc["rollout"] = {"max_unavailable": 1}
+    write(tmp_path, doc)
+    apply_ok(tmp_path)
+    (host_file(tmp_path, "dp1", "/etc/kong/break")).write_text("x")
+    doc["data_planes"] = [{**d, "labels": {"v": "2"}} for d in doc["data_planes"]]
+    write(tmp_path, doc)
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path)
+    assert r.returncode == 1
+    assert "health check failed" in r.stdout
+    assert "dp1: failed" in r.stderr
+    # dp1 got its previous kong.conf back; later batches were not restarted
+    assert "v:2" not in host_file(tmp_path, "dp1", "/etc/kong/kong.conf").read_text()
+    assert restarts(tmp_path, "dp4") == 1
+    state = json.loads((tmp_path / "hyprov.state.json").read_text())
+    assert state["nodes"]["dp4"]["pending_restart"] is True
+    host_file(tmp_path, "dp1", "/etc/kong/break").unlink()
+    apply_ok(tmp_path)
+    assert restarts(tmp_path, "dp4") == 2
+    assert_converged(tmp_path)
+
+
+def test_failed_restart_stays_pending_until_it_succeeds(tmp_path: Path) -> None:
+    flag = tmp_path / "fail"
+    doc = local_topology(restart=f'test ! -e {flag} && mkdir -p var && echo restart >> var/restarts')
+    write(tmp_path, doc)
+    apply_ok(tmp_path)
+    doc["data_planes"][0]["labels"] = {"x": "y"}
+    write(tmp_path, doc)
+    flag.write_text("")
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    r = hyprov("plan", cwd=tmp_path)
+    assert "~ service.dp1    # restart left pending by an interrupted or failed run" in r.stdout
+    assert "kong.conf" not in r.stdout, "the files were written: only the restart is pending"
+    flag.unlink()
+    apply_ok(tmp_path)
+    assert restarts(tmp_path, "dp1") == 2 and restarts(tmp_path, "dp2") == 1
+    assert_converged(tmp_path)
+
+
+def test_state_lock_refuses_a_second_run(tmp_path: Path) -> None:
+    write(tmp_path, local_topology())
+    apply_ok(tmp_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import sys,time; from datetime import datetime, UTC\n"
+            "from hyprov.backends.local import LocalBackend\n"
+            "from hyprov.backends import current_holder\n"
+            "b = LocalBackend(sys.argv[1])\n"
+            "with b.lock(0, current_holder(datetime.now(UTC))):\n"
+            "    print('locked', flush=True); time.sleep(60)\n"), str(tmp_path / "hyprov.state.json")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        for cmd in (("plan",), ("apply", "--auto-approve")):
+            r = hyprov(*cmd, cwd=tmp_path)
+            assert r.returncode == 1
+            assert re.search(r"state is locked by \S+@\S+ \(pid %d, since " % holder.pid, r.stderr), r.stderr
+        start = time.monotonic()
+        r = hyprov("plan", "--lock-timeout", "1", cwd=tmp_path)
+        assert r.returncode == 1 and time.monotonic() - start >= 1
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+    assert hyprov("plan", cwd=tmp_path).returncode == 0
+
+
+def test_saved_plan_applies_exactly_and_stale_plans_are_refused(tmp_path: Path) -> None:
+    doc = local_topology()
+    path = write(tmp_path, doc)
+    assert hyprov("plan", "--out", "first.plan", cwd=tmp_path).returncode == 0
+    show = hyprov("show", "first.plan", cwd=tmp_path)
+    assert "Plan: 13 to add" in show.stdout
+    r = hyprov("apply", "first.plan", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    # a plan made before the state moved is stale
+    doc["data_planes"][0]["labels"] = {"a": "b"}
+    write(tmp_path, doc)
+    assert hyprov("plan", "--out", "second.plan", cwd=tmp_path).returncode == 0
+    doc["data_planes"][0]["labels"] = {"a": "c"}
+    write(tmp_path, doc)
+    r = hyprov("apply", "second.plan", cwd=tmp_path)
+    assert r.returncode == 1 and "topology file changed" in r.stderr
+    assert hyprov("plan", "--out", "third.plan", cwd=tmp_path).returncode == 0
+    apply_ok(tmp_path)
+    r = hyprov("apply", "third.plan", cwd=tmp_path)
+    assert r.returncode == 1 and "the state changed since" in r.stderr
+    assert path.exists()
+
+
+def test_apply_without_tty_needs_auto_approve(tmp_path: Path) -> None:
+    write(tmp_path, local_topology())
+    r = hyprov("apply", cwd=tmp_path, input="")
+    assert r.returncode == 1
+    assert "standard input is not a terminal" in r.stderr
+    assert not (tmp_path / ".hyprov" / "hosts").exists()
+
+
+def test_targets_include_dependencies_and_unknown_targets_fail(tmp_path: Path) -> None:
+    write(tmp_path, local_topology(mtls="pki"))
+    r = hyprov("plan", "--json", "--target", 'file.dp1["/etc/kong/cluster/cluster.crt"]', cwd=tmp_path)
+    addrs = {c["address"] for c in json.loads(r.stdout)["resource_changes"]}
+    assert addrs == {"ca.root", "cert.dp1", 'file.dp1["/etc/kong/cluster/cluster.crt"]'}
+    r = hyprov("plan", "--target", "cert.nope", cwd=tmp_path)
+    assert r.returncode == 1 and "unknown target" in r.stderr
+
+
+def test_removed_node_files_are_deleted_and_state_mv_keeps_a_renamed_node(tmp_path: Path) -> None:
+    doc = local_topology(mtls="pki", dps=3)
+    write(tmp_path, doc)
+    apply_ok(tmp_path)
+    serial_before = json.loads(hyprov("state", "pull", cwd=tmp_path).stdout)["serial"]
+    doc["data_planes"] = [d for d in doc["data_planes"] if d["name"] != "dp3"]
+    doc["data_planes"][1]["name"] = "dp9"
+    write(tmp_path, doc)
+    r = hyprov("state", "mv", "dp2", "dp9", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (tmp_path / ".hyprov/hosts/dp2").rename(tmp_path / ".hyprov/hosts/dp9")
+    r = hyprov("plan", cwd=tmp_path)
+    assert "dp9" not in r.stdout, "a moved node is not recreated"
+    assert '- file.dp3["/etc/kong/kong.conf"]    # node dp3 was removed from the topology' in r.stdout
+    apply_ok(tmp_path)
+    assert not host_file(tmp_path, "dp3", "/etc/kong/kong.conf").exists()
+    assert_converged(tmp_path)
+    state = json.loads(hyprov("state", "pull", cwd=tmp_path).stdout)
+    assert state["serial"] > serial_before
+    assert not any(".dp3" in a for a in state["resources"])
+    r = hyprov("state", "rm", "cert.dp1", cwd=tmp_path)
+    assert r.returncode == 0
+    assert "cert.dp1" not in hyprov("state", "list", cwd=tmp_path).stdout
+
+
+def test_destroy_removes_every_installed_file(tmp_path: Path) -> None:
+    write(tmp_path, local_topology(mtls="pki"))
+    apply_ok(tmp_path)
+    r = hyprov("destroy", "--auto-approve", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    left = [p for p in (tmp_path / ".hyprov" / "hosts").rglob("*") if p.is_file() and "kong" in str(p)]
+    assert left == []
+    assert hyprov("state", "list", cwd=tmp_path).stdout.strip() == ""
+
+
+def test_sigkill_during_apply_never_leaves_partial_files_or_loses_restarts(tmp_path: Path) -> None:
+    """Kill hyprov at several points; files are old or new, state loads, rerun converges."""
+    doc = local_topology(mtls="pki", dps=6, restart="sleep 0.05; mkdir -p var; echo restart >> var/restarts")
+    write(tmp_path, doc)
+    apply_ok(tmp_path)
+    env = {**os.environ, **ENV}
+    for i, delay in enumerate((0.35, 0.5, 0.7, 0.9, 1.2)):
+        doc["data_planes"] = [{**d, "labels": {"round": str(i)}} for d in doc["data_planes"]]
+        write(tmp_path, doc)
+        old = {n: host_file(tmp_path, n, "/etc/kong/kong.conf").read_text() for n in ("dp1", "dp6")}
+        before = {n: restarts(tmp_path, n) for n in ("dp1", "dp6")}
+        p = subprocess.Popen([sys.executable, "-m", "hyprov", "apply", "--auto-approve"], cwd=tmp_path, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        for n in ("dp1", "dp6"):
+            text = host_file(tmp_path, n, "/etc/kong/kong.conf").read_text()
+            assert text == old[n] or f"round:{i}" in text and text.endswith("\n")
+        assert hyprov("state", "list", cwd=tmp_path).returncode == 0
+        apply_ok(tmp_path)
+        assert_converged(tmp_path)
+        for n in ("dp1", "dp6"):
+            assert f"round:{i}" in host_file(tmp_path, n, "/etc/kong/kong.conf").read_text()
+            assert restarts(tmp_path, n) >= before[n] + 1, "a restart was lost"
