@@ -89,8 +89,7 @@ class Plan:
         out = {"add": 0, "change": 0, "replace": 0, "destroy": 0}
         for c in self.actionable:
             if c.type in ("service", "migrations"):
-                if c.action is Action.UPDATE:
-                    continue  # restarts and migrations are steps, not resources to count
+                continue  # restarts and migrations are steps, not installed resources
             key = {Action.CREATE: "add", Action.UPDATE: "change", Action.REPLACE: "replace",
                    Action.DELETE: "destroy"}[c.action]
             out[key] += 1

@@ -149,7 +149,8 @@ def plan(
             elif keys:
                 action = Action.UPDATE
                 reason = ", ".join(f"{k} {recorded.get(k)} -> {r.attrs[k]}" for k in keys)
-            elif source:
+            elif source and not (r.attrs.get("source") == "on_node" and "key_type" not in (changes[source].reason or "")):
+                # a node-made key survives a reissue unless its type changes (renewal keeps the key)
                 action, reason = Action.UPDATE, f"{source} is (re)issued"
             elif secret is not None and recorded.get("secret_fingerprint") != secret:
                 action, reason = Action.UPDATE, "kong.conf: pg_password changed"
