@@ -121,8 +121,56 @@ def _freeze(value: object, where: str) -> JSONValue:
     raise StateError(f"{where}: {type(value).__name__} is not a JSON value")
 
 
+class _NotPlain(Exception):
+    pass
+
+
+def _freeze_fast(value: object) -> JSONValue | None:
+    """:func:`_freeze` without per-call position strings; ``None`` when anything is
+    unusual (the caller then takes the slow, precise path). Large states (10,000
+    nodes) are read on every plan, so this is the hot path."""
+    try:
+        return _ff(value)
+    except _NotPlain:
+        return None
+
+
+def _ff(value: object) -> JSONValue:
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, Mapping):
+        for k in value:
+            if not isinstance(k, str):
+                raise _NotPlain
+        return FrozenMap([(k, _ff(v)) for k, v in value.items()])
+    if isinstance(value, (list, tuple)):
+        return tuple(_ff(v) for v in value)
+    raise _NotPlain  # floats (NaN checks) and anything else: slow path
+
+
+def _plainly_clean(value: JSONValue) -> bool:
+    """True when no name or string can possibly trip :func:`check_no_secrets`."""
+    if isinstance(value, str):
+        return _SUSPECT_VALUE.search(value) is None
+    if isinstance(value, Mapping):
+        names = "\x00".join(value).lower().replace("-", "_")
+        if _SUSPECT_NAME.search(names):
+            return False
+        return all(_plainly_clean(v) for v in value.values())
+    if isinstance(value, tuple):
+        return all(_plainly_clean(v) for v in value)
+    return True
+
+
 def _thaw(value: JSONValue) -> Any:
     """Turn a frozen value back into plain dicts and lists (for JSON and callers)."""
+    if isinstance(value, FrozenMap):
+        data = value._data
+        for v in data.values():
+            if isinstance(v, (FrozenMap, tuple)):
+                break
+        else:
+            return dict(data)  # flat: the common case, no recursion
     if isinstance(value, Mapping):
         return {k: _thaw(v) for k, v in value.items()}
     if isinstance(value, tuple):
@@ -151,6 +199,8 @@ _PASSWORD_LINE = re.compile(
     re.IGNORECASE | re.MULTILINE,
 )
 _MASKED = re.compile(r'^(?:\(sensitive\)|\*+|<redacted>|""|)$')
+_SUSPECT_NAME = re.compile("|".join(_SECRET_NAME_PARTS))
+_SUSPECT_VALUE = re.compile(r"PRIVATE KEY|pass(?:word|wd|phrase)", re.IGNORECASE)
 
 
 def _secret_name(name: str) -> bool:
@@ -257,8 +307,11 @@ class ResourceState:
             raise StateError(f"resource {self.address!r}: digest must be a string")
         if not isinstance(self.attributes, Mapping):
             raise StateError(f"resource {self.address!r}: attributes must be a mapping")
-        frozen = _freeze(self.attributes, f"resources[{self.address}].attributes")
-        check_no_secrets(frozen, f"resources[{self.address}].attributes")
+        frozen = _freeze_fast(self.attributes)
+        if frozen is None or not _plainly_clean(frozen):
+            # the slow path names the exact position of whatever is wrong
+            frozen = _freeze(self.attributes, f"resources[{self.address}].attributes")
+            check_no_secrets(frozen, f"resources[{self.address}].attributes")
         object.__setattr__(self, "attributes", frozen)
 
     @property
@@ -450,9 +503,11 @@ def to_json(state: State) -> str:
     The secret guard runs over the whole document first, whatever built it.
     """
     doc = _to_doc(state)
-    for addr, r in doc["resources"].items():
-        check_no_secrets(r["attributes"], f"resources[{addr}].attributes")
-    check_no_secrets(doc, "state", names=False)
+    # a cheap screen first; the precise (slower) check only where something looks suspect
+    for addr, r in state.resources.items():
+        if not isinstance(r.attributes, FrozenMap) or not _plainly_clean(r.attributes):
+            check_no_secrets(doc["resources"][addr]["attributes"], f"resources[{addr}].attributes")
+    check_no_secrets({k: v for k, v in doc.items() if k != "resources"}, "state", names=False)
     return json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 

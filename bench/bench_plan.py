@@ -1,0 +1,126 @@
+"""Plan time and peak memory for large clusters, with state present (no refresh).
+
+    python bench/bench_plan.py --dps 1000,10000 [--runs 3]
+
+For each size: writes a topology with N DPs (ssh connection, no hosts needed),
+a state that already holds every resource (as a successful apply leaves it),
+then times the whole command ``hyprov plan --no-refresh --detailed-exitcode``
+(median of runs, peak RSS of the child) and the split by phase in-process.
+Goal (issue 4): 10,000 DPs under 2 s and 300 MiB; growth linear.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def topology_doc(n_dps: int) -> dict[str, object]:
+    return {
+        "version": 1,
+        "cluster": {"name": "bench", "kong_version": "3.9.1", "mtls": "pki",
+                    "control_plane_endpoint": "cp.bench.internal:8005", "server_name": "cp.bench.internal"},
+        "pki": {"key_type": "ec-p256", "intermediates": [{"common_name": "Bench Int", "validity_days": 1825}]},
+        "database": {"host": "pg.bench.internal"},
+        "defaults": {"connection": {"type": "ssh", "user": "deploy"}},
+        "control_planes": [{"name": "cp1", "address": "10.0.0.10", "server_names": ["cp.bench.internal"]}],
+        "data_planes": [{"name": f"dp{i}", "address": f"10.{1 + i // 65000}.{(i // 250) % 250}.{i % 250 + 1}",
+                         "labels": {"region": "eu"}} for i in range(n_dps)],
+    }
+
+
+def recorded_state(topo_path: Path) -> str:
+    from hyprov import resources
+    from hyprov.config import load_topology
+    from hyprov.state import NodeState, ResourceState, new_state, to_json
+
+    t = load_topology(topo_path)
+    now = datetime.now(UTC)
+    s = new_state("00000000-0000-4000-8000-000000000000")
+    res = {}
+    for r in resources.build(t):
+        attrs = dict(r.attrs)
+        if r.type in ("ca", "cert"):
+            attrs.update(serial="01", fingerprint="ab" * 32, not_before=now.isoformat(),
+                         not_after=(now + timedelta(days=80 if r.type == "cert" else 1500)).isoformat())
+        if r.content is not None:
+            attrs["content"] = r.content
+        res[r.address] = ResourceState(r.address, r.type, r.node, attrs.get("content_digest"), attrs)
+    from hyprov.state import FrozenMap
+
+    nodes = FrozenMap({n.name: NodeState(n.name, False, "3.9.1") for n in t.nodes})
+    from dataclasses import replace
+
+    s = replace(s, resources=FrozenMap(res), nodes=nodes)
+    return to_json(s)
+
+
+def phases(topo_path: Path) -> dict[str, float]:
+    from hyprov import graph, planner, resources
+    from hyprov.backends.local import LocalBackend
+    from hyprov.config import load_topology
+
+    out = {}
+    t0 = time.perf_counter()
+    t = load_topology(topo_path)
+    out["load+validate"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    state = LocalBackend(t.state.path).read()
+    out["state read"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = resources.build(t)
+    g = graph.build(res)
+    out["resources+graph"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    p = planner.plan(res, g, state, datetime.now(UTC), topology_digest=t.digest)
+    out["diff"] = time.perf_counter() - t0
+    assert not p.has_changes, "the state holds everything: the plan must be empty"
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dps", default="100,1000,10000")
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    rows = []
+    for n in [int(x) for x in args.dps.split(",")]:
+        with tempfile.TemporaryDirectory() as d:
+            tp = Path(d) / "hyprov.yaml"
+            tp.write_text(yaml.safe_dump(topology_doc(n), sort_keys=False))
+            (Path(d) / "hyprov.state.json").write_text(recorded_state(tp))
+            env = {**os.environ, "BENCH_PG": "x"}
+            walls = []
+            for _ in range(args.runs + 1):  # first run warms the page cache
+                t0 = time.perf_counter()
+                r = subprocess.run([sys.executable, "-m", "hyprov", "plan", "--no-refresh", "--detailed-exitcode"],
+                                   cwd=d, env=env, capture_output=True, text=True)
+                walls.append(time.perf_counter() - t0)
+                if r.returncode != 0:
+                    print(r.stdout[-2000:], r.stderr[-2000:], file=sys.stderr)
+                    return 1
+            rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+            ph = phases(tp)
+            rows.append((n, statistics.median(walls[1:]), min(walls[1:]), max(walls[1:]), rss_mib, ph))
+    print("| DPs | wall median s | min | max | peak RSS MiB (max so far) | load+validate | state read | resources+graph | diff |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for n, med, lo, hi, rss, ph in rows:
+        print(f"| {n} | {med:.2f} | {lo:.2f} | {hi:.2f} | {rss:.0f} | {ph['load+validate']:.2f} | "
+              f"{ph['state read']:.2f} | {ph['resources+graph']:.2f} | {ph['diff']:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
