@@ -21,17 +21,17 @@ def build(resources: Iterable[Resource]) -> nx.DiGraph:
             if dep not in g:
                 raise GraphError(f"{r.address} depends on unknown resource {dep}")
             g.add_edge(dep, r.address)
-    try:
-        cycle = nx.find_cycle(g)
-    except nx.NetworkXNoCycle:
+    if nx.is_directed_acyclic_graph(g):
         return g
+    cycle = nx.find_cycle(g)
     names = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
     raise GraphError(f"dependency cycle: {names}")
 
 
 def order(g: nx.DiGraph) -> list[str]:
-    """A deterministic topological order (dependencies first)."""
-    return list(nx.lexicographical_topological_sort(g))
+    """A deterministic topological order (dependencies first): resources are added
+    in a fixed order, and networkx keeps insertion order."""
+    return list(nx.topological_sort(g))
 
 
 def closure(g: nx.DiGraph, targets: Iterable[str]) -> set[str]:
