@@ -95,6 +95,7 @@ class Applier:
         self.outcomes: dict[str, NodeOutcome] = {}
         self.counts = {"added": 0, "changed": 0, "destroyed": 0}
         self.issued: dict[str, bytes] = {}  # cert address -> installed cert file content
+        self.rotations: dict[str, tuple[str, str]] = {}  # node -> (pending key path, live key path)
         self.by_node: dict[str, list[Change]] = {}
         for c in plan.actionable:
             if c.node is not None and c.type not in ("migrations",):
@@ -291,6 +292,11 @@ class Applier:
                 if res.exit_status != 0:
                     raise CommandFailed(name, "atomic write of managed files", res.exit_status,
                                         res.stderr.decode(errors="replace"))
+            rotation = self.rotations.pop(name, None)
+            if rotation is not None:
+                mv = tr.run(hs.in_root(f'mv -f "$R"{_q(rotation[0])} "$R"{_q(rotation[1])}'))
+                if mv.exit_status != 0:
+                    raise CommandFailed(name, "install the rotated key", mv.exit_status, mv.stderr.decode())
             for c, w in writes:
                 digest = written.get(w.path)
                 if digest != sha256(w.content):
@@ -336,11 +342,9 @@ class Applier:
                 raise CommandFailed(node.name, f"key and CSR generation{hint}", res.exit_status, err)
             public = pki.verify_csr(res.stdout, expected_key_type=after["key_type"],
                                     expected_cn=after["common_name"])
-            if rotate:
-                pending = pki.pending_key_path(after["key_path"])
-                mv = tr.run(hs.in_root(f'mv -f "$R"{_q(pending)} "$R"{_q(after["key_path"])}'))
-                if mv.exit_status != 0:
-                    raise CommandFailed(node.name, "install the rotated key", mv.exit_status, mv.stderr.decode())
+            if rotate:  # the new key goes live with its certificate, after the batched write
+                with self.lock:
+                    self.rotations[node.name] = (pki.pending_key_path(after["key_path"]), after["key_path"])
         else:
             key = pki.generate_key(after["key_type"])
             public = key.public_key()
