@@ -336,3 +336,125 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             q.add_argument("old")
             q.add_argument("new")
         q.set_defaults(func=cmd_state)
+    _register_state_team(ss, common, lock)
+
+
+# --------------------------------------------------------------------------
+# state history / unlock --force / migrate: the team (postgres) backend
+
+
+def _register_state_team(ss: Any, common: Any, lock: Any) -> None:
+    """The state sub-commands that only mean something with a shared backend."""
+    q = ss.add_parser("history", help="list the recorded serials: who, when, what changed (postgres)")
+    common(q)
+    q.set_defaults(func=cmd_state_history)
+    q = ss.add_parser("unlock", help="force a stuck state lock open (postgres)")
+    common(q)
+    q.add_argument("--force", action="store_true", help="end the session holding the lock")
+    q.set_defaults(func=cmd_state_unlock)
+    q = ss.add_parser("migrate", help="move the state to another backend (keeps lineage and serial)")
+    common(q)
+    lock(q)
+    q.add_argument("--to", required=True, choices=("postgres", "local"), help="the target backend")
+    q.set_defaults(func=cmd_state_migrate)
+
+
+def cmd_state_history(args: argparse.Namespace) -> int:
+    t, backend = _state_rw(args)
+    history = getattr(backend, "history", None)
+    if history is None:
+        raise HyprovError(f"state history needs the postgres backend; {args.file} uses the "
+                          f"{t.state.backend} backend ({backend.describe()})",
+                          "the local backend keeps only the previous version (the .backup file); "
+                          "see: hyprov state migrate --to postgres")
+    entries = history()
+    if not entries:
+        print(f"No state history recorded yet in {backend.describe()}.")
+        return EXIT_OK
+    rows = [("SERIAL", "WHEN", "WHO", "CHANGES")] + [
+        (str(e.serial), e.recorded_at.isoformat(timespec="seconds"), e.who, e.summary) for e in entries]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3])
+    return EXIT_OK
+
+
+def cmd_state_unlock(args: argparse.Namespace) -> int:
+    from . import shell
+    from .errors import Locked
+
+    if not args.force:
+        raise HyprovError("state unlock overrides another run's lock, so it needs --force",
+                          f"hyprov state unlock --force -f {args.file} (only if that run is stuck)")
+    _, backend = _state_rw(args)
+    force_unlock = getattr(backend, "force_unlock", None)
+    if force_unlock is None:
+        try:
+            with shell.locked(backend, 0):
+                pass
+        except Locked as exc:
+            print(f"The local state lock is held: {exc}.")
+            print("It is a kernel lock (flock) that goes away when that process exits, even if it is "
+                  "killed: stop the process to release it; there is nothing to force.")
+            return EXIT_ERROR
+        print(f"The state is not locked ({backend.describe()}): nothing to do. A local lock goes away "
+              "with the process that held it, so it never needs forcing.")
+        return EXIT_OK
+    overridden = force_unlock()
+    if overridden is None:
+        print(f"The state is not locked ({backend.describe()}): nothing to do.")
+        return EXIT_OK
+    print(f"Forced the state lock open: {overridden.describe()}.")
+    print("That run cannot write the state any more; check what it was doing and plan again.")
+    return EXIT_OK
+
+
+def _backend_named(t: Topology, name: str) -> StateBackend:
+    """The backend ``t`` would use with ``state.backend: NAME`` (same path/DSN env/workspace)."""
+    import dataclasses
+    from typing import Literal
+
+    from . import shell
+
+    backend: Literal["local", "postgres"] = "postgres" if name == "postgres" else "local"
+    return shell.backend_for(dataclasses.replace(t, state=dataclasses.replace(t.state, backend=backend)))
+
+
+def cmd_state_migrate(args: argparse.Namespace) -> int:
+    from . import shell
+
+    t = _topology(args)
+    if t.state.backend == args.to:
+        other = "local" if args.to == "postgres" else "postgres"
+        raise HyprovError(f"the state is already in the {args.to} backend ({args.file} says "
+                          f"state.backend: {args.to})",
+                          f"migrate names the target: hyprov state migrate --to {other}")
+    source = shell.backend_for(t)
+    target = _backend_named(t, args.to)
+    with shell.locked(source, args.lock_timeout), shell.locked(target, args.lock_timeout):
+        st = source.read()
+        if st is None:
+            raise HyprovError(f"there is no state to migrate in {source.describe()}",
+                              "nothing to move; hyprov apply creates the state")
+        existing = target.read()
+        refuse = None
+        if existing is not None and existing.lineage != st.lineage:
+            refuse = (f"it holds a different state (lineage {existing.lineage}, serial {existing.serial}; "
+                      f"this one is lineage {st.lineage})")
+        elif existing is not None and existing.serial > st.serial:
+            refuse = f"it holds a newer serial of this state ({existing.serial} > {st.serial})"
+        elif existing is not None and existing.serial == st.serial and not existing.content_equal(st):
+            refuse = f"it holds different content under the same serial {st.serial}"
+        if refuse:
+            raise HyprovError(f"refusing to overwrite {target.describe()}: {refuse}",
+                              "nothing was changed; remove that state first if it is really unwanted, "
+                              "or choose another state path / workspace")
+        what = f"lineage {st.lineage}, serial {st.serial}, {len(st.resources)} resource(s)"
+        if existing is not None and existing.serial == st.serial:
+            print(f"{target.describe()} already holds this state ({what}): nothing to copy.")
+        else:
+            target.write(st, existing.serial if existing is not None else None)
+            print(f"Migrated the state ({what}) from {source.describe()} to {target.describe()}.")
+    print(f"Now set `state: {{backend: {args.to}}}` in {args.file}: until then hyprov keeps using "
+          f"{source.describe()}, which was left as it was.")
+    return EXIT_OK
