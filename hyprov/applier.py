@@ -105,9 +105,23 @@ class Applier:
 
     # ------------------------------------------------------------------ state
 
-    def _record(self, fn: Callable[[State], State]) -> None:
+    def _put(self, r: ResourceState) -> None:
         with self.lock:
-            self.state = fn(self.state)
+            self.state = self.state.with_resource(r)
+
+    def _drop(self, address: str) -> None:
+        with self.lock:
+            if address in self.state.resources:
+                self.state = self.state.without_resource(address)
+
+    def _put_node(self, n: NodeState) -> None:
+        with self.lock:
+            self.state = self.state.with_node(n)
+
+    def _drop_node(self, name: str) -> None:
+        with self.lock:
+            if name in self.state.nodes:
+                self.state = self.state.without_node(name)
 
     def _save(self) -> None:
         with self.lock:
@@ -145,7 +159,7 @@ class Applier:
             for tr in self.transports.values():
                 try:
                     tr.close()
-                except Exception:  # noqa: BLE001 - closing must never hide the real outcome
+                except Exception:
                     pass
         return ApplyResult(self.state, self.outcomes, self.counts)
 
@@ -196,8 +210,8 @@ class Applier:
                 self.secrets.write_key(name, key)
                 self.secrets.write_cert(name, cert)
             info = pki.cert_info(cert)
-            self._record(lambda s, c=c, info=info: s.with_resource(ResourceState(
-                c.address, c.type, None, info.sha256, {**after, **_cert_attrs(info)})))
+            self._put(ResourceState(
+                c.address, c.type, None, info.sha256, {**after, **_cert_attrs(info)}))
             self.emit("hyprov", f"{c.address} {'created' if c.action is Action.CREATE else 'replaced'} "
                                 f"(expires {info.not_after})")
             self._count(c)
@@ -244,9 +258,9 @@ class Applier:
             if any(c.type == "service" and c.action in (Action.CREATE, Action.UPDATE) for c in changes):
                 prior = self.state.nodes.get(name)
                 if prior is None or not prior.pending_restart:
-                    self._record(lambda s, name=name, prior=prior: s.with_node(NodeState(
+                    self._put_node(NodeState(
                         name, True, prior.kong_version if prior else None,
-                        prior.migrations_done if prior else False)))
+                        prior.migrations_done if prior else False))
                     changed = True
         if changed:
             self._save()
@@ -310,8 +324,8 @@ class Applier:
                     fact = facts.get((c.after or {})["path"])
                     if fact is None or not fact.exists:
                         raise TransportError(name, f"{(c.after or {})['path']}: key missing after key generation")
-                    self._record(lambda s, c=c, fact=fact: s.with_resource(ResourceState(
-                        c.address, "file", name, fact.digest, {**(c.after or {}), "host_digest": fact.digest})))
+                    self._put(ResourceState(
+                        c.address, "file", name, fact.digest, {**(c.after or {}), "host_digest": fact.digest}))
                     self._count(c)
                     self.emit(name, f"file {(c.after or {})['path']} generated on the node")
             self._delete_files(name, deletes)
@@ -359,8 +373,8 @@ class Applier:
         pem = pki.chain_pem(cert, intermediates)
         self.issued[c.address] = pem
         info = pki.cert_info(cert)
-        self._record(lambda s: s.with_resource(ResourceState(
-            c.address, "cert", node.name, info.sha256, {**after, **_cert_attrs(info), "pem": pem.decode()})))
+        self._put(ResourceState(
+            c.address, "cert", node.name, info.sha256, {**after, **_cert_attrs(info), "pem": pem.decode()}))
         self._count(c)
         self.emit(node.name, f"{c.address} issued (expires {info.not_after})")
         return key_pem
@@ -409,8 +423,8 @@ class Applier:
                 after["host_digest"] = digest
         else:
             after["host_digest"] = digest
-        self._record(lambda s: s.with_resource(ResourceState(c.address, "file", node.name, after.get(
-            "content_digest", digest), after)))
+        self._put(ResourceState(c.address, "file", node.name, after.get(
+            "content_digest", digest), after))
         self._count(c)
 
     def _delete_files(self, name: str, deletes: list[Change]) -> None:
@@ -421,7 +435,7 @@ class Applier:
         if res.exit_status != 0:
             raise CommandFailed(name, "delete managed files", res.exit_status, res.stderr.decode(errors="replace"))
         for c in deletes:
-            self._record(lambda s, c=c: s.without_resource(c.address))
+            self._drop(c.address)
             self._count(c)
             self.emit(name, f"file {(c.before or {}).get('path')} deleted")
 
@@ -463,7 +477,7 @@ class Applier:
                     code = run("finish")
                 if code != 0:
                     raise CommandFailed(runs_on, "kong migrations finish", code, "")
-                self._record(lambda s: s.with_resource(ResourceState(c.address, "migrations", runs_on, None, after)))
+                self._put(ResourceState(c.address, "migrations", runs_on, None, after))
         except HyprovError as exc:
             self.outcomes.setdefault(runs_on, NodeOutcome()).status = "failed"
             self.outcomes[runs_on].detail = str(exc)
@@ -530,9 +544,8 @@ class Applier:
             self._save()
             return False
         prior = self.state.nodes.get(name)
-        self._record(lambda s: s.with_node(NodeState(name, False, after.get("kong_version"),
-                                                     prior.migrations_done if prior else False))
-                     .with_resource(ResourceState(c.address, "service", name, None, after)))
+        self._put_node(NodeState(name, False, after.get("kong_version"), prior.migrations_done if prior else False))
+        self._put(ResourceState(c.address, "service", name, None, after))
         outcome.status, outcome.restarted = "done", True
         self.emit(name, "restarted" if after.get("restart") else "no restart command configured")
         return True
@@ -543,11 +556,11 @@ class Applier:
                 continue
             if c.node and self.outcomes.get(c.node, NodeOutcome("done")).status == "failed":
                 continue
-            self._record(lambda s, c=c: s.without_resource(c.address))
+            self._drop(c.address)
             if c.type == "service" and c.node:
-                self._record(lambda s, c=c: s.without_node(c.node) if c.node in s.nodes else s)
+                self._drop_node(c.node)
             self._count(c)
-        for name, o in self.outcomes.items():
+        for o in self.outcomes.values():
             if o.status == "files done":
                 o.status = "done"
 

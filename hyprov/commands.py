@@ -226,7 +226,7 @@ def cmd_state(args: argparse.Namespace) -> int:
     from . import shell
     from .state import to_json
 
-    t, backend = _state_rw(args)
+    _, backend = _state_rw(args)
     sub = args.state_command
     if sub == "list":
         st = backend.read()

@@ -210,7 +210,7 @@ def test_state_lock_refuses_a_second_run(tmp_path: Path) -> None:
         for cmd in (("plan",), ("apply", "--auto-approve")):
             r = hyprov(*cmd, cwd=tmp_path)
             assert r.returncode == 1
-            assert re.search(r"state is locked by \S+@\S+ \(pid %d, since " % holder.pid, r.stderr), r.stderr
+            assert re.search(rf"state is locked by \S+@\S+ \(pid {holder.pid}, since ", r.stderr), r.stderr
         start = time.monotonic()
         r = hyprov("plan", "--lock-timeout", "1", cwd=tmp_path)
         assert r.returncode == 1 and time.monotonic() - start >= 1
@@ -315,7 +315,7 @@ def test_sigkill_during_apply_never_leaves_partial_files_or_loses_restarts(tmp_p
         p.wait()
         for n in ("dp1", "dp6"):
             text = host_file(tmp_path, n, "/etc/kong/kong.conf").read_text()
-            assert text == old[n] or f"round:{i}" in text and text.endswith("\n")
+            assert text == old[n] or (f"round:{i}" in text and text.endswith("\n"))
         assert hyprov("state", "list", cwd=tmp_path).returncode == 0
         apply_ok(tmp_path)
         assert_converged(tmp_path)
