@@ -13,6 +13,7 @@ import ipaddress
 import itertools
 import json
 import re
+import unicodedata
 from collections.abc import Iterator
 from functools import cache
 from importlib import resources as importlib_resources
@@ -55,7 +56,7 @@ _ROLE_ONLY = {
     "telemetry_listen": "control planes", "admin_listen": "control planes",
 }
 
-_DNS_NAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+_DNS_NAME = re.compile(r"(?=.{1,253}\Z)([A-Za-z0-9_]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?\Z")
 _VERSION_KEYS = {"kong_version", "version"}
 _LISTEN_KEYS = {"cluster_listen", "telemetry_listen", "admin_listen", "proxy_listen"}
 
@@ -71,7 +72,12 @@ def schema() -> dict[str, Any]:
 def _validator() -> Any:
     import jsonschema  # lazy: ~0.1 s of import, only commands that load a topology pay it
 
-    return jsonschema.Draft202012Validator(schema())
+    # JSON Schema counts 5432.0 as an integer; a port or a number of days in YAML is not a float
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, v: isinstance(v, int) and not isinstance(v, bool))
+    strict = jsonschema.validators.extend(base, type_checker=checker)
+    return strict(schema())
 
 
 # --------------------------------------------------------------------------- entry
@@ -90,17 +96,24 @@ def load_topology(path: Path) -> m.Topology:
 
 def parse_topology(raw: bytes, path: Path) -> m.Topology:
     file = str(path)
-    doc, problems = load(raw, file)
-    if problems:
-        raise ConfigError(problems)
+    doc, yaml_problems = load(raw, file)
+    if yaml_problems and doc.data is None:
+        raise ConfigError(_clean(yaml_problems))  # nothing to check further: syntax, bomb, empty, ...
     if not isinstance(doc.data, dict):
-        raise ConfigError([doc.problem((), "the top level must be a mapping", "start with 'version: 1'")])
+        raise ConfigError(_clean([*yaml_problems,
+                                  doc.problem((), "the top level must be a mapping", "start with 'version: 1'")]))
+    # duplicate keys and refused tags leave a usable document: keep checking it, so every
+    # problem is reported at once, but not again where the YAML problem already points
     _normalize(doc)
     problems = list(_schema_problems(doc))
     problems += _Semantics(doc).check()
+    problems += _text_problems(doc)
+    if yaml_problems:
+        taken = {(p.line, p.col) for p in yaml_problems}
+        problems = yaml_problems + [p for p in problems if (p.line, p.col) not in taken]
     if problems:
         problems.sort(key=lambda p: (p.line, p.col))
-        raise ConfigError(_dedupe(problems))
+        raise ConfigError(_clean(_dedupe(problems)))
     return _build(doc.data, path.resolve(), hashlib.sha256(raw).hexdigest())
 
 
@@ -113,6 +126,60 @@ def _dedupe(problems: list[Problem]) -> list[Problem]:
             seen.add(k)
             out.append(p)
     return out
+
+
+def _breaks_line(c: str) -> bool:
+    """A control character or a line/paragraph separator (a tab is fine)."""
+    return c != "\t" and unicodedata.category(c) in ("Cc", "Zl", "Zp")
+
+
+def _printable(text: str) -> str:
+    """Control characters escaped: one problem is one line of output."""
+    return "".join(ascii(c)[1:-1] if _breaks_line(c) or c == "\t" else c for c in text)
+
+
+def _clean(problems: list[Problem]) -> list[Problem]:
+    return [Problem(p.file, p.line, p.col, _printable(p.message), _printable(p.hint) if p.hint else p.hint)
+            for p in problems]
+
+
+def _multiline_ok(path: Path_) -> bool:
+    """Commands run by a shell may span lines (kong.restart, kong.health, kong.migrations.*);
+    every other string ends up on one line of kong.conf, a KONG_* variable or a file name."""
+    return len(path) >= 2 and (path[-2:] in (("kong", "restart"), ("kong", "health")) or path[-2] == "migrations")
+
+
+def _text_problems(doc: Document) -> list[Problem]:
+    out: list[Problem] = []
+
+    def walk(value: Any, path: Path_) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if any(map(_breaks_line, k)):
+                    out.append(doc.problem((*path, k), f"the key {k!r} contains a control character", key=True))
+                walk(v, (*path, k))
+        elif isinstance(value, list):
+            for j, v in enumerate(value):
+                walk(v, (*path, j))
+        elif isinstance(value, str):
+            if not _multiline_ok(path) and any(map(_breaks_line, value)):
+                out.append(doc.problem(path, f"{_where(path)}: {value!r} contains a line break or control character",
+                                       "write it on one line"))
+            elif _in_kong_conf(path) and value.rstrip().endswith("\\"):
+                out.append(doc.problem(path, f"{_where(path)}: {value!r} ends with a backslash",
+                                       "kong.conf would join the next line to it"))
+
+    walk(doc.data, ())
+    return out
+
+
+def _in_kong_conf(path: Path_) -> bool:
+    """A string written as is into kong.conf: settings, labels, the database's fields."""
+    return (len(path) >= 2 and path[-2] in ("settings", "labels")) or path[:1] == ("database",)
+
+
+def _where(path: Path_) -> str:
+    return ".".join(str(p) for p in path) or "the top level"
 
 
 # --------------------------------------------------------------------- normalize
@@ -148,7 +215,7 @@ def _typename(v: Any) -> str:
     if isinstance(v, int):
         return "an integer"
     if isinstance(v, float):
-        return "a number"
+        return "a decimal number"
     if isinstance(v, str):
         return "a string"
     if isinstance(v, list):
@@ -189,10 +256,21 @@ def _explain(doc: Document, error: Any) -> Iterator[Problem]:
             yield doc.problem(path, f"version must be 1, not {inst!r}", "this hyprov reads format version 1")
         elif path and path[-1] == "type" and inst == "cassandra":
             yield doc.problem(path, "Cassandra is not supported by Kong 3.4 and later", "use type: postgres")
+        elif isinstance(inst, bool) and doc.where(path).raw in [str(o) for o in options]:
+            yield _type_problem(doc, path, "string", inst)  # mtls: on -> quote it
         elif isinstance(inst, bool):
-            yield _type_problem(doc, path, "string", inst)
+            raw = doc.where(path).raw or str(inst).lower()
+            yield doc.problem(path, f"{where}: {raw} (a boolean in YAML) is not one of {shown}")
         else:
             yield doc.problem(path, f"{where}: {inst!r} is not one of {shown}", hint)
+    elif v == "pattern" and "propertyNames" in error.schema_path and isinstance(inst, str):
+        # jsonschema reports a bad key at its mapping, with the key as the instance
+        if path and path[-1] == "labels":
+            yield doc.problem((*path, inst), f"label name {inst!r} may contain only letters, digits, '_', '.' and '-'",
+                              key=True)
+        else:
+            yield doc.problem((*path, inst), f"{where}: {inst!r} is not a kong.conf setting name",
+                              "kong.conf names use lowercase letters, digits and '_'", key=True)
     elif v == "pattern":
         key = next((p for p in reversed(path) if isinstance(p, str)), "")
         if key == "name":
@@ -206,14 +284,19 @@ def _explain(doc: Document, error: Any) -> Iterator[Problem]:
             yield doc.problem(path, f"{key} must be an absolute path, not {inst!r}")
         else:
             yield doc.problem(path, f"{where}: {inst!r} does not match {error.validator_value}")
+    elif v == "not" and path[:1] == ("database",) and path[-1:] == ("password",):
+        return  # refused in the schema for editors; _Semantics explains it, with the hint
     elif v == "propertyNames":
         yield doc.problem(path, f"{where}: bad key: {error.message}")
     elif v in ("minimum", "maximum", "exclusiveMinimum"):
         key = path[-1] if path else ""
+        bound = {"minimum": "at least", "maximum": "at most", "exclusiveMinimum": "more than"}[v]
         if key == "port":
             yield doc.problem(path, f"port {inst} is out of range 1-65535")
+        elif isinstance(key, str) and key.endswith("validity_days"):
+            yield doc.problem(path, f"{where} is {inst}; a validity must be positive (at least 1 day)")
         else:
-            yield doc.problem(path, f"{where} is {inst}; {error.message.split(' is ', 1)[-1]}")
+            yield doc.problem(path, f"{where} is {inst}; it must be {bound} {error.validator_value}")
     elif v == "maxItems" and path and path[-1] == "intermediates":
         yield doc.problem(path, f"{len(inst)} intermediates: at most 3 are allowed",
                           "Kong verifies at most three levels between root and leaf")
@@ -221,6 +304,16 @@ def _explain(doc: Document, error: Any) -> Iterator[Problem]:
         key = path[-1] if path else ""
         if isinstance(inst, bool):
             yield _type_problem(doc, path, "string", inst)
+        elif key in _LISTEN_KEYS and isinstance(inst, list):
+            if not inst:
+                yield doc.problem(path, f"{key} is an empty list", "remove it to use Kong's default")
+            for j, item in enumerate(inst):
+                if not isinstance(item, str):
+                    yield _type_problem(doc, (*path, j), "string", item)
+                elif not item:
+                    yield doc.problem((*path, j), f"{key} entry {j + 1} is empty")
+        elif key == "max_unavailable":
+            yield doc.problem(path, f"{where} must be a count (1 or more) or a percentage like 25%, not {inst!r}")
         elif key in _LISTEN_KEYS:
             yield doc.problem(path, f"{key} must be a listen string or a list of them, not {_typename(inst)}",
                               "e.g. 0.0.0.0:8000 or [0.0.0.0:8000, 0.0.0.0:8443 ssl]")
@@ -244,8 +337,16 @@ def _type_problem(doc: Document, path: Path_, expected: Any, inst: Any) -> Probl
         shown = raw or str(inst).lower()
         return doc.problem(path, f"{where}: YAML reads {shown} as a boolean, not a string",
                            f'quote it: "{shown}"')
-    return doc.problem(path, f"{where} must be {exp.replace('object', 'mapping').replace('array', 'list')}, "
-                             f"not {_typename(inst)}")
+    types = [expected] if isinstance(expected, str) else list(expected)
+    if "number" in types and "integer" in types:
+        types.remove("integer")
+    words = [_TYPE_WORDS.get(t, t) for t in types]
+    text = words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+    return doc.problem(path, f"{where} must be {text}, not {_typename(inst)}")
+
+
+_TYPE_WORDS = {"string": "a string", "integer": "a whole number", "number": "a number", "boolean": "a boolean",
+               "object": "a mapping", "array": "a list", "null": "null"}
 
 
 # --------------------------------------------------------------------- semantics
@@ -275,9 +376,51 @@ def parse_endpoint(text: str) -> m.Endpoint:
         raise ValueError(f"{text!r} needs the form host:port")
     host = mt.group(1) or mt.group(3)
     port_s = mt.group(2) or mt.group(4)
-    if not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
+    if not (port_s.isascii() and port_s.isdigit()):
+        raise ValueError(f"port {port_s!r} is not a number")
+    if not 1 <= int(port_s) <= 65535:
         raise ValueError(f"port {port_s} is out of range 1-65535")
     return m.Endpoint(host, int(port_s))
+
+
+def _host_ok(host: str) -> bool:
+    """An IP address or a DNS name."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return _DNS_NAME.match(host) is not None
+    return True
+
+
+def _family(host: str) -> int | None:
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        return None  # a name: it may resolve to either
+
+
+def _same_socket(a: m.Listen, b: m.Listen) -> bool:
+    """Would nginx refuse to bind both? Same port and same address, or a wildcard of the
+    other's family (nginx binds [::] with ipv6only=on, so 0.0.0.0 and [::] coexist)."""
+    if a.port != b.port:
+        return False
+    fa, fb = _family(a.host), _family(b.host)
+    if fa and fb and ipaddress.ip_address(a.host) == ipaddress.ip_address(b.host):
+        return True
+    if a.host == b.host:
+        return True
+    for host, other in ((a.host, fb), (b.host, fa)):
+        if host in ("0.0.0.0", "*") and other != 6:
+            return True
+        if host == "::" and other != 4:
+            return True
+    return False
+
+
+def _default_listens(cls: type[m.Node], key: str) -> m.Listens:
+    field = cls.__dataclass_fields__[key]
+    value: m.Listens = field.default  # type: ignore[assignment]
+    return value
 
 
 def listens_of(value: Any) -> list[m.Listen]:
@@ -317,6 +460,7 @@ class _Semantics:
         self._names(cps, dps)
         self._listens(cps, dps)
         self._endpoints(cps, dps)
+        self._addresses(cps, dps)
         self._settings(cps, dps)
         self._versions(cps, dps)
         self._pki()
@@ -344,10 +488,18 @@ class _Semantics:
 
     def _listens(self, cps: list[tuple[int, dict[str, Any]]], dps: list[tuple[int, dict[str, Any]]]) -> None:
         refuse_off = {"control_planes": ("cluster_listen", "admin_listen"), "data_planes": ("proxy_listen",)}
+        role_keys: dict[str, tuple[type[m.Node], tuple[str, ...]]] = {
+            "control_planes": (m.ControlPlane, ("cluster_listen", "telemetry_listen", "admin_listen")),
+            "data_planes": (m.DataPlane, ("proxy_listen",)),
+        }
         for section, nodes in (("control_planes", cps), ("data_planes", dps)):
+            cls, keys = role_keys[section]
             for i, node in nodes:
-                used: list[tuple[m.Listen, str]] = []
-                for key in sorted(_LISTEN_KEYS):
+                # Kong's defaults for what the node leaves out take their ports too
+                used: list[tuple[m.Listen, str]] = [
+                    (e, f"{key} (Kong's default)") for key in keys if key not in node
+                    for e in _default_listens(cls, key)]
+                for key in [k for k in node if k in keys]:
                     value = node.get(key)
                     if not isinstance(value, str | list):
                         continue
@@ -366,11 +518,10 @@ class _Semantics:
                             self.err(p, f"{key} cannot be off on a {role}: Kong refuses to start",
                                      "remove it to use Kong's default")
                         for e in entries:
-                            for other, okey in used:
-                                if other.port == e.port and (other.host == e.host or "0.0.0.0" in (other.host, e.host)
-                                                             or "::" in (other.host, e.host)):
-                                    self.err(p, f"{key} {e.host}:{e.port} uses port {e.port} "
-                                                f"that {okey} already listens on")
+                            clash = next((okey for other, okey in used if _same_socket(other, e)), None)
+                            if clash:
+                                self.err(p, f"{key} {m.Endpoint(e.host, e.port)} uses port {e.port} "
+                                            f"that {clash} already listens on", "give each listener its own port")
                             used.append((e, key))
 
     def _endpoints(self, cps: list[tuple[int, dict[str, Any]]], dps: list[tuple[int, dict[str, Any]]]) -> None:
@@ -401,16 +552,30 @@ class _Semantics:
 
     def _endpoint(self, path: Path_, value: str) -> None:
         try:
-            parse_endpoint(value)
+            ep = parse_endpoint(value)
         except ValueError as exc:
             self.err(path, f"{path[-1]}: {exc}", "e.g. control-plane.example.com:8005")
+            return
+        if not _host_ok(ep.host):
+            self.err(path, f"{path[-1]}: {ep.host!r} is not an IP address or a DNS name")
+
+    def _addresses(self, cps: list[tuple[int, dict[str, Any]]], dps: list[tuple[int, dict[str, Any]]]) -> None:
+        for section, nodes in (("control_planes", cps), ("data_planes", dps)):
+            for i, node in nodes:
+                for key in ("address", "firewall_address"):
+                    v = node.get(key)
+                    if isinstance(v, str) and v and not _host_ok(v):
+                        self.err((section, i, key), f"{key} {v!r} is not an IP address or a DNS name",
+                                 "write the host alone: the ports come from the listens")
 
     def _settings(self, cps: list[tuple[int, dict[str, Any]]], dps: list[tuple[int, dict[str, Any]]]) -> None:
         defaults = self._dict("defaults", "settings")
         mtls = self._dict("cluster").get("mtls", "shared")
         for key in defaults:
             self._managed(("defaults", "settings", key), key)
-        plugin_lists: list[tuple[Path_, str]] = []
+        # the defaults are checked on their own too: a file may have no node yet
+        self._tunables(defaults, lambda key: ("defaults", "settings", key), mtls)
+        plugin_lists: list[tuple[Path_, str, str]] = []
         for section, nodes in (("control_planes", cps), ("data_planes", dps)):
             for i, node in nodes:
                 own: dict[str, Any] = node["settings"] if isinstance(node.get("settings"), dict) else {}
@@ -421,33 +586,39 @@ class _Semantics:
                 def at(key: str, i: int = i, section: str = section, own: dict[str, Any] = own) -> Path_:
                     return (section, i, "settings", key) if key in own else ("defaults", "settings", key)
 
-                self._min(merged, "cluster_max_payload", 4194304, at)
-                self._min(merged, "cluster_data_plane_purge_delay", 60, at)
-                ocsp = merged.get("cluster_ocsp")
-                if ocsp is not None:
-                    text = {True: "on", False: "off"}.get(ocsp, ocsp) if isinstance(ocsp, bool) else ocsp
-                    if text not in ("on", "off", "optional"):
-                        self.err(at("cluster_ocsp"), f"cluster_ocsp must be on, off or optional, not {ocsp!r}")
-                    elif text != "off" and mtls != "pki":
-                        self.err(at("cluster_ocsp"), "cluster_ocsp works only with cluster.mtls: pki")
+                self._tunables(merged, at, mtls)
                 use_proxy = merged.get("cluster_use_proxy")
-                if use_proxy in (True, "on"):
+                if use_proxy in (True, "on", "true"):
                     if section == "control_planes":
                         self.err(at("cluster_use_proxy"), "cluster_use_proxy is refused on a control plane")
                     elif not merged.get("proxy_server"):
                         self.err(at("cluster_use_proxy"), "cluster_use_proxy needs proxy_server",
                                  "set proxy_server in the same settings")
+                name = _label(node, section, i)
                 if "plugins" in merged:
-                    plugin_lists.append((at("plugins"), _plugin_set(merged["plugins"])))
+                    plugin_lists.append((at("plugins"), _plugin_set(merged["plugins"]), name))
                 else:
-                    plugin_lists.append(((section, i), "bundled"))
-        sets = {s for _, s in plugin_lists}
+                    plugin_lists.append(((section, i), "bundled", name))
+        sets = {s for _, s, _ in plugin_lists}
         if len(sets) > 1:
-            reference = plugin_lists[0][1]
-            for p, s in plugin_lists:
+            _, reference, ref_name = plugin_lists[0]  # the first CP: DPs must match what it configures
+            for p, s, name in plugin_lists:
                 if s != reference:
-                    self.err(p, f"plugins differ between nodes ({s} vs {reference})",
+                    self.err(p, f"plugins of {name} ({s}) differ from {ref_name}'s ({reference})",
                              "every CP and DP needs the same plugins, or DPs get plugin_set_incompatible")
+
+    def _tunables(self, merged: dict[str, Any], at: Any, mtls: Any) -> None:
+        """Kong's checks of the tunable settings that do not depend on the role."""
+        self._min(merged, "cluster_max_payload", 4194304, at)
+        self._min(merged, "cluster_data_plane_purge_delay", 60, at)
+        ocsp = merged.get("cluster_ocsp")
+        if ocsp is not None:
+            text = ("on" if ocsp else "off") if isinstance(ocsp, bool) else ocsp
+            if text not in ("on", "off", "optional"):
+                self.err(at("cluster_ocsp"), f"cluster_ocsp must be on, off or optional, not {ocsp!r}")
+            elif text != "off" and mtls != "pki":
+                self.err(at("cluster_ocsp"), "cluster_ocsp works only with cluster.mtls: pki",
+                         "Kong checks certificates by OCSP in pki mode only")
 
     def _managed(self, path: Path_, key: str) -> None:
         if key in MANAGED:
@@ -458,7 +629,7 @@ class _Semantics:
         v = merged.get(key)
         if v is None:
             return
-        if isinstance(v, bool) or not isinstance(v, int | str) or not str(v).isdigit():
+        if isinstance(v, bool) or not isinstance(v, int | str) or not (str(v).isascii() and str(v).isdigit()):
             self.err(at(key), f"{key} must be a whole number, not {v!r}")
         elif int(v) < minimum:
             self.err(at(key), f"{key} is {v}; Kong refuses values below {minimum}")
@@ -483,12 +654,13 @@ class _Semantics:
             if not (isinstance(v, str) and _is_version(v)):
                 continue
             dv = m.Version.parse(v)
+            label = _label(dp, "data_planes", i)
             path: Path_ = ("data_planes", i, "kong_version") if "kong_version" in dp else ("cluster", "kong_version")
             if dv.major != lowest.major:
-                self.err(path, f"data plane {dp.get('name')} runs Kong {dv}, control planes {lowest}: "
+                self.err(path, f"data plane {label} runs Kong {dv}, control planes {lowest}: "
                                "the major version must match")
             elif dv.minor > lowest.minor:
-                self.err(path, f"data plane {dp.get('name')} runs Kong {dv}, newer than the control planes' {lowest}",
+                self.err(path, f"data plane {label} runs Kong {dv}, newer than the control planes' {lowest}",
                          "Kong rejects a DP with a newer minor (kong_version_incompatible); upgrade CPs first")
 
     def _pki(self) -> None:
@@ -499,32 +671,32 @@ class _Semantics:
             self.err(("shared_cert",), "a shared_cert section but cluster.mtls is pki",
                      "remove shared_cert, or set cluster.mtls: shared", key=True)
         sc = self._dict("shared_cert")
-        validity, renew = sc.get("validity_days", 1095), sc.get("renew_before_days", 30)
-        if isinstance(validity, int) and isinstance(renew, int) and renew >= validity:
-            self.err(("shared_cert", "renew_before_days") if "renew_before_days" in sc else ("shared_cert",),
-                     f"renew_before_days ({renew}) must be less than validity_days ({validity})")
+        self._renew(("shared_cert",), sc, "validity_days", 1095)
         pki = self._dict("pki")
         if not pki:
             return
-        chain: list[tuple[Path_, Any]] = []
-        root = pki.get("root")
+        # (path of the validity, its value, whether the file sets it); a default is shown as such
+        chain: list[tuple[Path_, Any, bool]] = []
+        root = pki.get("root", {})
         if isinstance(root, dict):
-            chain.append((("pki", "root"), root.get("validity_days", 3650)))
+            chain.append((("pki", "root", "validity_days"), root.get("validity_days", 3650), "validity_days" in root))
         inters = pki.get("intermediates")
         inters = inters if isinstance(inters, list) else []
         for j, inter in enumerate(inters):
             if isinstance(inter, dict):
-                chain.append((("pki", "intermediates", j), inter.get("validity_days", 1825)))
+                chain.append((("pki", "intermediates", j, "validity_days"), inter.get("validity_days", 1825),
+                               "validity_days" in inter))
         leaf = pki.get("leaf_validity_days", 90)
-        chain.append((("pki", "leaf_validity_days"), leaf))
-        for (ppath, pv), (cpath, cv) in itertools.pairwise(chain):
-            if isinstance(pv, int) and isinstance(cv, int) and cv > pv:
-                self.err(cpath, f"validity {cv} days outlives its issuer ({pv} days at {'.'.join(map(str, ppath))})",
+        chain.append((("pki", "leaf_validity_days"), leaf, "leaf_validity_days" in pki))
+        for (ppath, pv, pset), (cpath, cv, cset) in itertools.pairwise(chain):
+            if _days(pv) and _days(cv) and cv > pv:
+                # point at what the file says: the child, or the issuer when the child is a default
+                child = _where(cpath[:-1]) if cpath[-1] == "validity_days" else "the leaf certificates"
+                shown = f"{cv} days" + ("" if cset else ", the default")
+                self.err(cpath if cset or not pset else ppath,
+                         f"{child} ({shown}) would outlive the issuing CA {_where(ppath[:-1])} ({pv} days)",
                          "a certificate may not outlive the CA that signs it")
-        renew = pki.get("renew_before_days", 30)
-        if isinstance(renew, int) and isinstance(leaf, int) and renew >= leaf:
-            self.err(("pki", "renew_before_days") if "renew_before_days" in pki else ("pki",),
-                     f"renew_before_days ({renew}) must be less than leaf_validity_days ({leaf})")
+        self._renew(("pki",), pki, "leaf_validity_days", 90)
         cas = [(("pki", "root"), root)] + [(("pki", "intermediates", j), x) for j, x in enumerate(inters)]
         for k, (p, ca) in enumerate(cas):
             if not isinstance(ca, dict):
@@ -543,6 +715,15 @@ class _Semantics:
             if "chain_file" in ca and not external:
                 self.err(p, "chain_file goes with cert_file and key_file")
 
+    def _renew(self, section: Path_, d: dict[str, Any], validity_key: str, default: int) -> None:
+        validity, renew = d.get(validity_key, default), d.get("renew_before_days", 30)
+        if not (_days(validity) and isinstance(renew, int) and not isinstance(renew, bool)) or renew < validity:
+            return
+        path = (*section, "renew_before_days") if "renew_before_days" in d or validity_key not in d \
+            else (*section, validity_key)
+        self.err(path, f"renew_before_days ({renew}) must be less than {validity_key} ({validity})",
+                 "hyprov renews a certificate that many days before it expires")
+
     def _database(self, cps: list[tuple[int, dict[str, Any]]]) -> None:
         db = self.d.get("database")
         if isinstance(db, dict) and "password" in db:
@@ -559,7 +740,7 @@ class _Semantics:
                 own: dict[str, Any] = node["connection"] if isinstance(node.get("connection"), dict) else {}
                 ctype = own.get("type", default.get("type", "local"))
                 if ctype == "ssh" and not isinstance(node.get("address"), str):
-                    self.err((section, i), f"node {node.get('name')} connects over ssh but has no address",
+                    self.err((section, i), f"node {_label(node, section, i)} connects over ssh but has no address",
                              "add address: HOST")
                 merged = {**default, **own}
                 if ctype == "local":
@@ -585,12 +766,24 @@ class _Semantics:
                         self.err(("firewall", key, j), f"{item!r} is not a CIDR or address: {exc}")
 
 
+def _label(node: dict[str, Any], section: str, i: int) -> str:
+    """How a message names a node: its name, or its place when the name is unusable."""
+    name = node.get("name")
+    return name if isinstance(name, str) and name else f"{section}[{i}]"
+
+
+def _days(v: Any) -> bool:
+    """A usable number of days (anything else is reported by the schema)."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
 def _is_version(text: str) -> bool:
     return re.fullmatch(r"[0-9]+\.[0-9]+\.[0-9]+(\.[0-9]+)?", text) is not None
 
 
 def _plugin_set(value: Any) -> str:
-    return ",".join(sorted(p.strip() for p in str(value).split(",") if p.strip()))
+    text = ("on" if value else "off") if isinstance(value, bool) else str(value)  # as rendered
+    return ",".join(sorted(p.strip() for p in text.split(",") if p.strip()))
 
 
 # ------------------------------------------------------------------------- build

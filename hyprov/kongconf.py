@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import model as m
+from .errors import HyprovError
 
 SENSITIVE = "(sensitive)"
 HEADER = "# Managed by hyprov: edits here are reverted by the next apply.\n"
@@ -88,11 +89,34 @@ def _escape(value: str) -> str:
     return value.replace("#", "\\#")  # Kong strips from an unescaped '#'; only '\#' is unescaped
 
 
+_LINE_BREAKS = "\n\r\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+def _one_line(pairs: list[tuple[str, str]], *, conf: bool) -> list[tuple[str, str]]:
+    """Refuse a value that would end its line early (and inject settings after it), or,
+    in kong.conf, end with a backslash (Kong's reader joins the next line to it).
+
+    The topology's strings are checked at validation; this catches the password,
+    which comes from the environment at apply time.
+    """
+    for k, v in pairs:
+        if any(c in _LINE_BREAKS for c in v):
+            raise HyprovError(f"{k}: the value contains a line break, and kong.conf or a KONG_* variable "
+                              "holds one line", "remove the line break (e.g. from the password variable)")
+        if conf and v.rstrip().endswith("\\"):
+            raise HyprovError(f"{k}: the value ends with a backslash, which joins the next line of kong.conf",
+                              "use a value that does not end with '\\'")
+    return pairs
+
+
 def render_conf(topology: m.Topology, node: m.Node, password: str | None = None) -> str:
-    lines = [HEADER.rstrip("\n"), f"# node {node.name} ({node.role}) of cluster {topology.cluster.name}"]
-    lines += [f"{k} = {_escape(v)}" for k, v in settings(topology, node, password)]
+    # no node name in here: renaming a node (hyprov state mv) must not change its file and restart Kong
+    lines = [HEADER.rstrip("\n"), f"# {node.role} of cluster {topology.cluster.name}"]
+    lines += [f"{k} = {_escape(v)}" for k, v in _one_line(settings(topology, node, password), conf=True)]
     return "\n".join(lines) + "\n"
 
 
 def render_env(topology: m.Topology, node: m.Node, password: str | None = None) -> str:
-    return "".join(f"KONG_{k.upper()}={v}\n" for k, v in settings(topology, node, password))
+    """Docker's --env-file form. Kong 3.x takes a KONG_* value as it is (it strips comments
+    and unescapes '\\#' in kong.conf only), so '#' stays as it is here."""
+    return "".join(f"KONG_{k.upper()}={v}\n" for k, v in _one_line(settings(topology, node, password), conf=False))

@@ -4,7 +4,9 @@ PyYAML's constructors drop positions and silently keep the last of duplicate
 keys. We compose the node graph (libyaml's C composer when available), then
 build plain Python values ourselves, recording the line and column of every
 value and key, refusing duplicate keys and non-standard tags, and bounding alias
-expansion so a "billion laughs" document fails fast instead of hanging.
+expansion so a "billion laughs" document fails fast instead of hanging. Nesting
+is bounded too, before composing: libyaml's composer recurses in C and crashes
+the interpreter (SIGSEGV) on a few ten thousand nested brackets.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ except AttributeError:  # pragma: no cover - pure-Python fallback
     _Loader = yaml.SafeLoader
 
 MAX_ALIAS_EXPANSION = 100_000  # nodes reached through aliases, in total
+MAX_DEPTH = 64  # nested mappings/lists; a topology needs about 6
 
 _STD = "tag:yaml.org,2002:"
 _SCALAR_TAGS = {_STD + t for t in ("str", "int", "float", "bool", "null")}
@@ -155,6 +158,19 @@ class _Recursive(Exception):
         self.node = node
 
 
+def _too_deep(text: str) -> Any:
+    """The mark of the first collection nested deeper than MAX_DEPTH (events only: no recursion)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return event.start_mark
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return None
+
+
 def load(text_bytes: bytes, file: str) -> tuple[Document, list[Problem]]:
     """Parse YAML bytes into a :class:`Document`; problems instead of exceptions."""
     doc = Document(file, None)
@@ -168,13 +184,37 @@ def load(text_bytes: bytes, file: str) -> tuple[Document, list[Problem]]:
     if text.startswith("\ufeff"):
         text = text[1:]
     try:
+        deep = _too_deep(text)
+        if deep is not None:
+            return doc, [Problem(file, deep.line + 1, deep.column + 1,
+                                 f"the YAML is nested more than {MAX_DEPTH} levels deep",
+                                 "a topology file needs a few levels only")]
         nodes = list(yaml.compose_all(text, Loader=_Loader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         msg = f"YAML syntax error: {exc.problem or exc.context}"
-        return doc, [Problem(file, line, col, msg)]
-    except yaml.YAMLError as exc:
+        ctx = exc.context_mark
+        if exc.problem and exc.context and ctx and mark and (ctx.line, ctx.column) != (mark.line, mark.column):
+            msg += f" ({exc.context} started at line {ctx.line + 1}, column {ctx.column + 1})"
+        hint = None
+        lines = text.splitlines()
+        if mark and mark.line < len(lines) and lines[mark.line][mark.column:mark.column + 1] == "\t":
+            hint = "YAML does not allow tabs for indentation; use spaces"
+        return doc, [Problem(file, line, col, msg, hint)]
+    except yaml.reader.ReaderError as exc:
+        # a control character: libyaml's position counts bytes, PyYAML's characters,
+        # so locate the character itself (the reader stops at its first occurrence)
+        char = chr(exc.character) if isinstance(exc.character, int) else ""
+        at = text.find(char) if char else -1
+        at = at if at >= 0 else min(max(0, exc.position), len(text))
+        head = text[:at]
+        line = head.count("\n") + 1
+        col = at - (head.rfind("\n") + 1) + 1
+        what = f"character U+{ord(char):04X}" if char else "character"
+        return doc, [Problem(file, line, col, f"the file contains a {what}: {exc.reason}",
+                             "remove it (YAML allows tab, newline and printable characters)")]
+    except yaml.YAMLError as exc:  # pragma: no cover - every libyaml error is marked or a ReaderError
         return doc, [Problem(file, 1, 1, f"YAML error: {exc}")]
     nodes = [n for n in nodes if n is not None]
     if not nodes:
