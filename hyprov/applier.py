@@ -39,9 +39,7 @@ def secret_fingerprint(secret: str, lineage: str, address: str) -> str:
 
 
 def secret_content(masked: str, password: str | None) -> str:
-    if password is None:
-        return masked
-    return masked.replace(f"pg_password = {kongconf.SENSITIVE}", f"pg_password = {password.replace('#', chr(92) + '#')}")
+    return masked if password is None else kongconf.with_password(masked, password)
 
 
 @dataclass
@@ -170,11 +168,25 @@ class Applier:
         if tr is None:
             n = self.t.node(name) if isinstance(node, str) else node
             if n is None:
-                raise HyprovError(f"node {name} is not in the topology", "it can only be removed with state rm")
+                n = self._removed_node(name)
             tr = self.connect_fn(n)
             with self.lock:
                 self.transports[name] = tr
         return tr
+
+    def _removed_node(self, name: str) -> m.Node:
+        """A node gone from the topology is reached the way the state recorded it
+        (its service's connection type and address), with the topology's settings
+        for that connection type; its files can then be deleted."""
+        rec = self.state.resources.get(f"service.{name}")
+        attrs = rec.attrs if rec else {}
+        ctype = attrs.get("connection", "local")
+        template = next((n for n in self.t.nodes if n.connection.type == ctype), None)
+        if template is None or (ctype == "ssh" and not attrs.get("address")):
+            raise HyprovError(f"node {name} was removed from the topology and hyprov cannot tell how to reach it",
+                              f"delete its files by hand, then: hyprov state rm {name}")
+        return m.DataPlane(name=name, role="data_plane", address=attrs.get("address"), firewall_address=None,
+                           kong_version=None, connection=template.connection, kong=template.kong, settings=())
 
     # ------------------------------------------------------------ controller
 
@@ -267,9 +279,21 @@ class Applier:
 
     def _node_files_phase(self) -> None:
         names = [n for n in self.by_node if any(c.type in ("cert", "file") for c in self.by_node[n])]
-        with ThreadPoolExecutor(max_workers=min(self.parallelism, max(1, len(names)))) as pool:
-            for _ in pool.map(self._node_files, names):
-                pass
+        # removals: control planes last, so data planes never outlive their CP's files (destroy)
+        last = {n for n in names if self._removing_cp(n)}
+        for wave in ([n for n in names if n not in last], [n for n in names if n in last]):
+            if not wave:
+                continue
+            with ThreadPoolExecutor(max_workers=min(self.parallelism, len(wave))) as pool:
+                for _ in pool.map(self._node_files, wave):
+                    pass
+
+    def _removing_cp(self, name: str) -> bool:
+        changes = self.by_node[name]
+        if not all(c.action is Action.DELETE for c in changes):
+            return False
+        rec = self.state.resources.get(f"service.{name}")
+        return bool(rec and rec.attrs.get("role") == "control_plane")
 
     def _node_files(self, name: str) -> None:
         outcome = self.outcomes[name]

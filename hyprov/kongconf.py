@@ -116,6 +116,13 @@ def render_conf(topology: m.Topology, node: m.Node, password: str | None = None)
     return "\n".join(lines) + "\n"
 
 
+def with_password(masked_conf: str, password: str) -> str:
+    """The file as installed, from its masked form: refresh compares a host's CP
+    kong.conf with this, computed in memory, so no digest of it is ever stored."""
+    (_, value), = _one_line([("pg_password", password)], conf=True)
+    return masked_conf.replace(f"pg_password = {SENSITIVE}", f"pg_password = {_escape(value)}")
+
+
 def render_env(topology: m.Topology, node: m.Node, password: str | None = None) -> str:
     """Docker's --env-file form. Kong 3.x takes a KONG_* value as it is (it strips comments
     and unescapes '\\#' in kong.conf only), so '#' stays as it is here."""
