@@ -75,6 +75,7 @@ class Applier:
         passphrase: bytes | None = None,
         parallelism: int = 64,
         emit: Emit = lambda node, msg: None,
+        transports: Mapping[str, Transport] | None = None,
     ) -> None:
         self.t = topology
         self.plan = plan
@@ -89,7 +90,7 @@ class Applier:
         self.parallelism = max(1, parallelism)
         self.emit = emit
         self.lock = threading.RLock()
-        self.transports: dict[str, Transport] = {}
+        self.transports: dict[str, Transport] = dict(transports or {})  # e.g. opened by refresh
         self.outcomes: dict[str, NodeOutcome] = {}
         self.counts = {"added": 0, "changed": 0, "destroyed": 0}
         self.issued: dict[str, bytes] = {}  # cert address -> installed cert file content

@@ -32,7 +32,10 @@ def _color() -> bool:
 
 
 def _make_plan(t: Topology, backend: StateBackend, args: argparse.Namespace, *, destroy: bool = False
-               ) -> tuple[Plan, State | None]:
+               ) -> tuple[Plan, State | None, dict[str, Any]]:
+    """Plan, refreshing from the hosts first when asked (or by default once there is
+    state). The refresh's connections are returned so apply reuses them: one
+    connection per host for the whole run."""
     from . import graph, planner, resources, shell
     from .planner import Facts
 
@@ -41,13 +44,12 @@ def _make_plan(t: Topology, backend: StateBackend, args: argparse.Namespace, *, 
     g = graph.build(res)
     pw = shell.password(t) if not destroy else shell.password(t, required=False)
     facts = Facts()
+    transports: dict[str, Any] = {}
     refresh = getattr(args, "refresh", None)
-    if state is not None and state.resources and refresh is not False and not destroy:
-        facts, transports = shell.refresh(t, state, shell.Connector(), pw, getattr(args, "parallelism", 64))
-        for tr in transports.values():
-            tr.close()
-        if refresh is None and facts.unreachable and len(facts.unreachable) == len(
-                {r.node for r in state.resources.values() if r.type == "file" and r.node}):
+    if (refresh or (refresh is None and state is not None and state.resources)) and not destroy:
+        facts, transports = shell.refresh(t, state or shell.read_or_new(backend), shell.Connector(), pw,
+                                          getattr(args, "parallelism", 64))
+        if refresh is None and facts.unreachable and len(facts.unreachable) == len(t.nodes):
             print("hyprov: warning: no node is reachable: planning from the recorded state only "
                   "(--refresh makes this an error)", file=sys.stderr)
             facts = Facts(secret_fingerprints=facts.secret_fingerprints)
@@ -55,7 +57,12 @@ def _make_plan(t: Topology, backend: StateBackend, args: argparse.Namespace, *, 
         facts = Facts(secret_fingerprints=shell.secret_fingerprints(state, pw))
     p = planner.plan(res, g, state, shell.now(), topology_digest=t.digest, facts=facts,
                      targets=tuple(getattr(args, "target", None) or ()), destroy=destroy)
-    return p, state
+    return p, state, transports
+
+
+def _close(transports: dict[str, Any]) -> None:
+    for tr in transports.values():
+        tr.close()
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -64,7 +71,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     t = _topology(args)
     backend = shell.backend_for(t)
     with shell.locked(backend, args.lock_timeout):
-        p, _ = _make_plan(t, backend, args)
+        p, _, transports = _make_plan(t, backend, args)
+        _close(transports)
     if args.out:
         _write_plan(Path(args.out), p)
     sys.stdout.write(render.render_json(p) if args.json else render.render_text(p, color=_color()))
@@ -150,29 +158,35 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False) -> int:
 
     t = _topology(args)
     backend = shell.backend_for(t)
-    with shell.locked(backend, args.lock_timeout):
-        if getattr(args, "planfile", None):
-            p = _read_plan(args.planfile)
-            state = backend.read()
-            _check_stale(p, t, state, args.planfile)
-        else:
-            p, state = _make_plan(t, backend, args, destroy=destroy)
-            if not args.json:
-                sys.stdout.write(render.render_text(p, color=_color()))
-            if p.errors:
-                raise HyprovError("the plan has errors: nothing was applied", "fix them or use --target")
-            if not p.has_changes:
-                return EXIT_OK
-            question = "Destroy everything hyprov installed?" if destroy else "Apply these changes?"
-            if not _confirm(args, question):
-                print("Apply cancelled.")
-                return EXIT_ERROR
-        if state is None:
-            state = shell.read_or_new(backend)
-        applier = Applier(t, p, backend, state, connect=shell.Connector(), now=shell.now,
-                          password=shell.password(t, required=not destroy), secrets=shell.secrets_dir(t),
-                          passphrase=shell.passphrase(), parallelism=args.parallelism, emit=_emitter(args))
-        result = applier.run()
+    transports: dict[str, Any] = {}
+    try:
+        with shell.locked(backend, args.lock_timeout):
+            if getattr(args, "planfile", None):
+                p = _read_plan(args.planfile)
+                state = backend.read()
+                _check_stale(p, t, state, args.planfile)
+            else:
+                p, state, transports = _make_plan(t, backend, args, destroy=destroy)
+                if not args.json:
+                    sys.stdout.write(render.render_text(p, color=_color()))
+                if p.errors:
+                    raise HyprovError("the plan has errors: nothing was applied", "fix them or use --target")
+                if not p.has_changes:
+                    return EXIT_OK
+                question = "Destroy everything hyprov installed?" if destroy else "Apply these changes?"
+                if not _confirm(args, question):
+                    print("Apply cancelled.")
+                    return EXIT_ERROR
+            if state is None:
+                state = shell.read_or_new(backend)
+            applier = Applier(t, p, backend, state, connect=shell.Connector(), now=shell.now,
+                              password=shell.password(t, required=not destroy), secrets=shell.secrets_dir(t),
+                              passphrase=shell.passphrase(), parallelism=args.parallelism, emit=_emitter(args),
+                              transports=transports)
+            transports = {}  # the applier closes them
+            result = applier.run()
+    finally:
+        _close(transports)
     c = result.counts
     if result.failed:
         print("\nApply finished with failures:", file=sys.stderr)

@@ -120,7 +120,8 @@ def refresh(
     from .planner import Facts
     from .resources import sha256
 
-    files_by_node: dict[str, list[Any]] = {}
+    # every declared node is probed (an unreachable one is reported even before it has files)
+    files_by_node: dict[str, list[Any]] = {n.name: [] for n in t.nodes}
     for r in state.resources.values():
         if r.type == "file" and r.node:
             files_by_node.setdefault(r.node, []).append(r)
@@ -137,7 +138,7 @@ def refresh(
             tr = connect(node)
             transports[name] = tr
             records = files_by_node[name]
-            res = tr.run(hs.read_script([str(r.attrs["path"]) for r in records]))
+            res = tr.run(hs.read_script([str(r.attrs["path"]) for r in records]) if records else "true")
             if res.exit_status != 0:
                 raise HyprovError(f"reading files failed: {res.stderr.decode(errors='replace').strip()}")
         except HyprovError as exc:
