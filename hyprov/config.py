@@ -202,7 +202,37 @@ def _normalize(doc: Document) -> None:
 # ------------------------------------------------------------------------ schema
 
 
+@cache
+def _fast_gate() -> Any:
+    """fastjsonschema compiles the schema to Python: ~30x faster than jsonschema on
+    a 10,000-DP file. It only says valid or not; jsonschema then explains every
+    problem (with paths for locations) when the gate says no."""
+    import fastjsonschema
+
+    # compile() rewrites $refs in place: give it a copy, never the cached schema
+    return fastjsonschema.compile({k: v for k, v in json.loads(json.dumps(schema())).items() if k != "$schema"})
+
+
+def _has_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_has_float(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_float(v) for v in value)
+    return False
+
+
 def _schema_problems(doc: Document) -> Iterator[Problem]:
+    # the gate counts 5432.0 as an integer where hyprov does not: floats take the thorough path
+    if not _has_float(doc.data):
+        import fastjsonschema
+
+        try:
+            _fast_gate()(doc.data)
+            return
+        except fastjsonschema.JsonSchemaException:
+            pass
     for error in _validator().iter_errors(doc.data):
         yield from _explain(doc, error)
 

@@ -664,3 +664,40 @@ def test_plain_schema_refuses_a_clear_password() -> None:
     published = json.loads((EXAMPLES.parent / "schemas" / "topology.schema.json").read_text())
     doc = {"version": 1, "cluster": {"name": "c1"}, "database": {"host": "pg", "password": "x"}}
     assert not jsonschema.Draft202012Validator(published).is_valid(doc)
+
+
+def test_fast_gate_agrees_with_jsonschema_on_mutated_examples() -> None:
+    """The fastjsonschema gate must never call valid what jsonschema calls invalid."""
+    import copy
+    import random
+
+    from hyprov.config import _fast_gate, _validator
+
+    rng = random.Random(7)
+    docs = [yaml.safe_load(p.read_text()) for p in example_files()]
+    junk: list[object] = [None, True, 0, -1, 70000, "", "x", "off", [], {}, ["a"], {"a": 1}, "3.10"]
+    import fastjsonschema
+
+    for _ in range(400):
+        doc = copy.deepcopy(rng.choice(docs))
+        cur: object = doc
+        for _depth in range(rng.randint(1, 4)):  # walk to a random place and change it
+            if isinstance(cur, dict) and cur:
+                key = rng.choice(list(cur))
+                if rng.random() < 0.4 or not isinstance(cur[key], dict | list):
+                    cur[key] = rng.choice(junk)
+                    break
+                cur = cur[key]
+            elif isinstance(cur, list) and cur:
+                i = rng.randrange(len(cur))
+                if rng.random() < 0.4 or not isinstance(cur[i], dict | list):
+                    cur[i] = rng.choice(junk)
+                    break
+                cur = cur[i]
+        thorough_ok = not list(_validator().iter_errors(doc))
+        try:
+            _fast_gate()(doc)
+            fast_ok = True
+        except fastjsonschema.JsonSchemaException:
+            fast_ok = False
+        assert fast_ok == thorough_ok, doc
