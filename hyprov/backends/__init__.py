@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from hyprov.errors import Locked
+from hyprov.errors import Locked, StaleState, StateError
 from hyprov.state import State
 
 __all__ = ["LockHolder", "StateBackend", "current_holder", "locked_error"]
@@ -120,3 +120,31 @@ class StateBackend(Protocol):
     def describe(self) -> str:
         """Where the state lives, for messages (e.g. ``local state file PATH``)."""
         ...
+
+
+def check_cas(stored: State | None, state: State, prior_serial: int | None, where: str, lineage_hint: str) -> bool:
+    """Compare-and-set rules shared by every backend: the stored state must be the one
+    this run read (same lineage, ``prior_serial``). Returns False when there is
+    nothing to write (same content, same serial)."""
+    hint = "another run changed the state since it was read; plan again"
+    if prior_serial is None:
+        if stored is not None:
+            raise StaleState(f"{where}: a state (serial {stored.serial}) appeared since this run found none",
+                             hint=hint)
+        return True
+    if stored is None:
+        raise StaleState(f"{where}: the state (serial {prior_serial}) disappeared since it was read", hint=hint)
+    if stored.lineage != state.lineage:
+        raise StaleState(f"{where}: stored lineage {stored.lineage} is not {state.lineage}", hint=lineage_hint)
+    if stored.serial != prior_serial:
+        raise StaleState(f"{where}: stored serial is {stored.serial}, this run read {prior_serial}", hint=hint)
+    same = state.content_equal(stored)
+    if same and state.serial == stored.serial:
+        return False
+    if state.serial < stored.serial or (not same and state.serial == stored.serial):
+        raise StateError(
+            f"{where}: refusing to write serial {state.serial} over serial "
+            f"{stored.serial}" + ("" if same else " with changed content"),
+            hint="internal error: the caller must use State.bump_serial_if_changed",
+        )
+    return True

@@ -33,8 +33,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from hyprov.backends import LockHolder, current_holder, locked_error
-from hyprov.errors import StaleState, StateError
+from hyprov.backends import LockHolder, check_cas, current_holder, locked_error
+from hyprov.errors import StateError
 from hyprov.state import State, from_json, to_json
 
 __all__ = ["LocalBackend"]
@@ -93,39 +93,8 @@ class LocalBackend:
     def _write_locked(self, state: State, prior_serial: int | None) -> None:
         old = self._read_bytes()
         stored = None if old is None else self._parse(old)
-        where = str(self.path)
-        hint = "another run changed the state since it was read; plan again"
-        if prior_serial is None:
-            if stored is not None:
-                raise StaleState(
-                    f"{where}: a state (serial {stored.serial}) appeared since this run found none",
-                    hint=hint,
-                )
-        else:
-            if stored is None:
-                raise StaleState(
-                    f"{where}: the state (serial {prior_serial}) disappeared since it was read",
-                    hint=hint,
-                )
-            if stored.lineage != state.lineage:
-                raise StaleState(
-                    f"{where}: stored lineage {stored.lineage} is not {state.lineage}",
-                    hint="this is a different state; check the state path",
-                )
-            if stored.serial != prior_serial:
-                raise StaleState(
-                    f"{where}: stored serial is {stored.serial}, this run read {prior_serial}",
-                    hint=hint,
-                )
-            same = state.content_equal(stored)
-            if same and state.serial == stored.serial:
-                return  # nothing changed: keep the file and its .backup as they are
-            if state.serial < stored.serial or (not same and state.serial == stored.serial):
-                raise StateError(
-                    f"{where}: refusing to write serial {state.serial} over serial "
-                    f"{stored.serial}" + ("" if same else " with changed content"),
-                    hint="internal error: the caller must use State.bump_serial_if_changed",
-                )
+        if not check_cas(stored, state, prior_serial, str(self.path), "this is a different state; check the state path"):
+            return  # nothing changed: keep the file and its .backup as they are
         data = to_json(state).encode("utf-8")
         try:
             self._remove_stale_temps()

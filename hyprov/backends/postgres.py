@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, LiteralString
 from urllib.parse import quote
 
-from hyprov.backends import LockHolder, current_holder, locked_error
+from hyprov.backends import LockHolder, check_cas, current_holder, locked_error
 from hyprov.errors import StaleState, StateError
 from hyprov.state import State, from_json, to_json
 
@@ -491,40 +491,8 @@ class PostgresBackend:
 
     def _check_cas(self, stored: State | None, state: State, prior_serial: int | None) -> bool:
         """The local backend's rules; False when there is nothing to write."""
-        where = self.describe()
-        hint = "another run changed the state since it was read; plan again"
-        if prior_serial is None:
-            if stored is not None:
-                raise StaleState(
-                    f"{where}: a state (serial {stored.serial}) appeared since this run found none",
-                    hint=hint,
-                )
-            return True
-        if stored is None:
-            raise StaleState(
-                f"{where}: the state (serial {prior_serial}) disappeared since it was read",
-                hint=hint,
-            )
-        if stored.lineage != state.lineage:
-            raise StaleState(
-                f"{where}: stored lineage {stored.lineage} is not {state.lineage}",
-                hint="this is a different state; check the state workspace and schema",
-            )
-        if stored.serial != prior_serial:
-            raise StaleState(
-                f"{where}: stored serial is {stored.serial}, this run read {prior_serial}",
-                hint=hint,
-            )
-        same = state.content_equal(stored)
-        if same and state.serial == stored.serial:
-            return False
-        if state.serial < stored.serial or (not same and state.serial == stored.serial):
-            raise StateError(
-                f"{where}: refusing to write serial {state.serial} over serial "
-                f"{stored.serial}" + ("" if same else " with changed content"),
-                hint="internal error: the caller must use State.bump_serial_if_changed",
-            )
-        return True
+        return check_cas(stored, state, prior_serial, self.describe(),
+                         "this is a different state; check the state workspace and schema")
 
     # -- locking --------------------------------------------------------------------
 
