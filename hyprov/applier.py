@@ -47,6 +47,7 @@ class NodeOutcome:
     status: str = "not started"  # done | failed | not started | skipped
     detail: str = ""
     restarted: bool = False
+    restarted_at: float | None = None  # epoch s the restart was issued (apply --wait-connected)
 
 
 @dataclass
@@ -279,7 +280,7 @@ class Applier:
             self._save()
 
     def _node_files_phase(self) -> None:
-        names = [n for n in self.by_node if any(c.type in ("cert", "file") for c in self.by_node[n])]
+        names = [n for n in self.by_node if any(c.type in ("cert", "file", "firewall") for c in self.by_node[n])]
         # removals: control planes last, so data planes never outlive their CP's files (destroy)
         last = {n for n in names if self._removing_cp(n)}
         for wave in ([n for n in names if n not in last], [n for n in names if n in last]):
@@ -302,8 +303,11 @@ class Applier:
         try:
             node = self.t.node(name)
             deletes = [c for c in changes if c.type == "file" and c.action is Action.DELETE]
+            firewall = next((c for c in changes if c.type == "firewall"), None)
             if node is None:  # a removed node: only deletes
                 self._delete_files(name, deletes)
+                if firewall is not None:
+                    self._firewall(name, None, firewall)
                 outcome.status = "done"
                 return
             outcome.status = "running"
@@ -354,6 +358,8 @@ class Applier:
                     self._count(c)
                     self.emit(name, f"file {(c.after or {})['path']} generated on the node")
             self._delete_files(name, deletes)
+            if firewall is not None:
+                self._firewall(name, node, firewall)
             outcome.status = "files done"
             self._save()
         except HyprovError as exc:
@@ -369,7 +375,9 @@ class Applier:
         signing_cert, signing_key, intermediates, _root = self._chain()
         key_pem: bytes | None = None
         if after["key_generation"] == "on_node":
-            rotate = c.action is Action.REPLACE and "key_type" in (c.reason or "")
+            # a new certificate gets a new key: never adopt whatever key file is there
+            # (after a switch from shared mode it is the cluster-wide shared key)
+            rotate = c.action is Action.CREATE or "key_type" in (c.reason or "")
             owner = node.kong.owner and (f"{node.kong.owner}:{node.kong.group}" if node.kong.group else node.kong.owner)
             script = pki.csr_command(after["key_type"], after["key_path"], after["common_name"], owner, rotate=rotate)
             tr = self.transport(node)
@@ -451,6 +459,39 @@ class Applier:
         self._put(ResourceState(c.address, "file", node.name, after.get(
             "content_digest", digest), after))
         self._count(c)
+
+    def _firewall(self, name: str, node: m.Node | None, c: Change) -> None:
+        """Load (or delete) the node's ``table inet hyprov`` in one transaction (hyprov.nftables)."""
+        from . import nftables
+
+        tr = self.transport(name)
+        if c.action is Action.DELETE or node is None:
+            res = tr.run(nftables.delete_script(str((c.before or {}).get("path") or nftables.RULESET_PATH)))
+            if res.exit_status != 0:
+                raise CommandFailed(name, f"nft delete table {nftables.TABLE}", res.exit_status,
+                                    res.stderr.decode(errors="replace"))
+            self._drop(c.address)
+            self._count(c)
+            self.emit(name, f"firewall table {nftables.TABLE} deleted")
+            return
+        after = dict(c.after or {})
+        content = nftables.ruleset(self.t, node)
+        res = tr.run(nftables.install_script(content, after["path"]))
+        if res.exit_status != 0:
+            raise CommandFailed(name, f"load the firewall (nft -f {after['path']})", res.exit_status,
+                                res.stderr.decode(errors="replace"))
+        digest = hs.parse_written(res.stdout).get(after["path"])
+        if digest != sha256(content):
+            raise TransportError(name, f"{after['path']}: digest after write does not match what was sent")
+        live = nftables.parse_live(res.stdout)
+        if live.state not in ("loaded", "skipped"):
+            raise TransportError(name, f"table {nftables.TABLE} is not readable after loading it: "
+                                       f"{nftables.drift(None, live)}")
+        after.update(content=content, host_digest=digest, table_digest=live.digest)
+        self._put(ResourceState(c.address, "firewall", name, after.get("content_digest"), after))
+        self._count(c)
+        self.emit(name, f"firewall table {nftables.TABLE} loaded" if live.state == "loaded" else
+                  f"firewall ruleset written to {after['path']} (local connection: never loaded into this kernel)")
 
     def _delete_files(self, name: str, deletes: list[Change]) -> None:
         if not deletes:
@@ -548,6 +589,7 @@ class Applier:
                  if x.type == "file" and x.action in (Action.CREATE, Action.UPDATE)]
         try:
             tr = self.transport(node)
+            outcome.restarted_at = self.now().timestamp()
             if after.get("restart"):
                 res = tr.run(hs.in_root(after["restart"]))
                 if res.exit_status != 0:
@@ -577,7 +619,7 @@ class Applier:
 
     def _controller_deletes(self) -> None:
         for c in self.plan.actionable:
-            if c.action is not Action.DELETE or c.type == "file":
+            if c.action is not Action.DELETE or c.type in ("file", "firewall"):
                 continue
             if c.node and self.outcomes.get(c.node, NodeOutcome("done")).status == "failed":
                 continue

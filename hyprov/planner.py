@@ -149,11 +149,22 @@ def plan(
             elif keys:
                 action = Action.UPDATE
                 reason = ", ".join(f"{k} {recorded.get(k)} -> {r.attrs[k]}" for k in keys)
-            elif source and not (r.attrs.get("source") == "on_node" and "key_type" not in (changes[source].reason or "")):
-                # a node-made key survives a reissue unless its type changes (renewal keeps the key)
+            elif source and not (r.attrs.get("source") == "on_node" and changes[source].action is Action.REPLACE
+                                 and "key_type" not in (changes[source].reason or "")):
+                # a node-made key survives a reissue unless its type changes (renewal keeps the key);
+                # a new certificate always comes with a new key
                 action, reason = Action.UPDATE, f"{source} is (re)issued"
             elif secret is not None and recorded.get("secret_fingerprint") != secret:
                 action, reason = Action.UPDATE, "kong.conf: pg_password changed"
+            elif addr in facts.drift:
+                action, reason = Action.UPDATE, f"drift: {facts.drift[addr]}"
+        elif r.type == "firewall":  # hyprov.nftables: like a file, but drift is the live table's
+            keys = _changed_keys(r.attrs, recorded)
+            if "content_digest" in keys and r.content is not None:
+                action, reason = Action.UPDATE, "nftables ruleset changed"
+                diff = conf_diff(r.attrs["path"], recorded.get("content") or "", r.content)
+            elif keys:
+                action, reason = Action.UPDATE, "changed: " + ", ".join(keys)
             elif addr in facts.drift:
                 action, reason = Action.UPDATE, f"drift: {facts.drift[addr]}"
         elif r.type == "service":
