@@ -268,7 +268,7 @@ def test_lock_is_exclusive_and_names_the_holder(pg_fresh_dsn: str) -> None:
         with pytest.raises(Locked) as info:
             with b.lock(0, holder()):
                 pass  # pragma: no cover
-        assert time.monotonic() - start < 2
+        assert time.monotonic() - start < 8  # "at once" vs waiting: generous for a loaded CI machine
         assert str(info.value) == f"state is locked by {me.describe()}"
         with pytest.raises(StateError, match="already held by this run"):
             with a.lock(0, me):

@@ -760,7 +760,7 @@ def test_lock_held_by_another_process_fails_at_once(
     with pytest.raises(Locked) as ei:
         with LocalBackend(state_path).lock(0, me):
             pass
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 5  # refused at once (a waiting lock would hang); generous for loaded machines
     assert str(ei.value) == (
         f"state is locked by {me.user}@{me.host} (pid {child.proc.pid}, since 2024-01-02T03:04:05+00:00)"
     )
@@ -789,7 +789,7 @@ def test_lock_timeout_expires(state_path: Path, spawn: Callable[..., Child]) -> 
     with pytest.raises(Locked, match=rf"pid {child.proc.pid},") as ei:
         with LocalBackend(state_path, poll_interval=0.05).lock(0.5, current_holder(HOLDER_TIME)):
             pass
-    assert 0.5 <= time.monotonic() - start < 3
+    assert 0.5 <= time.monotonic() - start < 10
     assert ei.value.hint is not None and "waited 0.5s" in ei.value.hint
 
 

@@ -95,7 +95,7 @@ def test_local_timeout_kills_background_children(tmp_path: Path) -> None:
     start = time.monotonic()
     with pytest.raises(TransportError, match="timed out"):
         t.run("sleep 30 & sleep 30", timeout=0.3)
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 15  # the children sleep 30 s: they were killed
 
 
 # --------------------------------------------------------------------------- basics
@@ -199,7 +199,7 @@ def test_run_timeout_closes_channel_and_keeps_connection(t1: SSHTransport) -> No
     start = time.monotonic()
     with pytest.raises(TransportError, match="timed out"):
         t1.run("sleep 20", timeout=0.5)
-    assert time.monotonic() - start < 3
+    assert time.monotonic() - start < 10  # the command sleeps 20 s
     assert t1.run("echo again").stdout == b"again\n"
     assert t1.connections_opened == 1
 
@@ -327,7 +327,7 @@ def test_unreachable_host_fails_fast(ssh_hosts_factory: Factory) -> None:
     start = time.monotonic()
     with pytest.raises(ConnectError, match="refused") as info:
         t.run("true")
-    assert time.monotonic() - start < 2
+    assert time.monotonic() - start < 10  # refused, not a connect timeout
     assert info.value.hint and "sshd" in info.value.hint
     hosts.start(host)  # and it recovers once the host is back
     assert t.run("echo back").stdout == b"back\n"
@@ -344,7 +344,7 @@ def test_connect_timeout_when_server_never_speaks(capfd: pytest.CaptureFixture[s
         start = time.monotonic()
         with pytest.raises(ConnectError, match=r"SSH handshake with 127\.0\.0\.1"):
             t.connect()
-        assert time.monotonic() - start < 3
+        assert time.monotonic() - start < 10
     captured = capfd.readouterr()
     assert "Traceback" not in captured.err  # paramiko's thread must stay quiet
 
