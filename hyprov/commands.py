@@ -1,4 +1,4 @@
-"""Sub-commands that read state or touch hosts: plan, show, apply, destroy,
+"""Sub-commands that read state or touch hosts: plan, show, apply, destroy, status,
 graph, firewall, state. Registered into cli.py's parser."""
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def _emitter(args: argparse.Namespace) -> Any:
     return emit
 
 
-def _run_apply(args: argparse.Namespace, *, destroy: bool = False) -> int:
+def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dict[str, Any] | None = None) -> int:
     from . import render, shell
     from .applier import Applier
 
@@ -197,11 +197,59 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False) -> int:
                          f"{c['destroyed']} destroyed)", "fix the cause and run apply again: it resumes")
     word = "Destroy" if destroy else "Apply"
     print(f"{word} complete: {c['added']} added, {c['changed']} changed, {c['destroyed']} destroyed.")
+    if outcomes is not None:
+        outcomes.update(result.outcomes)
     return EXIT_OK
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    return _run_apply(args)
+    outcomes: dict[str, Any] = {}
+    code = _run_apply(args, outcomes=outcomes)
+    if code != EXIT_OK or args.wait_connected is None:
+        return code
+    return _wait_connected(args, outcomes)
+
+
+def _wait_connected(args: argparse.Namespace, outcomes: dict[str, Any]) -> int:
+    """apply --wait-connected: the `hyprov status` check, polled until it passes or times out.
+    A DP restarted by this apply (or whose CP was) must have reported since that restart."""
+    from . import status
+
+    t = _topology(args)
+    emit = _emitter(args)
+    since = status.since_from_outcomes(t, {n: o.restarted_at for n, o in outcomes.items()})
+    emit("hyprov", f"waiting up to {args.wait_connected:g} s for {len(t.data_planes)} data plane(s) to connect")
+    report = status.wait_connected(t, args.wait_connected, since=since, emit=emit,
+                                   token=os.environ.get(status.TOKEN_ENV))
+    if report.ok:
+        emit("hyprov", f"all {len(t.data_planes)} data plane(s) connected and in sync")
+        return EXIT_OK
+    reasons = report.reasons()
+    for line in reasons:
+        print(f"  {line}", file=sys.stderr)
+    raise ApplyError(f"data planes not connected within {args.wait_connected:g} s ({len(reasons)} problem(s) "
+                     "listed above); the files were applied and the state records them",
+                     "hyprov status shows the control planes' view; fix the cause and run apply again")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from . import status
+
+    if args.interval <= 0:
+        raise HyprovError("--interval must be positive")
+    return status.run(_topology(args), admin_url=args.admin_url, as_json=args.json, watch=args.watch,
+                      interval=args.interval, token=os.environ.get(status.TOKEN_ENV))
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r} (a PLANFILE after "
+                                         "--wait-connected needs the =TIMEOUT form)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return value
 
 
 def cmd_destroy(args: argparse.Namespace) -> int:
@@ -321,10 +369,30 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             p.add_argument("planfile", nargs="?", metavar="PLANFILE")
             refresh(p)
             p.add_argument("--target", action="append", metavar="ADDR")
+            p.add_argument("--wait-connected", nargs="?", const=120.0, type=_timeout, metavar="TIMEOUT",
+                           help="after the rollout, wait until every data plane is connected and in sync "
+                                "(hyprov status), up to TIMEOUT seconds (default 120); exit 1 if not. "
+                                "Write --wait-connected=TIMEOUT when a PLANFILE follows")
         p.add_argument("--auto-approve", action="store_true", help="do not ask for confirmation")
         p.add_argument("--parallelism", type=int, default=64, help="hosts worked on at once (default 64)")
         p.add_argument("--json", action="store_true", help="one JSON event per line")
         p.set_defaults(func=func)
+
+    p = sub.add_parser(
+        "status", help="ask the control planes which data planes are connected",
+        description="GET /clustering/data-planes from each control plane's Admin API (through SSH to its "
+                    "admin_listen, or --admin-url). A row is a declared data plane when its hostname is the "
+                    "node's name, address or firewall_address (or the hostname's first label is the name), "
+                    "else when its ip is the address of exactly one data plane. Connected: seen within 45 s. "
+                    "Exit 0: all connected, sync_status normal, one config_hash; 2: not; 1: no control "
+                    "plane answered. HYPROV_ADMIN_TOKEN is sent as Kong-Admin-Token.")
+    common(p)
+    p.add_argument("--json", action="store_true", help="machine-readable report (one line per poll)")
+    p.add_argument("--watch", action="store_true", help="poll until Ctrl-C")
+    p.add_argument("--interval", type=float, default=5.0, metavar="SECONDS", help="--watch period (default 5)")
+    p.add_argument("--admin-url", metavar="URL",
+                   help="ask this Admin API directly instead of each CP's admin_listen through SSH")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("graph", help="print the dependency graph in DOT")
     common(p)

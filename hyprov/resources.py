@@ -83,6 +83,23 @@ def build(topology: m.Topology) -> list[Resource]:
             "up": cp.kong.migrations.up, "finish": cp.kong.migrations.finish,
             "conf_path": cp.kong.conf_path,
         }, (file_address(cp.name, cp.kong.conf_path),)))
+    if topology.firewall.mode == "nftables":
+        out.extend(firewall_resources(topology))
+    return out
+
+
+def firewall_resources(topology: m.Topology) -> list[Resource]:
+    """firewall.mode nftables: one ``table inet hyprov`` per node, a file-like resource whose
+    content is the ruleset (hyprov.nftables). It depends on nothing: the applier loads it in
+    each node's file step, so a CP lets its DPs in before any of them restarts."""
+    from . import nftables
+
+    out = []
+    for node in topology.nodes:
+        text = nftables.ruleset(topology, node)
+        out.append(Resource(f"firewall.{node.name}", "firewall", node.name, {
+            "table": nftables.TABLE, "path": nftables.RULESET_PATH, "content_digest": sha256(text),
+        }, (), text))
     return out
 
 

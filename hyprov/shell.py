@@ -116,15 +116,19 @@ def refresh(
     """Read every managed file's digest, mode and owner in ONE command per host and
     judge drift against the state. Unreachable hosts are reported, not fatal."""
     from . import hostscripts as hs
+    from . import nftables
     from .applier import secret_content, secret_fingerprint
     from .planner import Facts
     from .resources import sha256
 
     # every declared node is probed (an unreachable one is reported even before it has files)
     files_by_node: dict[str, list[Any]] = {n.name: [] for n in t.nodes}
+    firewalls: dict[str, Any] = {}  # node -> its firewall record (hyprov.nftables), read in the same command
     for r in state.resources.values():
         if r.type == "file" and r.node:
             files_by_node.setdefault(r.node, []).append(r)
+        elif r.type == "firewall" and r.node:
+            firewalls[r.node] = r
     drift: dict[str, str] = {}
     unreachable: dict[str, str] = {}
     transports: dict[str, Transport] = {}
@@ -138,7 +142,10 @@ def refresh(
             tr = connect(node)
             transports[name] = tr
             records = files_by_node[name]
-            res = tr.run(hs.read_script([str(r.attrs["path"]) for r in records]) if records else "true")
+            fw = firewalls.get(name)
+            paths = [str(r.attrs["path"]) for r in records] + ([str(fw.attrs["path"])] if fw else [])
+            script = hs.read_script(paths) + (nftables.facts_script() if fw else "") if paths else "true"
+            res = tr.run(script)
             if res.exit_status != 0:
                 raise HyprovError(f"reading files failed: {res.stderr.decode(errors='replace').strip()}")
         except HyprovError as exc:
@@ -162,6 +169,15 @@ def refresh(
                 drift[r.address] = f"owner changed on host ({fact.owner}, want {a['owner']})"
             elif a.get("group") and fact.group != a["group"]:
                 drift[r.address] = f"group changed on host ({fact.group}, want {a['group']})"
+        if fw is not None:
+            fw_fact = facts.get(str(fw.attrs["path"]))
+            reason = nftables.drift(fw.attrs.get("table_digest"), nftables.parse_live(res.stdout))
+            if reason is None and (fw_fact is None or not fw_fact.exists):
+                reason = "ruleset file removed on host"
+            elif reason is None and fw_fact is not None and fw_fact.digest != fw.attrs.get("host_digest"):
+                reason = "ruleset file changed on host"
+            if reason is not None:
+                drift[fw.address] = reason
 
     with ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(files_by_node) or 1))) as pool:
         list(pool.map(read, sorted(files_by_node)))
