@@ -8,6 +8,7 @@ What is rendered is what Kong's conf_loader accepts for the node's role
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from . import model as m
@@ -90,6 +91,7 @@ def _escape(value: str) -> str:
 
 
 _LINE_BREAKS = "\n\r\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+_BREAK_RE = re.compile("[" + re.escape(_LINE_BREAKS) + "]")  # one search, not a loop per character
 
 
 def _one_line(pairs: list[tuple[str, str]], *, conf: bool) -> list[tuple[str, str]]:
@@ -100,7 +102,7 @@ def _one_line(pairs: list[tuple[str, str]], *, conf: bool) -> list[tuple[str, st
     which comes from the environment at apply time.
     """
     for k, v in pairs:
-        if any(c in _LINE_BREAKS for c in v):
+        if _BREAK_RE.search(v):
             raise HyprovError(f"{k}: the value contains a line break, and kong.conf or a KONG_* variable "
                               "holds one line", "remove the line break (e.g. from the password variable)")
         if conf and v.rstrip().endswith("\\"):

@@ -191,10 +191,13 @@ def plan(
                 action, reason = Action.UPDATE, "changed: " + ", ".join(keys)
 
         err = facts.unreachable.get(r.node or "") if r.node else None
+        if action is Action.NOOP:  # nothing to show: skip building before/after (10,000-node plans)
+            changes[addr] = Change(addr, r.type, r.node, action)
+            continue
         before = _public(recorded) if rec else None
         changes[addr] = Change(addr, r.type, r.node, action, reason, before,
                                _public(r.attrs) if action is not Action.DELETE else None, diff, None)
-        if err and action is not Action.NOOP:
+        if err:
             changes[addr] = Change(addr, r.type, r.node, action, reason, before, _public(r.attrs), diff,
                                    f"{r.node} is unreachable: {err}")
 
