@@ -26,7 +26,7 @@ from pathlib import Path
 from . import measure, report, runner
 from .tools import BENCH, REPO, SOURCE, VENV, all_tools, snapshot
 
-DEFAULT_JSON = BENCH / "results" / "last-run.json"
+DEFAULT_JSON = BENCH / "out" / "last-run.json"  # raw samples (bench/out/ is git-ignored)
 
 
 def _ints(text: str) -> list[int]:
@@ -157,6 +157,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     import json
 
     doc = json.loads(Path(args.results).read_text())
+    doc["also"] = [json.loads(Path(p).read_text()) for p in args.also or []]
     _write_outputs(doc, Path(args.results), Path(args.md), Path(args.png))
     return 0
 
@@ -188,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=str(DEFAULT_JSON))
     p = sub.add_parser("report", help="rewrite the report and picture from saved results")
     p.add_argument("results", nargs="?", default=str(DEFAULT_JSON))
+    p.add_argument("--also", action="append", help="another run's results (e.g. --quickack) shown "
+                   "as an extra section")
     p.add_argument("--md", default=str(REPO / "docs" / "benchmarks.md"))
     p.add_argument("--png", default=str(REPO / "docs" / "benchmarks.png"))
     p = sub.add_parser("profile", help="profile hyprov's first apply and no-op on N hosts")

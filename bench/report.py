@@ -100,6 +100,12 @@ def render(doc: dict[str, Any], png_name: str | None) -> str:
     if loads:
         w(f"- **Load average** (1 min, read at the start of each measured command): median "
           f"{sorted(loads)[len(loads) // 2]:.1f}, min {min(loads):.1f}, max {max(loads):.1f}.")
+    outside = sorted(max(0.0, s["machine_cpu"] - s["cpu"] - s.get("host_cpu", 0.0)) / s["wall"]
+                     for s in doc["samples"] if not s["warmup"] and s["wall"] > 0)
+    if outside:
+        w(f"- **Outside load** (machine CPU − controller − host-side, per second of wall, i.e. "
+          f"cores taken by other work during each command): median {outside[len(outside) // 2]:.2f}, "
+          f"min {outside[0]:.2f}, max {outside[-1]:.2f} of {m['cores']} cores.")
     w(f"- **Delayed ACKs**: {'OFF (`--quickack`: `quickack 1` on the hosts’ loopback route)' if meta['quickack'] else 'ON (kernel defaults, as in shared/testing.md; `--quickack` turns them off)'}.")
     w(f"- **Hosts**: real sshd ({m['openssh']}) per host on 127.0.x.y:22, each in its own mount "
       "namespace with its own /etc overlay and an empty /root (`tests/sshhosts.py`, loopback mode); "
@@ -187,6 +193,22 @@ def render(doc: dict[str, Any], png_name: str | None) -> str:
                 w(f"| {TOOL_LABEL[t]} | {PHASE_LABEL[ph]} | {_cell(s['wall'])} | {_cell(s['cpu'])} | "
                   f"{_cell(s.get('host_cpu'))} | {_cell(s['machine_cpu'])} | {s['logins_per_host']['median']:.1f} | "
                   f"{s['load1']['median']:.1f} |")
+        w("")
+    for other in doc.get("also") or []:
+        qa = "off (`--quickack`)" if other["meta"].get("quickack") else "on"
+        w(f"### Second run: delayed ACKs {qa}\n")
+        w(f"`{other['command']}` ({other['started']}, hyprov {other['meta'].get('hyprov_sha', '')[:10]}); "
+          f"{other['meta']['warmup']} warm-up, {other['meta']['runs']} measured; "
+          f"{len(other.get('failures') or [])} failed checks.\n")
+        w("| hosts | tool | phase | wall s | controller CPU s | host-side CPU s | machine CPU s |")
+        w("|---|---|---|---|---|---|---|")
+        for n in _sizes(other):
+            for t in _tools(other):
+                for ph in PHASE_ORDER:
+                    s2 = _get(other, n, t, ph)
+                    if s2 is not None:
+                        w(f"| {n} | {TOOL_LABEL[t]} | {PHASE_LABEL[ph]} | {_cell(s2['wall'])} | "
+                          f"{_cell(s2['cpu'])} | {_cell(s2.get('host_cpu'))} | {_cell(s2['machine_cpu'])} |")
         w("")
     w("### hyprov's lead (wall-time ratio, other tool ÷ hyprov, medians)\n")
     others = [t for t in tools if t != "hyprov"]
