@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ from .resources import sha256
 from .state import NodeState, ResourceState, State
 from .transports.base import Transport
 
-Emit = Callable[[str, str], None]  # (node or "hyprov", message)
+Emit = Callable[[str, str], None]
+SAVE_INTERVAL = 0.25  # seconds between coalesced per-node state saves  # (node or "hyprov", message)
 
 
 def secret_fingerprint(secret: str, lineage: str, address: str) -> str:
@@ -82,7 +84,10 @@ class Applier:
         self.plan = plan
         self.backend = backend
         self.state = state
-        self.written_serial: int | None = state.serial if plan.serial is not None else None
+        # the state as last written by this run (None: nothing stored yet), kept in memory
+        # so a save never re-reads and re-parses the whole document
+        self._written: State | None = state if plan.serial is not None else None
+        self._last_save = 0.0
         self.connect_fn = connect
         self.now = now
         self.password = password
@@ -123,17 +128,28 @@ class Applier:
             if name in self.state.nodes:
                 self.state = self.state.without_node(name)
 
-    def _save(self) -> None:
+    def _save(self, *, periodic: bool = False) -> None:
+        """Write the state (compare-and-set on the serial this run last wrote).
+
+        ``periodic`` saves (one per node as it finishes its files) are coalesced to at
+        most one per SAVE_INTERVAL: each save serialises the whole state, so one per
+        node made a 50-host apply spend a second in saves. Skipping one only ever
+        errs safe: a file not yet recorded is rewritten next run with the same
+        content, a restart not yet cleared runs again. Phase ends always save.
+        """
         with self.lock:
-            prior_serial = self.written_serial
-            current = self.backend.read()
-            base = current if current is not None else self.state
-            new = self.state.bump_serial_if_changed(base) if current is not None else self.state
-            if current is not None and new.serial == current.serial and new.content_equal(current):
+            now = time.monotonic()
+            if periodic and now - self._last_save < SAVE_INTERVAL:
                 return
-            self.backend.write(new, prior_serial)
-            self.state = new
-            self.written_serial = new.serial
+            if self._written is not None:
+                new = self.state.bump_serial_if_changed(self._written)
+                if new.serial == self._written.serial and new.content_equal(self._written):
+                    return
+            else:
+                new = self.state
+            self.backend.write(new, self._written.serial if self._written is not None else None)
+            self.state = self._written = new
+            self._last_save = time.monotonic()
 
     def _count(self, c: Change) -> None:
         key = {Action.CREATE: "added", Action.UPDATE: "changed", Action.REPLACE: "changed",
@@ -150,6 +166,7 @@ class Applier:
             self._save()
             self._intents()
             self._node_files_phase()
+            self._save()  # every node's files recorded before any restart
             self._migrations("before")
             self._restarts()
             self._migrations("after")
@@ -361,11 +378,11 @@ class Applier:
             if firewall is not None:
                 self._firewall(name, node, firewall)
             outcome.status = "files done"
-            self._save()
+            self._save(periodic=True)
         except HyprovError as exc:
             outcome.status, outcome.detail = "failed", str(exc)
             self.emit(name, f"failed: {exc}")
-            self._save()
+            self._save(periodic=True)
 
     def _issue_leaf(self, node: m.Node, c: Change) -> bytes | None:
         """Issue the node's certificate; returns the key PEM when hyprov generated it."""
@@ -560,7 +577,9 @@ class Applier:
         batch = self.t.rollout.batch_size(len(self.t.data_planes))
         stopped = False
         for name in cps:
-            if not self._restart_one(name, svc[name]):
+            cp_ok = self._restart_one(name, svc[name])
+            self._save()  # a CP's restart is recorded before the next one starts
+            if not cp_ok:
                 stopped = True
                 break
         batches = [dps[i:i + batch] for i in range(0, len(dps), batch)]
