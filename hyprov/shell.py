@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import model as m
@@ -197,6 +196,3 @@ def secret_fingerprints(state: State, password_value: str | None) -> dict[str, s
     return {r.address: secret_fingerprint(password_value, state.lineage, r.address)
             for r in state.resources.values() if r.type == "file" and r.attrs.get("secret_env")}
 
-
-def resolve_file(args_file: str) -> Path:
-    return Path(args_file)
