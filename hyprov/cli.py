@@ -23,9 +23,9 @@ EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
 
 def _topology(args: argparse.Namespace) -> Topology:
-    from .config import load_topology
+    from .shell import topology
 
-    return load_topology(Path(args.file))
+    return topology(args.file)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import model as m
@@ -19,6 +20,13 @@ if TYPE_CHECKING:
     from .planner import Facts
     from .state import State
     from .transports.base import Transport
+
+
+def topology(file: str) -> m.Topology:
+    """The topology named by ``-f`` (default ./hyprov.yaml), validated."""
+    from .config import load_topology
+
+    return load_topology(Path(file))
 
 
 def now() -> datetime:
@@ -116,7 +124,7 @@ def refresh(
     judge drift against the state. Unreachable hosts are reported, not fatal."""
     from . import hostscripts as hs
     from . import nftables
-    from .applier import secret_content, secret_fingerprint
+    from .applier import secret_content
     from .planner import Facts
     from .resources import sha256
 
@@ -131,7 +139,6 @@ def refresh(
     drift: dict[str, str] = {}
     unreachable: dict[str, str] = {}
     transports: dict[str, Transport] = {}
-    fingerprints: dict[str, str] = {}
 
     def read(name: str) -> None:
         node = t.node(name)
@@ -180,11 +187,8 @@ def refresh(
 
     with ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(files_by_node) or 1))) as pool:
         list(pool.map(read, sorted(files_by_node)))
-    if password_value is not None:
-        for r in state.resources.values():
-            if r.type == "file" and r.attrs.get("secret_env"):
-                fingerprints[r.address] = secret_fingerprint(password_value, state.lineage, r.address)
-    return Facts(drift=drift, unreachable=unreachable, secret_fingerprints=fingerprints), transports
+    return Facts(drift=drift, unreachable=unreachable,
+                 secret_fingerprints=secret_fingerprints(state, password_value)), transports
 
 
 def secret_fingerprints(state: State, password_value: str | None) -> dict[str, str]:

@@ -394,8 +394,7 @@ def test_rule(text: str | bytes, line: int, col: int, fragment: str, cli: bool, 
     assert len(found) == count, found
 
 
-def test_every_problem_at_once() -> None:
-    text = """\
+FIVE_PROBLEMS = """\
 version: 2
 cluster:
   name: Bad_Name
@@ -406,26 +405,20 @@ database:
 data_planes:
   - name: dp1
 """
+FIVE_AT = [(1, 10), (3, 9), (4, 9), (7, 3), (8, 1)]
+
+
+def test_every_problem_at_once() -> None:
     with pytest.raises(ConfigError) as err:
-        parse_topology(text.encode(), Path("five.yaml"))
+        parse_topology(FIVE_PROBLEMS.encode(), Path("five.yaml"))
     got = [(p.line, p.col) for p in err.value.problems]
-    assert got == [(1, 10), (3, 9), (4, 9), (7, 3), (8, 1)]
+    assert got == FIVE_AT
 
 
 def test_every_problem_at_once_cli(tmp_path: Path) -> None:
-    (tmp_path / "five.yaml").write_text("""\
-version: 2
-cluster:
-  name: Bad_Name
-  mtls: tls
-database:
-  host: pg
-  password: secret
-data_planes:
-  - name: dp1
-""")
+    (tmp_path / "five.yaml").write_text(FIVE_PROBLEMS)
     lines = assert_clean_failure(hyprov("validate", "-f", "five.yaml", cwd=tmp_path))
-    assert [(mt["line"], mt["col"]) for mt in lines] == [("1", "10"), ("3", "9"), ("4", "9"), ("7", "3"), ("8", "1")]
+    assert [(int(mt["line"]), int(mt["col"])) for mt in lines] == FIVE_AT
     assert "version must be 1" in lines[0]["message"]
     assert "not a DNS label" in lines[1]["message"]
     assert "'tls' is not one of shared, pki" in lines[2]["message"]
