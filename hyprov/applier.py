@@ -396,10 +396,11 @@ class Applier:
             # (after a switch from shared mode it is the cluster-wide shared key)
             rotate = c.action is Action.CREATE or "key_type" in (c.reason or "")
             owner = node.kong.owner and (f"{node.kong.owner}:{node.kong.group}" if node.kong.group else node.kong.owner)
-            script = pki.csr_command(after["key_type"], after["key_path"], after["common_name"], owner, rotate=rotate)
+            script = pki.csr_command(after["key_type"], after["key_path"], after["common_name"], owner,
+                                     rotate=rotate, under_root=True)
             tr = self.transport(node)
             key_dir = after["key_path"].rsplit("/", 1)[0] or "/"
-            res = tr.run(hs.in_root(f'(umask 022; mkdir -p "$R"{_q(key_dir)})\n' + _rooted_csr(script)))
+            res = tr.run(hs.in_root(f'(umask 022; mkdir -p "$R"{_q(key_dir)})\n' + script))
             if res.exit_status != 0:
                 err = res.stderr.decode(errors="replace")
                 hint = " (is openssl installed on the node?)" if "openssl" in err and "not found" in err else ""
@@ -669,13 +670,6 @@ def _q(s: str) -> str:
     import shlex
 
     return shlex.quote(s)
-
-
-def _rooted_csr(script: str) -> str:
-    """The CSR snippet uses absolute key paths; on the local connection they live under $R."""
-    import re
-
-    return re.sub(r"^(key|target)=('?)/", r'\1="$R"\2/', script, flags=re.MULTILINE)
 
 
 def _size(n: int) -> str:

@@ -740,6 +740,7 @@ def csr_command(
     owner: str | None = None,
     *,
     rotate: bool = False,
+    under_root: bool = False,
 ) -> str:
     """POSIX sh snippet to run ON the node: make or reuse a key, print a CSR PEM on stdout.
 
@@ -759,11 +760,13 @@ def csr_command(
         raise PKIError(f"invalid CSR common name {subject_cn!r}")
     if owner is not None and not _OWNER.match(owner):
         raise PKIError(f"invalid owner {owner!r}", hint="use USER or USER:GROUP")
+    # under_root: paths live below $HYPROV_ROOT (the local connection's node directory)
+    prefix = '"${HYPROV_ROOT:-}"' if under_root else ""
     q = shlex.quote
     lines = [
         "set -eu",
         "umask 077",
-        f"key={q(key_path)}",
+        f"key={prefix}{q(key_path)}",
         'tmp=""; cfg=""',
         'trap \'rm -f "$tmp" "$cfg"\' EXIT',
     ]
@@ -775,7 +778,7 @@ def csr_command(
         generate.append(f'  chown {q(owner)} "$tmp"')
     generate += ['  mv -f "$tmp" "$target"', '  tmp=""']
     if rotate:
-        lines += [f"target={q(pending_key_path(key_path))}", *(g.strip() for g in generate)]
+        lines += [f"target={prefix}{q(pending_key_path(key_path))}", *(g.strip() for g in generate)]
     else:
         lines += ['target="$key"', 'if [ ! -s "$key" ]; then', *generate, "fi"]
     lines += [
