@@ -240,3 +240,60 @@ def test_cli_never_prints_a_traceback(tmp_path_factory: pytest.TempPathFactory,
             for line in proc.stderr.splitlines():
                 mt = ERROR_LINE.match(line)
                 assert mt and mt["file"] == name, line
+
+
+# ------------------------------------------------- the fast loader agrees with the careful one
+
+def _careful(text: str) -> tuple[Any, bool]:
+    """(data, clean) as the careful path (compose, then build with positions) reads it."""
+    from hyprov import yamlmarks
+
+    node = yaml.compose(text, Loader=yamlmarks._Loader)
+    doc = yamlmarks.Document("f", None)
+    builder = yamlmarks._Builder(doc)
+    return builder.build(node, ()), not builder.problems
+
+
+TRICKY_SCALARS = st.one_of(
+    st.sampled_from(["yes", "off", "~", "null", "", "3.10", "0x1f", "1_000", "1:30", "2026-11-26", ".inf",
+                     "-.5", "+12", "<<", "=", "0o17", "010", "True", "NO", "10.0.0.1", "dp-1", "a b", "'q'"]),
+    st.text(max_size=12),
+)
+YAML_VALUES = st.recursive(
+    TRICKY_SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=25,
+)
+
+
+@FUZZ
+@given(YAML_VALUES, st.sampled_from([None, True, False]))
+def test_fast_loader_reads_what_the_careful_one_reads(value: Any, flow: bool | None) -> None:
+    """yamlmarks._fast_load (events, no positions) must give exactly the careful path's
+    data, or step aside (_Unusual) for the careful path to judge."""
+    from hyprov import yamlmarks
+
+    text = yaml.safe_dump(value, default_flow_style=flow, allow_unicode=True)
+    # also plain (unquoted) spellings of the tricky scalars, which safe_dump would quote
+    for variant in (text, text.replace("'", "")):
+        try:
+            expected, clean = _careful(variant)
+        except yaml.YAMLError:
+            continue
+        try:
+            fast = yamlmarks._fast_load(variant)
+        except yamlmarks._Unusual:
+            continue
+        assert clean, variant  # the fast path never accepts what the careful one refuses
+        assert fast == expected and type(fast) is type(expected), variant
+
+
+@pytest.mark.parametrize("text", [
+    "a: &x 1\nb: *x\n", "a: !!binary aGk=\n", "a: 1\na: 2\n", "<<: {a: 1}\n", "? [a]\n: 1\n",
+    "a: 1\n---\nb: 2\n", "a: !custom x\n", "a: =\n", "1: x\n",
+])
+def test_fast_loader_leaves_the_unusual_to_the_careful_path(text: str) -> None:
+    from hyprov import yamlmarks
+
+    with pytest.raises(yamlmarks._Unusual):
+        yamlmarks._fast_load(text)
