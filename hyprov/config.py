@@ -13,7 +13,7 @@ import ipaddress
 import itertools
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 from importlib import resources as importlib_resources
 from pathlib import Path
@@ -82,7 +82,10 @@ def _validator() -> Any:
 # --------------------------------------------------------------------------- entry
 
 
-def load_topology(path: Path) -> m.Topology:
+Gate = Callable[[Any], Any]
+
+
+def load_topology(path: Path, gate: Gate | None = None) -> m.Topology:
     """Read, validate and build the topology; raise ConfigError with every problem."""
     try:
         raw = path.read_bytes()
@@ -90,10 +93,12 @@ def load_topology(path: Path) -> m.Topology:
         raise HyprovError(f"{path}: no such file", "write a hyprov.yaml (see examples/) or pass -f FILE") from exc
     except OSError as exc:
         raise HyprovError(f"{path}: cannot read: {exc.strerror}") from exc
-    return parse_topology(raw, path)
+    return parse_topology(raw, path, gate)
 
 
-def parse_topology(raw: bytes, path: Path) -> m.Topology:
+def parse_topology(raw: bytes, path: Path, gate: Gate | None = None) -> m.Topology:
+    """``gate``: the compiled schema check (:func:`gate_definition`); the shell passes one
+    cached on disk (hyprov.schemacache), by default it is compiled here."""
     file = str(path)
     doc, yaml_problems = load(raw, file)
     if yaml_problems and doc.data is None:
@@ -104,7 +109,7 @@ def parse_topology(raw: bytes, path: Path) -> m.Topology:
     # duplicate keys and refused tags leave a usable document: keep checking it, so every
     # problem is reported at once, but not again where the YAML problem already points
     _normalize(doc)
-    problems = list(_schema_problems(doc))
+    problems = list(_schema_problems(doc, gate))
     problems += _Semantics(doc).check()
     problems += _text_problems(doc)
     if yaml_problems:
@@ -213,8 +218,13 @@ def _fast_gate() -> Any:
     problem (with paths for locations) when the gate says no."""
     import fastjsonschema
 
-    # compile() rewrites $refs in place: give it a copy, never the cached schema
-    return fastjsonschema.compile({k: v for k, v in json.loads(json.dumps(schema())).items() if k != "$schema"})
+    return fastjsonschema.compile(gate_definition())
+
+
+def gate_definition() -> dict[str, Any]:
+    """The schema as fastjsonschema compiles it: a fresh copy (compiling rewrites $refs
+    in place, never the cached schema), without ``$schema``."""
+    return {k: v for k, v in json.loads(json.dumps(schema())).items() if k != "$schema"}
 
 
 def _has_float(value: Any) -> bool:
@@ -227,13 +237,13 @@ def _has_float(value: Any) -> bool:
     return False
 
 
-def _schema_problems(doc: Document) -> Iterator[Problem]:
+def _schema_problems(doc: Document, gate: Gate | None = None) -> Iterator[Problem]:
     # the gate counts 5432.0 as an integer where hyprov does not: floats take the thorough path
     if not _has_float(doc.data):
         import fastjsonschema
 
         try:
-            _fast_gate()(doc.data)
+            (gate or _fast_gate())(doc.data)
             return
         except fastjsonschema.JsonSchemaException:
             pass
@@ -885,18 +895,36 @@ def _build(d: dict[str, Any], source: Path, digest: str) -> m.Topology:
     dconn, dkong, dset = defaults.get("connection", {}), defaults.get("kong", {}), defaults.get("settings", {})
     base_version = cl.get("kong_version")
 
+    # nodes without their own connection/kong/settings share one (frozen) value: most
+    # DPs of a large cluster say only name, address and labels
+    shared: dict[str, Any] = {}
+    versions: dict[str, m.Version] = {}
+
     def node_common(n: dict[str, Any], role: m.Role) -> dict[str, Any]:
-        conn = _connection(base, dconn, n.get("connection", {}))
+        if "connection" in n:
+            conn = _connection(base, dconn, n["connection"])
+        else:
+            conn = shared.get("connection") or shared.setdefault("connection", _connection(base, dconn, {}))
+        if "kong" in n or conn is not shared.get("connection"):
+            kong = _kong(base, dkong, n.get("kong", {}), conn)
+        else:
+            kong = shared.get("kong") or shared.setdefault("kong", _kong(base, dkong, {}, conn))
+        if "settings" in n:
+            settings = _setting_pairs(dset, n["settings"])
+        else:
+            settings = shared.get("settings") or shared.setdefault("settings", _setting_pairs(dset))
         version = n.get("kong_version", base_version)
+        if version and version not in versions:
+            versions[version] = m.Version.parse(version)
         return {
             "name": n["name"],
             "role": role,
             "address": n.get("address"),
             "firewall_address": n.get("firewall_address"),
-            "kong_version": m.Version.parse(version) if version else None,
+            "kong_version": versions[version] if version else None,
             "connection": conn,
-            "kong": _kong(base, dkong, n.get("kong", {}), conn),
-            "settings": _setting_pairs(dset, n.get("settings", {})),
+            "kong": kong,
+            "settings": settings,
         }
 
     cps = tuple(

@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 def topology(file: str) -> m.Topology:
     """The topology named by ``-f`` (default ./hyprov.yaml), validated."""
     from .config import load_topology
+    from .schemacache import gate
 
-    return load_topology(Path(file))
+    return load_topology(Path(file), gate())
 
 
 def now() -> datetime:
