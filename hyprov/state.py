@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, Sequence, ValuesView
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeAlias, TypeVar
 
@@ -38,6 +38,7 @@ __all__ = [
     "from_json",
     "new_state",
     "parse_address",
+    "thaw",
     "to_json",
     "upgrade",
 ]
@@ -77,8 +78,33 @@ class FrozenMap(Mapping[K, V]):
         pairs.sort(key=lambda kv: kv[0])  # type: ignore[arg-type,return-value]
         self._data = dict(pairs)
 
+    @classmethod
+    def _of_sorted(cls, data: dict[K, V]) -> FrozenMap[K, V]:
+        """Wrap a dict whose keys are already sorted (decoded from :func:`to_json`'s
+        sorted output), taking ownership of it: no copy, no check."""
+        obj = cls.__new__(cls)
+        obj._hash = None
+        obj._data = data
+        return obj
+
     def __getitem__(self, key: K) -> V:
         return self._data[key]
+
+    # the dict's own (C) methods rather than Mapping's Python mixins: hot in large plans
+    def get(self, key: K, default: Any = None) -> Any:
+        return self._data.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def keys(self) -> KeysView[K]:
+        return self._data.keys()
+
+    def items(self) -> ItemsView[K, V]:
+        return self._data.items()
+
+    def values(self) -> ValuesView[V]:
+        return self._data.values()
 
     def __iter__(self) -> Iterator[K]:
         return iter(self._data)
@@ -182,7 +208,7 @@ def _plainly_clean(value: JSONValue) -> bool:
     return True
 
 
-def _thaw(value: JSONValue) -> Any:
+def thaw(value: JSONValue) -> Any:
     """Turn a frozen value back into plain dicts and lists (for JSON and callers)."""
     if isinstance(value, FrozenMap):
         data = value._data
@@ -192,9 +218,9 @@ def _thaw(value: JSONValue) -> Any:
         else:
             return dict(data)  # flat: the common case, no recursion
     if isinstance(value, Mapping):
-        return {k: _thaw(v) for k, v in value.items()}
+        return {k: thaw(v) for k, v in value.items()}
     if isinstance(value, tuple):
-        return [_thaw(v) for v in value]
+        return [thaw(v) for v in value]
     return value
 
 
@@ -333,10 +359,37 @@ class ResourceState:
             check_no_secrets(frozen, f"resources[{self.address}].attributes")
         object.__setattr__(self, "attributes", frozen)
 
+    @classmethod
+    def _trusted(cls, address: str, r: dict[str, Any]) -> ResourceState | None:
+        """Build from a decoded state entry whose text passed the secret screen
+        (:func:`_screened_clean`): the checks of ``__post_init__`` that can fail on such
+        an entry, without re-freezing flat values. ``None``: take the precise path."""
+        r_type, node, digest, attrs = r["type"], r.get("node"), r.get("digest"), r["attributes"]
+        if (type(attrs) is not dict or type(r_type) is not str or not address.startswith(r_type)
+                or _ADDRESS_FORM.fullmatch(address) is None
+                or address[len(r_type):len(r_type) + 1] not in _AFTER_TYPE
+                or (node is not None and (type(node) is not str or not _NODE_NAME.match(node)))
+                or (digest is not None and type(digest) is not str)):
+            return None
+        if not _NESTED_OR_FLOAT.isdisjoint(map(type, attrs.values())):  # rare: lists (sans), floats
+            for k, v in attrs.items():
+                t = type(v)
+                if t is dict or t is list:
+                    frozen = _freeze_fast(v)
+                    if frozen is None:
+                        return None
+                    attrs[k] = frozen
+                elif t is float:
+                    return None  # NaN/Infinity checks: the precise path
+        obj = object.__new__(cls)
+        obj.__dict__.update(address=address, type=r_type, node=node, digest=digest,
+                            attributes=FrozenMap._of_sorted(attrs))
+        return obj
+
     @property
     def attrs(self) -> dict[str, Any]:
         """A plain, mutable copy of the attributes (changing it changes nothing here)."""
-        return dict(_thaw(self.attributes))
+        return dict(thaw(self.attributes))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -590,6 +643,41 @@ def _keys(
     _expect(not unknown, source, f"{where} has unknown field(s) {', '.join(sorted(unknown))}")
 
 
+_NESTED_OR_FLOAT = frozenset({dict, list, float})
+_AFTER_TYPE = frozenset({"", ".", "["})
+# the address grammar without capture groups: one fullmatch per resource on the fast path
+_ADDRESS_FORM = re.compile(r'[a-z][a-z0-9_]*(?:\.[^.\[\]"\s]+)?(?:\[(?:"(?:[^"\\]|\\.)*"|[0-9]+)\])?')
+
+
+_RES_REQUIRED = frozenset({"type", "attributes"})
+_RES_FIELDS = frozenset({"type", "attributes", "node", "digest"})
+# the one harmless form of a secret-looking word inside the JSON text: a masked
+# password line of recorded kong.conf content
+_SECRET_STEMS = ("pass", "priv", "secret")  # every secret word, and "private key", holds one
+assert all(any(stem in w for stem in _SECRET_STEMS) for w in (*_SECRET_NAME_PARTS, "private key"))
+_MASKED_LINE_AFTER = re.compile(r"[a-z0-9_]*[ \t]*=[ \t]*\(sensitive\)\\n")
+
+
+def _screened_clean(text: str) -> bool:
+    """True when no secret can hide anywhere in the state text: the only secret-looking
+    words are masked kong.conf password lines. Three ``str.find`` scans of the whole
+    text (C speed) for the stems of every secret word, instead of a check per resource;
+    anything else takes the precise, per-resource path."""
+    low = text.lower()
+    for stem in _SECRET_STEMS:
+        at = low.find(stem)
+        while at >= 0:
+            window = low[max(0, at - 16):at + 24]
+            for word in _SECRET_NAME_PARTS:
+                w = window.find(word)
+                if w >= 0 and not _MASKED_LINE_AFTER.match(low, max(0, at - 16) + w + len(word)):
+                    return False
+            if "private key" in window:
+                return False
+            at = low.find(stem, at + len(stem))
+    return True
+
+
 def from_json(text: str, source_name: str) -> State:
     """Parse, upgrade and validate a state document.
 
@@ -615,9 +703,15 @@ def from_json(text: str, source_name: str) -> State:
     )
     _expect(isinstance(doc["resources"], dict), source_name, "'resources' must be an object")
     _expect(isinstance(doc["nodes"], dict), source_name, "'nodes' must be an object")
+    trusted = _screened_clean(text)
     try:
         resources: dict[str, ResourceState] = {}
         for addr, r in doc["resources"].items():
+            if trusted and type(r) is dict and _RES_REQUIRED <= r.keys() <= _RES_FIELDS:
+                fast = ResourceState._trusted(addr, r)
+                if fast is not None:
+                    resources[addr] = fast
+                    continue
             where = f"resource {addr!r}"
             _expect(isinstance(r, dict), source_name, f"{where} must be an object")
             _keys(r, {"type", "attributes"}, {"node", "digest"}, source_name, where)
