@@ -36,12 +36,11 @@ def _make_plan(t: Topology, backend: StateBackend, args: argparse.Namespace, *, 
     """Plan, refreshing from the hosts first when asked (or by default once there is
     state). The refresh's connections are returned so apply reuses them: one
     connection per host for the whole run."""
-    from . import graph, planner, resources, shell
+    from . import planner, resources, shell
     from .planner import Facts
 
     state = backend.read()
     res = resources.build(t)
-    g = graph.build(res)
     pw = shell.password(t) if not destroy else shell.password(t, required=False)
     facts = Facts()
     transports: dict[str, Any] = {}
@@ -55,7 +54,7 @@ def _make_plan(t: Topology, backend: StateBackend, args: argparse.Namespace, *, 
             facts = Facts(secret_fingerprints=facts.secret_fingerprints)
     elif state is not None:
         facts = Facts(secret_fingerprints=shell.secret_fingerprints(state, pw))
-    p = planner.plan(res, g, state, shell.now(), topology_digest=t.digest, facts=facts,
+    p = planner.plan(res, None, state, shell.now(), topology_digest=t.digest, facts=facts,
                      targets=tuple(getattr(args, "target", None) or ()), destroy=destroy)
     return p, state, transports
 

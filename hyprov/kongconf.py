@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from . import model as m
 from .errors import HyprovError
@@ -113,8 +114,15 @@ def _one_line(pairs: list[tuple[str, str]], *, conf: bool) -> list[tuple[str, st
 
 def render_conf(topology: m.Topology, node: m.Node, password: str | None = None) -> str:
     # no node name in here: renaming a node (hyprov state mv) must not change its file and restart Kong
-    lines = [HEADER.rstrip("\n"), f"# {node.role} of cluster {topology.cluster.name}"]
-    lines += [f"{k} = {_escape(v)}" for k, v in _one_line(settings(topology, node, password), conf=True)]
+    return _conf_text(f"# {node.role} of cluster {topology.cluster.name}", tuple(settings(topology, node, password)))
+
+
+@lru_cache(maxsize=1024)
+def _conf_text(title: str, pairs: tuple[tuple[str, str], ...]) -> str:
+    """The file for these settings: most DPs of a cluster share theirs, so a 10,000-DP
+    plan renders (and checks) a handful of distinct files, not 10,000."""
+    lines = [HEADER.rstrip("\n"), title]
+    lines += [f"{k} = {_escape(v)}" for k, v in _one_line(list(pairs), conf=True)]
     return "\n".join(lines) + "\n"
 
 

@@ -11,15 +11,16 @@ import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
-
-import networkx as nx
+from typing import TYPE_CHECKING, Any
 
 from . import graph as graphmod
 from .errors import HyprovError
 from .plan import Action, Change, Plan
 from .resources import Resource
-from .state import State
+from .state import State, thaw
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 # attributes recorded at apply time; they never make a resource differ from its desired form
 APPLY_TIME_ATTRS = frozenset({"serial", "fingerprint", "not_before", "not_after", "host_digest", "content",
@@ -55,7 +56,12 @@ def _renewal_reason(attrs: Mapping[str, Any], recorded: Mapping[str, Any], now: 
 
 
 def _changed_keys(desired: Mapping[str, Any], recorded: Mapping[str, Any]) -> list[str]:
-    return sorted(k for k in desired if k not in APPLY_TIME_ATTRS and recorded.get(k) != desired[k])
+    """``recorded`` is the state's frozen form (tuples, FrozenMaps): a value that differs
+    is compared again thawed, so a recorded tuple equals a desired list."""
+    if desired.items() <= recorded.items():  # the common case, one C-level comparison
+        return []
+    return sorted(k for k in desired if k not in APPLY_TIME_ATTRS and recorded.get(k) != desired[k]
+                  and thaw(recorded.get(k)) != desired[k])
 
 
 def _conf_keys_changed(old: str, new: str) -> list[str]:
@@ -80,9 +86,18 @@ def _public(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in sorted(attrs.items()) if k not in ("content", "pem")}
 
 
+def _dep_changed(r: Resource, changes: Mapping[str, Change]) -> str | None:
+    """The first dependency of ``r`` being created or replaced."""
+    for d in r.depends_on:
+        c = changes.get(d)
+        if c is not None and (c.action is Action.CREATE or c.action is Action.REPLACE):
+            return d
+    return None
+
+
 def plan(
     resources: Sequence[Resource],
-    g: nx.DiGraph,
+    g: nx.DiGraph | None,
     state: State | None,
     now: datetime,
     *,
@@ -91,30 +106,29 @@ def plan(
     targets: Sequence[str] = (),
     destroy: bool = False,
 ) -> Plan:
+    """``g`` may be None: the resources are then taken in their own order (checked by
+    :func:`graph.creation_order`) and a graph is built only for ``targets``."""
     facts = facts or Facts()
+    if g is None and targets:
+        g = graphmod.build(resources)
     prior = dict(state.resources) if state else {}
     prior_nodes = dict(state.nodes) if state else {}
     desired = {} if destroy else {r.address: r for r in resources}
     changes: dict[str, Change] = {}
     errors: list[str] = []
 
-    unknown = [t for t in targets if t not in desired and t not in prior and t not in g]
+    unknown = [t for t in targets if t not in desired and t not in prior and (g is None or t not in g)]
     if unknown:
         raise HyprovError(f"unknown target address(es): {', '.join(unknown)}",
                           "list addresses with: hyprov state list, or hyprov graph")
 
-    for addr in ([] if destroy else graphmod.order(g)):
-        r = desired[addr]
+    ordered = [] if destroy else graphmod.creation_order(resources) if g is None else [
+        desired[a] for a in graphmod.order(g)]
+    for r in ordered:
+        addr = r.address
         rec = prior.get(addr)
-        recorded = rec.attrs if rec else {}
+        recorded: Mapping[str, Any] = rec.attributes if rec else {}
         action, reason, diff = Action.NOOP, None, None
-
-        def dep_changed(kinds: tuple[Action, ...] = (Action.CREATE, Action.REPLACE), r: Resource = r) -> str | None:
-            for d in r.depends_on:
-                c = changes.get(d)
-                if c is not None and c.action in kinds:
-                    return d
-            return None
 
         if rec is None:
             action, reason = Action.CREATE, "not yet created"
@@ -126,7 +140,7 @@ def plan(
             keys = _changed_keys(r.attrs, recorded)
             if r.attrs.get("role") == "data_plane":
                 keys = [k for k in keys if k != "common_name"]  # Kong never checks a DP's CN: a rename keeps it
-            issuer = dep_changed()
+            issuer = _dep_changed(r, changes)
             renew = _renewal_reason(r.attrs, recorded, now, ca=r.type == "ca")
             if keys:
                 action, reason = Action.REPLACE, "changed: " + ", ".join(f"{k}" for k in keys)
@@ -138,7 +152,7 @@ def plan(
                 action, reason = Action.NOOP, None  # never rotate a CA hyprov does not own
         elif r.type == "file":
             keys = _changed_keys(r.attrs, recorded)
-            source = dep_changed()
+            source = _dep_changed(r, changes)
             secret = facts.secret_fingerprints.get(addr)
             if "content_digest" in keys and r.content is not None:
                 old = recorded.get("content") or ""
@@ -190,11 +204,11 @@ def plan(
             elif keys:
                 action, reason = Action.UPDATE, "changed: " + ", ".join(keys)
 
-        err = facts.unreachable.get(r.node or "") if r.node else None
         if action is Action.NOOP:  # nothing to show: skip building before/after (10,000-node plans)
-            changes[addr] = Change(addr, r.type, r.node, action)
+            changes[addr] = Change.noop(addr, r.type, r.node)
             continue
-        before = _public(recorded) if rec else None
+        err = facts.unreachable.get(r.node or "") if r.node else None
+        before = _public(rec.attrs) if rec else None
         changes[addr] = Change(addr, r.type, r.node, action, reason, before,
                                _public(r.attrs) if action is not Action.DELETE else None, diff, None)
         if err:
@@ -212,7 +226,7 @@ def plan(
         changes[addr] = Change(addr, rec.type, rec.node, Action.DELETE, reason, _public(rec.attrs), None, None,
                                f"{rec.node} is unreachable: {err}" if err else None)
 
-    if targets:
+    if targets and g is not None:
         keep = graphmod.closure(g, [t for t in targets if t in g]) | {t for t in targets if t in prior}
         changes = {a: c for a, c in changes.items() if a in keep}
     for c in changes.values():

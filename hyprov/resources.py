@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from . import kongconf
@@ -37,6 +38,12 @@ def file_address(node: str, path: str) -> str:
 def sha256(text: str | bytes) -> str:
     data = text.encode() if isinstance(text, str) else text
     return hashlib.sha256(data).hexdigest()
+
+
+@lru_cache(maxsize=1024)
+def _text_digest(text: str) -> str:
+    """sha256 of a rendered file: the DPs of a cluster mostly share one kong.conf."""
+    return sha256(text)
 
 
 def ca_addresses(topology: m.Topology) -> list[str]:
@@ -72,8 +79,9 @@ def build(topology: m.Topology) -> list[Resource]:
             "validity_days": sc.validity_days, "renew_before_days": sc.renew_before_days,
         }))
     cp_services = [f"service.{cp.name}" for cp in topology.control_planes]
+    issuer = issuer_of_leaves(topology) if pki is not None else None
     for node in topology.nodes:
-        out.extend(_node_resources(topology, node, cp_services))
+        out.extend(_node_resources(topology, node, cp_services, issuer))
     cp0 = topology.control_planes[0] if topology.control_planes else None
     if cp0 is not None and topology.database is not None and cp0.kong.migrations.list is not None:
         cp = cp0
@@ -103,7 +111,8 @@ def firewall_resources(topology: m.Topology) -> list[Resource]:
     return out
 
 
-def _node_resources(topology: m.Topology, node: m.Node, cp_services: list[str]) -> list[Resource]:
+def _node_resources(topology: m.Topology, node: m.Node, cp_services: list[str], issuer: str | None = None
+                    ) -> list[Resource]:
     pki = topology.pki
     files = kongconf.cluster_files(topology, node)
     owner, group = node.kong.owner, node.kong.group
@@ -112,15 +121,16 @@ def _node_resources(topology: m.Topology, node: m.Node, cp_services: list[str]) 
 
     def add_file(path: str, mode: str, source: str, deps: tuple[str, ...], *,
                  content: str | None = None, file_owner: str | None = owner, extra: dict[str, Any] | None = None) -> None:
-        addr = file_address(node.name, path)
+        addr = f'file.{node.name}["{path}"]'
         attrs: dict[str, Any] = {"path": path, "owner": file_owner, "group": group, "mode": mode, "source": source}
         if content is not None:
-            attrs["content_digest"] = sha256(content)
+            attrs["content_digest"] = _text_digest(content)
         attrs.update(extra or {})
         out.append(Resource(addr, "file", node.name, attrs, deps, content))
         file_addrs.append(addr)
 
     if pki is not None:
+        issuer = issuer or issuer_of_leaves(topology)
         cert_addr = f"cert.{node.name}"
         is_cp = isinstance(node, m.ControlPlane)
         sans: list[str] = []
@@ -129,11 +139,11 @@ def _node_resources(topology: m.Topology, node: m.Node, cp_services: list[str]) 
             if topology.server_name not in sans:
                 sans.append(topology.server_name)
         out.append(Resource(cert_addr, "cert", node.name, {
-            "role": node.role, "common_name": sans[0] if is_cp else node.name, "sans": sans,
+            "role": node.role, "common_name": sans[0] if is_cp else node.name, "sans": tuple(sans),
             "key_type": pki.key_type, "validity_days": pki.leaf_validity_days,
             "renew_before_days": pki.renew_before_days, "key_generation": pki.key_generation,
-            "issuer": issuer_of_leaves(topology), "key_path": files.key, "key_owner": owner,
-        }, (issuer_of_leaves(topology),)))
+            "issuer": issuer, "key_path": files.key, "key_owner": owner,
+        }, (issuer,)))
         add_file(files.cert, CERT_MODE, "leaf", (cert_addr,))
         add_file(files.key, KEY_MODE, "key" if pki.key_generation == "local" else "on_node",
                  (cert_addr,))
