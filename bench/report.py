@@ -68,8 +68,8 @@ def goals(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     mid = next((r for r in plan if r["dps"] == 1000), None)
     if big is not None and mid is not None:
         # linear: the cost beyond the fixed start-up (the 1,000-DP run, less its per-DP part)
-        per_mid = (mid["load_validate"] + mid["state_read"] + mid["resources_graph"] + mid["diff"]) / 1000
-        per_big = (big["load_validate"] + big["state_read"] + big["resources_graph"] + big["diff"]) / 10000
+        per_mid = (mid["load_validate"] + mid["state_read"] + mid["resources"] + mid["diff"]) / 1000
+        per_big = (big["load_validate"] + big["state_read"] + big["resources"] + big["diff"]) / 10000
         ratio = per_big / per_mid if per_mid else float("inf")
         rows.append(("plan growth 1,000 -> 10,000 DPs", "linear (per-DP cost flat, ≤1.3x)",
                      f"{per_mid * 1000:.3f} -> {per_big * 1000:.3f} ms/DP ({ratio:.2f}x)",
@@ -259,15 +259,15 @@ def render(doc: dict[str, Any], png_name: str | None) -> str:
         w("Whole command `hyprov plan --no-refresh --detailed-exitcode` (median of runs after one "
           "warm-up; peak RSS of the child) and the in-process split by phase.\n")
         w("| DPs | wall s median (min–max) | peak RSS MiB | load+validate s | state read s | "
-          "resources+graph s | diff s | per DP (phases) ms |")
+          "resources s | diff s | per DP (phases) ms |")
         w("|---|---|---|---|---|---|---|---|")
         for r in plan:
             if "wall" not in r:
                 w(f"| {r['dps']} | FAILED | | | | | | |")
                 continue
-            per = (r["load_validate"] + r["state_read"] + r["resources_graph"] + r["diff"]) / r["dps"]
+            per = (r["load_validate"] + r["state_read"] + r["resources"] + r["diff"]) / r["dps"]
             w(f"| {r['dps']:,} | {r['wall']:.2f} ({r['min']:.2f}–{r['max']:.2f}) | {r['rss_mib']:.0f} | "
-              f"{r['load_validate']:.2f} | {r['state_read']:.2f} | {r['resources_graph']:.2f} | "
+              f"{r['load_validate']:.2f} | {r['state_read']:.2f} | {r['resources']:.2f} | "
               f"{r['diff']:.2f} | {per * 1000:.3f} |")
         w("")
     iss = doc.get("pure_issuance")

@@ -188,7 +188,7 @@ def pure_plan(sizes: list[int], runs: int) -> list[dict[str, Any]]:
             if m:
                 cells = [c.strip() for c in m.group(2).split("|")]
                 keys = ["wall", "min", "max", "rss_mib", "load_validate", "state_read",
-                        "resources_graph", "diff"]
+                        "resources", "diff"]
                 row = {"dps": int(m.group(1)), **{k: float(v) for k, v in zip(keys, cells, strict=True)}}
         if proc.returncode != 0 or row is None:
             out.append({"dps": n, "error": (proc.stdout + proc.stderr)[-LOG_TAIL:]})

@@ -427,8 +427,14 @@ def parse_endpoint(text: str) -> m.Endpoint:
     return m.Endpoint(host, int(port_s))
 
 
+# a dotted-quad IPv4 address, the common case, without ipaddress's per-octet Python
+_IPV4 = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])")
+
+
 def _host_ok(host: str) -> bool:
     """An IP address or a DNS name."""
+    if _IPV4.fullmatch(host):
+        return True
     try:
         ipaddress.ip_address(host)
     except ValueError:

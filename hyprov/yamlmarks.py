@@ -234,6 +234,8 @@ def _fast_load(text: str) -> Any:
     try:
         if get().__class__ is not yaml.StreamStartEvent or get().__class__ is not yaml.DocumentStartEvent:
             raise _Unusual
+        resolved: dict[str, Any] = {}  # plain scalar text -> value: keys and labels repeat
+        value: Any
         stack: list[Any] = []  # open collections
         keys: list[Any] = []  # per open mapping: its pending key (_NO_KEY when none)
         top: Any = None
@@ -245,7 +247,10 @@ def _fast_load(text: str) -> Any:
                 if ev.anchor is not None:
                     raise _Unusual
                 if ev.implicit[0] and ev.tag is None:
-                    value: Any = _plain(ev.value) if ev.value else None
+                    text = ev.value
+                    value = resolved.get(text, _NO_KEY)
+                    if value is _NO_KEY:
+                        value = resolved[text] = _plain(text) if text else None
                 elif ev.tag is None or ev.tag == "!" or ev.tag == _STR:
                     value = ev.value
                 else:
