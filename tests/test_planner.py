@@ -191,6 +191,32 @@ def test_graph_cycle_is_named() -> None:
         graph.build([a, b])
 
 
+def test_creation_order_without_a_graph_matches_the_graph_and_still_names_cycles() -> None:
+    """The planner takes resources.build's own order (no networkx) after one check; a list
+    out of order is sorted by the graph, and a cycle is still named."""
+    t = topo(BASE)
+    res = resources.build(t)
+    assert [r.address for r in graph.creation_order(res)] == [r.address for r in res]
+
+    def dependencies_first(order: list[str]) -> bool:
+        return sorted(order) == sorted(r.address for r in res) and all(
+            order.index(dep) < order.index(r.address) for r in res for dep in r.depends_on)
+
+    assert dependencies_first([r.address for r in res])
+    assert dependencies_first(graph.order(graph.build(res)))  # the graph agrees
+    assert dependencies_first([r.address for r in graph.creation_order(list(reversed(res)))])
+    a = resources.Resource("file.x[\"a\"]", "file", "x", {}, ('file.x["b"]',))
+    b = resources.Resource("file.x[\"b\"]", "file", "x", {}, ('file.x["a"]',))
+    with pytest.raises(GraphError, match="dependency cycle"):
+        graph.creation_order([a, b])
+    # and the plan without a graph is the plan with one (in another valid order)
+    prior = recorded(topo(edit(_set("data_planes.0.labels", {"a": "b"}))))
+    without = planner.plan(res, None, prior, NOW, topology_digest=t.digest)
+    with_graph = planner.plan(res, graph.build(res), prior, NOW, topology_digest=t.digest)
+    assert without.actionable and {c.address: c for c in without.changes} == {
+        c.address: c for c in with_graph.changes}
+
+
 def test_destroy_plan_deletes_everything_files_before_certs_before_cas() -> None:
     t = topo(BASE)
     res = resources.build(t)
