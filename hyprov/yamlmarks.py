@@ -11,6 +11,7 @@ the interpreter (SIGSEGV) on a few ten thousand nested brackets.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,11 @@ class Document:
     # set by the fast path, which records no positions: the text is composed again
     # (once) the first time a problem needs a line and column
     text: str | None = field(default=None, repr=False)
+    # also from the fast path (None: not known): whether any value is a float, and whether
+    # any key or value holds a control character or ends with a backslash, so validation
+    # can skip two walks over a 10,000-node document
+    floats: bool | None = None
+    odd_text: bool | None = None
 
     def _locate(self) -> None:
         if self.text is not None:
@@ -221,12 +227,24 @@ def _plain(value: str) -> Any:
         raise _Unusual from exc
 
 
-def _fast_load(text: str) -> Any:
+# a control character or line/paragraph separator (not a tab), or a trailing backslash
+_ODD_TEXT = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]|\\\\\\s*$")
+
+
+class _Seen:
+    """What the fast path noticed on the way (see Document.floats/odd_text)."""
+
+    floats = False
+    odd_text = False
+
+
+def _fast_load(text: str, seen: _Seen | None = None) -> Any:
     """Plain data straight from libyaml's events, with no node graph and no positions:
     ~3x faster than composing on a 10,000-DP file. Anything a careful look is needed
     for (anchors, aliases, tags, merge keys, duplicate or complex keys, deep nesting,
     bad scalars, several documents) raises _Unusual and :func:`load` takes the slow
     path, which reports it with its position."""
+    seen = seen or _Seen()
     loader = _Loader(text)
     get: Callable[[], Any] = loader.get_event
     scalar, m_start, s_start = yaml.ScalarEvent, yaml.MappingStartEvent, yaml.SequenceStartEvent
@@ -251,8 +269,14 @@ def _fast_load(text: str) -> Any:
                     value = resolved.get(text, _NO_KEY)
                     if value is _NO_KEY:
                         value = resolved[text] = _plain(text) if text else None
+                        if value.__class__ is float:
+                            seen.floats = True
+                        elif value.__class__ is str and _ODD_TEXT.search(value):
+                            seen.odd_text = True
                 elif ev.tag is None or ev.tag == "!" or ev.tag == _STR:
                     value = ev.value
+                    if _ODD_TEXT.search(value):
+                        seen.odd_text = True
                 else:
                     raise _Unusual
             elif cls is m_start:
@@ -318,13 +342,14 @@ def load(text_bytes: bytes, file: str) -> tuple[Document, list[Problem]]:
         return doc, [Problem(file, line, col, "the file is not UTF-8 text", "save it as UTF-8")]
     if text.startswith("\ufeff"):
         text = text[1:]
+    seen = _Seen()
     try:
-        fast = _fast_load(text)
+        fast = _fast_load(text, seen)
     except _Unusual:
         pass
     else:
         if isinstance(fast, dict | list):
-            doc.data, doc.text = fast, text
+            doc.data, doc.text, doc.floats, doc.odd_text = fast, text, seen.floats, seen.odd_text
             return doc, []
     try:
         deep = _too_deep(text)

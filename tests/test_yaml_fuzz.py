@@ -280,12 +280,30 @@ def test_fast_loader_reads_what_the_careful_one_reads(value: Any, flow: bool | N
             expected, clean = _careful(variant)
         except yaml.YAMLError:
             continue
+        seen = yamlmarks._Seen()
         try:
-            fast = yamlmarks._fast_load(variant)
+            fast = yamlmarks._fast_load(variant, seen)
         except yamlmarks._Unusual:
             continue
         assert clean, variant  # the fast path never accepts what the careful one refuses
         assert fast == expected and type(fast) is type(expected), variant
+        # the flags that let validation skip its walks are right
+        from hyprov import config
+
+        assert seen.floats == config._has_float(fast), variant
+        if not seen.odd_text:
+            assert all(not config._BREAKS.search(x) and not x.rstrip().endswith("\\")
+                       for x in _strings(fast)), variant
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
 
 
 @pytest.mark.parametrize("text", [
