@@ -11,6 +11,7 @@ written and cleared only after its restart succeeded.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -96,6 +97,7 @@ class Applier:
         self.parallelism = max(1, parallelism)
         self.emit = emit
         self.lock = threading.RLock()
+        self.nonce = os.urandom(4).hex()  # in this run's temp file names on the hosts
         self.transports: dict[str, Transport] = dict(transports or {})  # e.g. opened by refresh
         self.outcomes: dict[str, NodeOutcome] = {}
         self.counts = {"added": 0, "changed": 0, "destroyed": 0}
@@ -347,7 +349,7 @@ class Applier:
             tr = self.transport(node)
             written: dict[str, str] = {}
             if writes:
-                res = tr.run(hs.write_script([w for _, w in writes]))
+                res = tr.run(hs.write_script([w for _, w in writes], nonce=self.nonce))
                 written = hs.parse_written(res.stdout)
                 if res.exit_status != 0:
                     raise CommandFailed(name, "atomic write of managed files", res.exit_status,
