@@ -612,21 +612,21 @@ class Applier:
         try:
             tr = self.transport(node)
             outcome.restarted_at = self.now().timestamp()
-            if after.get("restart"):
-                res = tr.run(hs.in_root(after["restart"]))
-                if res.exit_status != 0:
-                    raise CommandFailed(name, after["restart"], res.exit_status, res.stderr.decode(errors="replace"))
-            if after.get("health"):
-                res = tr.run(hs.in_root(after["health"]))
-                if res.exit_status != 0:
-                    self.emit(name, "health check failed: putting the previous files back")
-                    tr.run(hs.restore_script(paths))
-                    if after.get("restart"):
-                        tr.run(hs.in_root(after["restart"]))
-                    raise CommandFailed(name, f"health check ({after['health']})", res.exit_status,
-                                        (res.stderr or res.stdout).decode(errors="replace"))
-            if paths:
-                tr.run(hs.drop_prev_script(paths))
+            restart, health = after.get("restart"), after.get("health")
+            if restart or health or paths:
+                # one channel: restart, health check, then drop or restore the .hyprov-prev files
+                res = tr.run(hs.restart_script(restart, health, paths))
+                steps = hs.parse_steps(res.stdout, res.stderr)
+                ran = steps.status
+                if res.exit_status != 0 or (restart and "restart" not in ran) or (
+                        health and ran.get("restart", 0) == 0 and "health" not in ran):
+                    raise CommandFailed(name, "restart and health check", res.exit_status,
+                                        res.stderr.decode(errors="replace"))
+                if ran.get("restart", 0) != 0:
+                    raise CommandFailed(name, str(restart), ran["restart"], steps.output("restart"))
+                if health and ran["health"] != 0:
+                    self.emit(name, "health check failed: " + _restored(ran))
+                    raise CommandFailed(name, f"health check ({health})", ran["health"], steps.output("health"))
         except HyprovError as exc:
             outcome.status, outcome.detail = "failed", str(exc)
             self.emit(name, f"failed: {exc}")
@@ -652,6 +652,16 @@ class Applier:
         for o in self.outcomes.values():
             if o.status == "files done":
                 o.status = "done"
+
+
+def _restored(ran: Mapping[str, int]) -> str:
+    """What the restart script did after a failed health check."""
+    text = ("put the previous files back" if ran.get("restore") == 0 else
+            f"putting the previous files back failed (exit {ran.get('restore', '?')})")
+    again = ran.get("restart-again")
+    if again is not None:
+        text += " and restarted" if again == 0 else f", then the restart failed (exit {again})"
+    return text
 
 
 def _cert_attrs(info: Any) -> dict[str, Any]:

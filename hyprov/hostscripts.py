@@ -1,7 +1,8 @@
 """Commands are data: the shell scripts the applier sends to a node (pure).
 
 One script per step and host keeps round trips down (pyinfra#17): one batched
-read for refresh, one batched atomic write. Paths are prefixed
+read for refresh, one batched atomic write, one restart script (restart, health
+check, then the removal of ``.hyprov-prev`` or the restore). Paths are prefixed
 with ``$HYPROV_ROOT`` (empty on a real host, ROOT/NODE for the local connection).
 
 Host-side processes are counted too: each fork/exec costs the host a few ms of
@@ -25,7 +26,7 @@ from __future__ import annotations
 import base64
 import re
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 PREV_SUFFIX = ".hyprov-prev"
@@ -211,17 +212,6 @@ def delete_script(paths: Sequence[str]) -> str:
     return f"{_PRELUDE}rm -f {args}\n"
 
 
-def restore_script(paths: Sequence[str]) -> str:
-    """Put back each file's ``.hyprov-prev`` (after a failed health check)."""
-    return _PRELUDE + "".join(
-        f"if [ -e {_rooted(p + PREV_SUFFIX)} ]; then mv -f {_rooted(p + PREV_SUFFIX)} {_rooted(p)}; fi\n"
-        for p in paths)
-
-
-def drop_prev_script(paths: Sequence[str]) -> str:
-    return _PRELUDE + _drop_prev(paths, "")
-
-
 def _drop_prev(paths: Sequence[str], indent: str) -> str:
     """One rm for the ``.hyprov-prev`` files that exist (none after a first install)."""
     if not paths:
@@ -236,3 +226,79 @@ def in_root(command: str) -> str:
     """A user command (restart, health, migrations) run as is; the local connection
     runs it with the node's directory as working directory."""
     return 'R="${HYPROV_ROOT:-}"\n' + command + "\n"
+
+
+# ---------------------------------------------------------------- restart + health
+
+STEP_MARK = "@@hyprov-step "
+RESULT_MARK = "@@hyprov-exit "
+
+
+def restart_script(restart: str | None, health: str | None, paths: Sequence[str]) -> str:
+    """A node's whole restart in one script (one channel): the restart command, then the
+    health command; healthy: remove the ``.hyprov-prev`` files; unhealthy: put them back
+    and run the restart command again. Each user command runs in a subshell (its
+    ``exit`` ends only itself) exactly as :func:`in_root` would run it; each step's exit
+    status is printed on stdout, and its output is delimited on both streams by step
+    marks, for :func:`parse_steps`. Steps: restart, health, drop, restore, restart-again.
+    """
+    out = [
+        'R="${HYPROV_ROOT:-}"\n',
+        f"hyprov_step() {{ printf '\\n{STEP_MARK}%s\\n' \"$1\"; printf '\\n{STEP_MARK}%s\\n' \"$1\" >&2; }}\n",
+        f"hyprov_exit() {{ printf '\\n{RESULT_MARK}%s %s\\n' \"$1\" \"$2\"; }}\n",
+        "hyprov_restart() {\n  :\n",
+    ]
+    if restart:
+        out.append(f"  hyprov_step restart\n  (\n{restart}\n  )\n  rc=$?; hyprov_exit restart $rc\n"
+                   "  [ $rc -eq 0 ] || return 0\n")
+    if health:
+        out.append(f"  hyprov_step health\n  (\n{health}\n  )\n  rc=$?; hyprov_exit health $rc\n")
+        out.append("  if [ $rc -ne 0 ]; then\n    hyprov_step restore\n    rc=0\n")
+        out += [f"    if [ -e {_rooted(p + PREV_SUFFIX)} ]; then mv -f {_rooted(p + PREV_SUFFIX)} {_rooted(p)} || rc=$?; fi\n"
+                for p in paths]
+        out.append("    hyprov_exit restore $rc\n")
+        if restart:
+            out.append(f"    hyprov_step restart-again\n    (\n{restart}\n    )\n    hyprov_exit restart-again $?\n")
+        out.append("    return 0\n  fi\n")
+    if paths:
+        out.append("  hyprov_step drop\n")
+        out.append(_drop_prev(paths, "  "))
+        out.append("  hyprov_exit drop $?\n")
+    out.append("}\nhyprov_restart\n")
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class Steps:
+    """What :func:`restart_script` reported: exit status and output of each step run."""
+
+    status: Mapping[str, int]
+    stdout: Mapping[str, str]
+    stderr: Mapping[str, str]
+
+    def output(self, step: str) -> str:
+        """The step's stderr, else its stdout (what a failure message shows)."""
+        return self.stderr.get(step, "").strip() or self.stdout.get(step, "").strip()
+
+
+def _segments(text: str, with_results: bool) -> tuple[dict[str, str], dict[str, int]]:
+    parts: dict[str, list[str]] = {}
+    status: dict[str, int] = {}
+    current = ""
+    for line in text.split("\n"):
+        if line.startswith(STEP_MARK):
+            current = line[len(STEP_MARK):].strip()
+            continue
+        if with_results and line.startswith(RESULT_MARK):
+            step, _, code = line[len(RESULT_MARK):].partition(" ")
+            if code.strip().lstrip("-").isdigit():
+                status[step] = int(code)
+            continue
+        parts.setdefault(current, []).append(line)
+    return {k: "\n".join(v).strip("\n") for k, v in parts.items()}, status
+
+
+def parse_steps(stdout: bytes, stderr: bytes) -> Steps:
+    out, status = _segments(stdout.decode(errors="replace"), True)
+    err, _ = _segments(stderr.decode(errors="replace"), False)
+    return Steps(status, out, err)

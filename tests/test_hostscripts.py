@@ -76,7 +76,7 @@ def test_write_installs_modes_owner_prev_and_prints_digests(tmp_path: Path) -> N
     assert on(tmp_path, KEY + hs.PREV_SUFFIX).read_bytes() == b"key v1\n"
     assert on(tmp_path, KEY).read_bytes() == b"key v2\n"
     assert not list(tmp_path.rglob(f"{hs.TMP_PREFIX}*"))
-    assert run(tmp_path, hs.drop_prev_script([f.path for f in fs])).returncode == 0
+    assert run(tmp_path, hs.restart_script(None, None, [f.path for f in fs])).returncode == 0
     assert not list(tmp_path.rglob(f"*{hs.PREV_SUFFIX}"))
 
 
@@ -133,7 +133,8 @@ def test_process_counts_per_host(tmp_path: Path) -> None:
     again = count(hs.write_script(files("v2", owner, owner)))
     assert len(again) <= 12 and again.count("ln") == 3, again  # plus one ln per kept file
     assert sorted(count(hs.read_script([CONF, CRT, KEY, "/etc/none"]))) == ["sha256sum", "stat"]
-    assert count(hs.drop_prev_script([CONF, CRT, KEY])) == ["rm"]
+    assert count(hs.restart_script("true", "true", [CONF, CRT, KEY])) == ["rm"]
+    assert count(hs.restart_script("true", None, [CONF])) == [], "nothing kept: nothing to remove"
 
 
 @pytest.mark.parametrize("kill_at", range(0, 11))
@@ -151,3 +152,39 @@ def test_sigkill_of_the_host_shell_at_each_step_leaves_old_or_new_files(tmp_path
         assert on(root, new.path).read_bytes() in (old.content, new.content)
         assert stat.S_IMODE(on(root, new.path).stat().st_mode) == int(new.mode, 8)
     assert run(root, hs.write_script(files("v2"))).returncode == 0, "a rerun completes"
+
+
+def restart(root: Path, health: str) -> hs.Steps:
+    script = hs.restart_script("echo restarting; echo >> restarts; exit 0", health, [CONF])
+    r = run(root, script)
+    assert r.returncode == 0, r.stderr
+    return hs.parse_steps(r.stdout, r.stderr)
+
+
+def test_restart_script_healthy_drops_prev(tmp_path: Path) -> None:
+    for v in ("v1", "v2"):
+        assert run(tmp_path, hs.write_script(files(v))).returncode == 0
+    steps = restart(tmp_path, "echo fine")
+    assert steps.status == {"restart": 0, "health": 0, "drop": 0}
+    assert steps.stdout["restart"] == "restarting" and steps.stdout["health"] == "fine"
+    assert not on(tmp_path, CONF + hs.PREV_SUFFIX).exists()
+    assert (tmp_path / "restarts").read_text() == "\n"
+
+
+def test_restart_script_unhealthy_restores_and_restarts_again(tmp_path: Path) -> None:
+    for v in ("v1", "v2"):
+        assert run(tmp_path, hs.write_script(files(v))).returncode == 0
+    steps = restart(tmp_path, "echo not yet; echo 'kong: unhealthy' >&2\nexit 3  # a comment")
+    assert steps.status == {"restart": 0, "health": 3, "restore": 0, "restart-again": 0}
+    assert steps.output("health") == "kong: unhealthy"
+    assert on(tmp_path, CONF).read_bytes() == files("v1")[0].content
+    assert (tmp_path / "restarts").read_text() == "\n\n"
+
+
+def test_restart_script_failed_restart_stops_there(tmp_path: Path) -> None:
+    for v in ("v1", "v2"):
+        assert run(tmp_path, hs.write_script(files(v))).returncode == 0
+    r = run(tmp_path, hs.restart_script("echo boom >&2; exit 7", "true", [CONF]))
+    steps = hs.parse_steps(r.stdout, r.stderr)
+    assert steps.status == {"restart": 7} and steps.output("restart") == "boom"
+    assert on(tmp_path, CONF + hs.PREV_SUFFIX).exists(), "kept: the node is not healthy"
