@@ -36,19 +36,34 @@ def _make_plan(t: Topology, backend: StateBackend, args: argparse.Namespace, *, 
     """Plan, refreshing from the hosts first when asked (or by default once there is
     state). The refresh's connections are returned so apply reuses them: one
     connection per host for the whole run."""
-    from . import graph, planner, resources, shell
-    from .planner import Facts
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from . import shell
 
     state = backend.read()
-    res = resources.build(t)
-    g = graph.build(res)
     pw = shell.password(t) if not destroy else shell.password(t, required=False)
+    refresh = getattr(args, "refresh", None)
+    pending: Future[tuple[Any, dict[str, Any]]] | None = None
+    if (refresh or (refresh is None and state is not None and state.resources)) and not destroy:
+        # the hosts' handshakes run while the resources and graph are built (findings item 3)
+        starter = ThreadPoolExecutor(1, thread_name_prefix="hyprov-refresh")
+        pending = starter.submit(shell.refresh, t, state or shell.read_or_new(backend), shell.Connector(),
+                                 pw, getattr(args, "parallelism", 64))
+        starter.shutdown(wait=False)  # the thread ends with the refresh
+    try:
+        from . import graph, planner, resources
+        from .planner import Facts
+
+        res = resources.build(t)
+        g = graph.build(res)
+    except BaseException:
+        if pending is not None:
+            _close(_settled(pending))
+        raise
     facts = Facts()
     transports: dict[str, Any] = {}
-    refresh = getattr(args, "refresh", None)
-    if (refresh or (refresh is None and state is not None and state.resources)) and not destroy:
-        facts, transports = shell.refresh(t, state or shell.read_or_new(backend), shell.Connector(), pw,
-                                          getattr(args, "parallelism", 64))
+    if pending is not None:
+        facts, transports = pending.result()
         if refresh is None and facts.unreachable and len(facts.unreachable) == len(t.nodes):
             print("hyprov: warning: no node is reachable: planning from the recorded state only "
                   "(--refresh makes this an error)", file=sys.stderr)
@@ -58,6 +73,14 @@ def _make_plan(t: Topology, backend: StateBackend, args: argparse.Namespace, *, 
     p = planner.plan(res, g, state, shell.now(), topology_digest=t.digest, facts=facts,
                      targets=tuple(getattr(args, "target", None) or ()), destroy=destroy)
     return p, state, transports
+
+
+def _settled(pending: Any) -> dict[str, Any]:
+    """The connections a background refresh opened (none if it failed)."""
+    try:
+        return dict(pending.result()[1])
+    except Exception:
+        return {}
 
 
 def _close(transports: dict[str, Any]) -> None:

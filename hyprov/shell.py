@@ -122,11 +122,10 @@ def refresh(
 ) -> tuple[Facts, dict[str, Transport]]:
     """Read every managed file's digest, mode and owner in ONE command per host and
     judge drift against the state. Unreachable hosts are reported, not fatal."""
+    # only what the connections need is imported before they start (the planner's and
+    # applier's imports may be under way in the main thread meanwhile: _make_plan)
     from . import hostscripts as hs
     from . import nftables
-    from .applier import secret_content
-    from .planner import Facts
-    from .resources import sha256
 
     # every declared node is probed (an unreachable one is reported even before it has files)
     files_by_node: dict[str, list[Any]] = {n.name: [] for n in t.nodes}
@@ -157,6 +156,9 @@ def refresh(
         except HyprovError as exc:
             unreachable[name] = str(exc).removeprefix(f"{name}: ")
             return
+        from .applier import secret_content
+        from .resources import sha256
+
         facts = hs.parse_read(res.stdout)
         for r in records:
             a = r.attrs
@@ -187,6 +189,8 @@ def refresh(
 
     with ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(files_by_node) or 1))) as pool:
         list(pool.map(read, sorted(files_by_node)))
+    from .planner import Facts
+
     return Facts(drift=drift, unreachable=unreachable,
                  secret_fingerprints=secret_fingerprints(state, password_value)), transports
 
