@@ -89,6 +89,7 @@ class Applier:
         # so a save never re-reads and re-parses the whole document
         self._written: State | None = state if plan.serial is not None else None
         self._last_save = 0.0
+        self._dirty = False  # the state changed since it was last written
         self.connect_fn = connect
         self.now = now
         self.password = password
@@ -115,25 +116,30 @@ class Applier:
     def _put(self, r: ResourceState) -> None:
         with self.lock:
             self.state = self.state.with_resource(r)
+            self._dirty = True
 
     def _drop(self, address: str) -> None:
         with self.lock:
             if address in self.state.resources:
                 self.state = self.state.without_resource(address)
+                self._dirty = True
 
     def _put_node(self, n: NodeState) -> None:
         with self.lock:
             self.state = self.state.with_node(n)
+            self._dirty = True
 
     def _drop_node(self, name: str) -> None:
         with self.lock:
             if name in self.state.nodes:
                 self.state = self.state.without_node(name)
+                self._dirty = True
 
     def _save(self, *, periodic: bool = False) -> None:
         """Write the state (compare-and-set on the serial this run last wrote).
 
-        ``periodic`` saves (one per node as it finishes its files) are coalesced to at
+        ``periodic`` saves (one per node as it finishes its files, one per DP batch but
+        the last of the rollout) are coalesced to at
         most one per SAVE_INTERVAL: each save serialises the whole state, so one per
         node made a 50-host apply spend a second in saves. Skipping one only ever
         errs safe: a file not yet recorded is rewritten next run with the same
@@ -144,13 +150,17 @@ class Applier:
             if periodic and now - self._last_save < SAVE_INTERVAL:
                 return
             if self._written is not None:
+                if not self._dirty:
+                    return  # nothing recorded since the last write: not even a comparison
                 new = self.state.bump_serial_if_changed(self._written)
-                if new.serial == self._written.serial and new.content_equal(self._written):
-                    return
+                if new.serial == self._written.serial:
+                    self._dirty = False
+                    return  # same content (the serial moves only when it changes)
             else:
                 new = self.state
             self.backend.write(new, self._written.serial if self._written is not None else None)
             self.state = self._written = new
+            self._dirty = False
             self._last_save = time.monotonic()
 
     def _count(self, c: Change) -> None:
@@ -586,10 +596,12 @@ class Applier:
                 stopped = True
                 break
         batches = [dps[i:i + batch] for i in range(0, len(dps), batch)]
-        for group in ([] if stopped else batches):
+        for i, group in enumerate([] if stopped else batches):
             with ThreadPoolExecutor(max_workers=min(self.parallelism, len(group))) as pool:
                 ok = list(pool.map(lambda n: self._restart_one(n, svc[n]), group))
-            self._save()
+            # coalesced like the file saves (a restart not yet recorded only runs again);
+            # the last batch and a failed one are always written
+            self._save(periodic=i < len(batches) - 1 and all(ok))
             if not all(ok):
                 stopped = True
                 break
