@@ -187,12 +187,14 @@ def refresh(
             if reason is not None:
                 drift[fw.address] = reason
 
-    with ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(files_by_node) or 1))) as pool:
+    with ThreadPoolExecutor(max_workers=1) as slow, \
+            ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(files_by_node) or 1))) as pool:
+        # PBKDF2 releases the GIL: computed beside the reads, not after them
+        fingerprints = slow.submit(secret_fingerprints, state, password_value)
         list(pool.map(read, sorted(files_by_node)))
     from .planner import Facts
 
-    return Facts(drift=drift, unreachable=unreachable,
-                 secret_fingerprints=secret_fingerprints(state, password_value)), transports
+    return Facts(drift=drift, unreachable=unreachable, secret_fingerprints=fingerprints.result()), transports
 
 
 def secret_fingerprints(state: State, password_value: str | None) -> dict[str, str]:
