@@ -31,11 +31,12 @@ def _color() -> bool:
     return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
-def _make_plan(t: Topology, backend: StateBackend, args: argparse.Namespace, *, destroy: bool = False
-               ) -> tuple[Plan, State | None, dict[str, Any]]:
+def _make_plan(t: Topology, backend: StateBackend, args: argparse.Namespace, *, destroy: bool = False,
+               connector: Any = None) -> tuple[Plan, State | None, dict[str, Any]]:
     """Plan, refreshing from the hosts first when asked (or by default once there is
     state). The refresh's connections are returned so apply reuses them: one
-    connection per host for the whole run."""
+    connection per host for the whole run. Given apply's ``connector``, a first apply
+    (nothing to refresh) opens its connections while the plan is made."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
     from . import shell
@@ -47,9 +48,11 @@ def _make_plan(t: Topology, backend: StateBackend, args: argparse.Namespace, *, 
     if (refresh or (refresh is None and state is not None and state.resources)) and not destroy:
         # the hosts' handshakes run while the resources and graph are built (findings item 3)
         starter = ThreadPoolExecutor(1, thread_name_prefix="hyprov-refresh")
-        pending = starter.submit(shell.refresh, t, state or shell.read_or_new(backend), shell.Connector(),
-                                 pw, getattr(args, "parallelism", 64))
+        pending = starter.submit(shell.refresh, t, state or shell.read_or_new(backend),
+                                 connector or shell.Connector(), pw, getattr(args, "parallelism", 64))
         starter.shutdown(wait=False)  # the thread ends with the refresh
+    elif connector is not None and refresh is None and not destroy:
+        connector.connect_early(t.nodes, getattr(args, "parallelism", 64))
     try:
         from . import graph, planner, resources
         from .planner import Facts
@@ -182,6 +185,7 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
     t = _topology(args)
     backend = shell.backend_for(t)
     transports: dict[str, Any] = {}
+    connector = shell.Connector()
     try:
         with shell.locked(backend, args.lock_timeout):
             if getattr(args, "planfile", None):
@@ -189,7 +193,7 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
                 state = backend.read()
                 _check_stale(p, t, state, args.planfile)
             else:
-                p, state, transports = _make_plan(t, backend, args, destroy=destroy)
+                p, state, transports = _make_plan(t, backend, args, destroy=destroy, connector=connector)
                 if not args.json:
                     sys.stdout.write(render.render_text(p, color=_color()))
                 if p.errors:
@@ -202,7 +206,7 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
                     return EXIT_ERROR
             if state is None:
                 state = shell.read_or_new(backend)
-            applier = Applier(t, p, backend, state, connect=shell.Connector(), now=shell.now,
+            applier = Applier(t, p, backend, state, connect=connector, now=shell.now,
                               password=shell.password(t, required=not destroy), secrets=shell.secrets_dir(t),
                               passphrase=shell.passphrase(), parallelism=args.parallelism, emit=_emitter(args),
                               transports=transports)
@@ -210,6 +214,7 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
             result = applier.run()
     finally:
         _close(transports)
+        connector.close_unused()
     c = result.counts
     if result.failed:
         print("\nApply finished with failures:", file=sys.stderr)

@@ -4,9 +4,10 @@ environment. Commands in cli.py compose these; the planner never sees a host."""
 from __future__ import annotations
 
 import os
+import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,12 +90,55 @@ def secrets_dir(t: m.Topology) -> Any:
 
 
 class Connector:
-    """Opens one transport per node for the whole run; known_hosts loaded once."""
+    """Opens one transport per node for the whole run; known_hosts loaded once.
+
+    ``connect_early`` starts SSH connections in the background (a first apply: no
+    refresh to open them, so they are opened while the plan is made); calling the
+    connector for such a node then waits for that connection, or raises its error.
+    """
 
     def __init__(self) -> None:
         self._known_hosts: Any = None
+        self._lock = threading.Lock()
+        self._early: dict[str, Future[Transport]] = {}
+
+    def connect_early(self, nodes: Iterable[m.Node], parallelism: int) -> None:
+        todo = [n for n in nodes if n.connection.type == "ssh"]
+        if not todo:
+            return
+        pool = ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(todo))),
+                                  thread_name_prefix="hyprov-connect")
+        with self._lock:
+            for n in todo:
+                self._early[n.name] = pool.submit(self._connected, n)
+        pool.shutdown(wait=False)  # its threads end with the connects
+
+    def _connected(self, node: m.Node) -> Transport:
+        tr = self._new(node)
+        connect = getattr(tr, "connect", None)
+        if connect is not None:
+            try:
+                connect()
+            except BaseException:
+                tr.close()
+                raise
+        return tr
+
+    def close_unused(self) -> None:
+        """Close the early connections nobody asked for (nodes without changes)."""
+        with self._lock:
+            early, self._early = self._early, {}
+        for fut in early.values():
+            fut.add_done_callback(_close_result)
 
     def __call__(self, node: m.Node) -> Transport:
+        with self._lock:
+            early = self._early.pop(node.name, None)
+        if early is not None:
+            return early.result()
+        return self._new(node)
+
+    def _new(self, node: m.Node) -> Transport:
         c = node.connection
         if c.type == "local":
             from .transports.local import LocalTransport
@@ -103,14 +147,20 @@ class Connector:
             return LocalTransport(node.name, c.root / node.name)
         from .transports.ssh import KnownHosts, SSHParams, SSHTransport
 
-        if self._known_hosts is None:
-            self._known_hosts = KnownHosts()
+        with self._lock:
+            if self._known_hosts is None:
+                self._known_hosts = KnownHosts()
         assert node.address is not None
         return SSHTransport(SSHParams(
             host=node.name, address=node.address, port=c.port, user=c.user, identity_file=c.identity_file,
             known_hosts=c.known_hosts, host_key_policy=c.host_key_policy, become=c.become,
             connect_timeout=c.connect_timeout, proxy_jump=c.proxy_jump,
         ), self._known_hosts)
+
+
+def _close_result(fut: Future[Transport]) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        fut.result().close()
 
 
 def refresh(

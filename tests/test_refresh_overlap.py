@@ -12,7 +12,7 @@ import pytest
 from topo import ENV, local_topology, write
 
 from hyprov import commands, graph, resources, shell
-from hyprov.errors import GraphError
+from hyprov.errors import ConnectError, GraphError
 from hyprov.planner import Facts
 
 
@@ -72,3 +72,58 @@ def test_a_failed_build_closes_the_refresh_connections(setup: Any, monkeypatch: 
     with pytest.raises(GraphError):
         commands._make_plan(t, backend, args)
     assert tr.closed
+
+
+class RecordingConnector:
+    def __init__(self) -> None:
+        self.early: list[str] = []
+
+    def connect_early(self, nodes: Any, parallelism: int) -> None:
+        self.early += [n.name for n in nodes]
+
+
+def test_first_apply_connects_while_the_plan_is_made(setup: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    t, backend, args = setup
+    args.refresh = None  # the default; no state: nothing to refresh
+    connector = RecordingConnector()
+    real_build = resources.build
+
+    def build(topology: Any) -> Any:
+        assert connector.early == ["cp1", "dp1", "dp2"], "connections start before the build"
+        return real_build(topology)
+
+    monkeypatch.setattr(resources, "build", build)
+    commands._make_plan(t, backend, args, connector=connector)
+    # plan (no connector) and destroy never connect early
+    connector.early.clear()
+    monkeypatch.setattr(resources, "build", real_build)
+    commands._make_plan(t, backend, args)
+    commands._make_plan(t, backend, args, destroy=True, connector=connector)
+    assert connector.early == []
+
+
+def test_early_connections_are_claimed_once_and_the_rest_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from concurrent.futures import Future
+
+    made: list[FakeTransport] = []
+
+    def new(self: Any, node: Any) -> FakeTransport:
+        made.append(FakeTransport())
+        return made[-1]
+
+    monkeypatch.setattr(shell.Connector, "_new", new)
+    c = shell.Connector()
+    ok: Future[Any] = Future()
+    ok.set_result(FakeTransport())
+    bad: Future[Any] = Future()
+    bad.set_exception(ConnectError("dp1", "connection refused"))
+    unused: Future[Any] = Future()
+    unused.set_result(FakeTransport())
+    c._early.update({"cp1": ok, "dp1": bad, "dp2": unused})
+    node = argparse.Namespace
+    assert c(node(name="cp1")) is ok.result()
+    with pytest.raises(ConnectError, match="refused"):
+        c(node(name="dp1"))
+    assert c(node(name="dp1")) is made[-1], "a failed early connection is tried again when asked again"
+    c.close_unused()
+    assert unused.result().closed and not ok.result().closed
