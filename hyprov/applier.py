@@ -80,6 +80,7 @@ class Applier:
         parallelism: int = 64,
         emit: Emit = lambda node, msg: None,
         transports: Mapping[str, Transport] | None = None,
+        progress: Emit = lambda node, step: None,
     ) -> None:
         self.t = topology
         self.plan = plan
@@ -97,6 +98,7 @@ class Applier:
         self.passphrase = passphrase
         self.parallelism = max(1, parallelism)
         self.emit = emit
+        self.progress = progress  # what a node is doing now (the live display; not an event)
         self.lock = threading.RLock()
         self.nonce = os.urandom(4).hex()  # in this run's temp file names on the hosts
         self.transports: dict[str, Transport] = dict(transports or {})  # e.g. opened by refresh
@@ -334,6 +336,7 @@ class Applier:
             deletes = [c for c in changes if c.type == "file" and c.action is Action.DELETE]
             firewall = next((c for c in changes if c.type == "firewall"), None)
             if node is None:  # a removed node: only deletes
+                self.progress(name, "deleting files")
                 self._delete_files(name, deletes)
                 if firewall is not None:
                     self._firewall(name, None, firewall)
@@ -343,6 +346,7 @@ class Applier:
             cert_change = next((c for c in changes if c.type == "cert" and c.action is not Action.DELETE), None)
             local_key: bytes | None = None
             if cert_change is not None:
+                self.progress(name, "issuing its certificate")
                 local_key = self._issue_leaf(node, cert_change)
             writes: list[tuple[Change, hs.FileWrite]] = []
             on_node_keys: list[Change] = []
@@ -356,9 +360,11 @@ class Applier:
                 content = self._content(node, after, local_key)
                 writes.append((c, hs.FileWrite(after["path"], content, after["mode"], after.get("owner"),
                                                after.get("group"))))
+            self.progress(name, "connecting")
             tr = self.transport(node)
             written: dict[str, str] = {}
             if writes:
+                self.progress(name, f"writing {len(writes)} file(s)")
                 res = tr.run(hs.write_script([w for _, w in writes], nonce=self.nonce))
                 written = hs.parse_written(res.stdout)
                 if res.exit_status != 0:
@@ -390,6 +396,8 @@ class Applier:
             if firewall is not None:
                 self._firewall(name, node, firewall)
             outcome.status = "files done"
+            self.progress(name, "files written" + (", restart pending" if any(
+                c.type == "service" and c.action in (Action.CREATE, Action.UPDATE) for c in changes) else ""))
             self._save(periodic=True)
         except HyprovError as exc:
             outcome.status, outcome.detail = "failed", str(exc)
@@ -626,6 +634,8 @@ class Applier:
             outcome.restarted_at = self.now().timestamp()
             restart, health = after.get("restart"), after.get("health")
             if restart or health or paths:
+                self.progress(name, "restarting and checking health" if restart and health else
+                              "restarting" if restart else "checking health" if health else "cleaning up")
                 # one channel: restart, health check, then drop or restore the .hyprov-prev files
                 res = tr.run(hs.restart_script(restart, health, paths))
                 steps = hs.parse_steps(res.stdout, res.stderr)

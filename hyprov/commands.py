@@ -28,7 +28,9 @@ def _topology(args: argparse.Namespace) -> Topology:
 
 
 def _color() -> bool:
-    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    from .progress import color_allowed, is_live_terminal
+
+    return is_live_terminal(sys.stdout) and color_allowed()
 
 
 def _make_plan(t: Topology, backend: StateBackend, args: argparse.Namespace, *, destroy: bool = False,
@@ -163,19 +165,19 @@ def _confirm(args: argparse.Namespace, question: str) -> bool:
 
 
 def _emitter(args: argparse.Namespace) -> Any:
-    import threading
+    from . import progress
 
-    lock = threading.Lock()
-    as_json = getattr(args, "json", False)
+    return (progress.JsonLines if getattr(args, "json", False) else progress.PlainLines)(sys.stdout).event
 
-    def emit(node: str, message: str) -> None:
-        with lock:
-            if as_json:
-                print(json.dumps({"node": node, "event": message}), flush=True)
-            else:
-                print(f"{node}: {message}", flush=True)
 
-    return emit
+def _display(args: argparse.Namespace, t: Topology, p: Plan) -> Any:
+    """apply/destroy's output while it runs (hyprov.progress): one line per host on a terminal."""
+    from . import progress
+
+    planned = {c.node for c in p.actionable if c.node}
+    nodes = [n.name for n in t.nodes if n.name in planned]
+    nodes += sorted(planned - set(nodes))  # removed from the topology (destroy, deletes)
+    return progress.for_apply(sys.stdout, nodes, as_json=getattr(args, "json", False))
 
 
 def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dict[str, Any] | None = None) -> int:
@@ -206,12 +208,17 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
                     return EXIT_ERROR
             if state is None:
                 state = shell.read_or_new(backend)
-            applier = Applier(t, p, backend, state, connect=connector, now=shell.now,
-                              password=shell.password(t, required=not destroy), secrets=shell.secrets_dir(t),
-                              passphrase=shell.passphrase(), parallelism=args.parallelism, emit=_emitter(args),
-                              transports=transports)
-            transports = {}  # the applier closes them
-            result = applier.run()
+            display = _display(args, t, p)
+            applier: Applier | None = None
+            try:
+                applier = Applier(t, p, backend, state, connect=connector, now=shell.now,
+                                  password=shell.password(t, required=not destroy), secrets=shell.secrets_dir(t),
+                                  passphrase=shell.passphrase(), parallelism=args.parallelism,
+                                  emit=display.event, progress=display.step, transports=transports)
+                transports = {}  # the applier closes them
+                result = applier.run()
+            finally:
+                display.finish(applier.outcomes if applier is not None else None)
     finally:
         _close(transports)
         connector.close_unused()
