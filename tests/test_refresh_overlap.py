@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from topo import ENV, local_topology, write
 
-from hyprov import commands, graph, resources, shell
+from hyprov import commands, resources, shell
 from hyprov.errors import ConnectError, GraphError
 from hyprov.planner import Facts
 
@@ -65,10 +65,10 @@ def test_a_failed_build_closes_the_refresh_connections(setup: Any, monkeypatch: 
     tr = FakeTransport()
     monkeypatch.setattr(shell, "refresh", lambda *a: (Facts(), {"cp1": tr}))
 
-    def broken(res: Any) -> Any:
+    def broken(topology: Any) -> Any:
         raise GraphError("cycle: a -> b -> a")
 
-    monkeypatch.setattr(graph, "build", broken)
+    monkeypatch.setattr(resources, "build", broken)
     with pytest.raises(GraphError):
         commands._make_plan(t, backend, args)
     assert tr.closed
