@@ -11,6 +11,7 @@ written and cleared only after its restart succeeded.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -79,6 +80,7 @@ class Applier:
         parallelism: int = 64,
         emit: Emit = lambda node, msg: None,
         transports: Mapping[str, Transport] | None = None,
+        progress: Emit = lambda node, step: None,
     ) -> None:
         self.t = topology
         self.plan = plan
@@ -88,6 +90,7 @@ class Applier:
         # so a save never re-reads and re-parses the whole document
         self._written: State | None = state if plan.serial is not None else None
         self._last_save = 0.0
+        self._dirty = False  # the state changed since it was last written
         self.connect_fn = connect
         self.now = now
         self.password = password
@@ -95,7 +98,9 @@ class Applier:
         self.passphrase = passphrase
         self.parallelism = max(1, parallelism)
         self.emit = emit
+        self.progress = progress  # what a node is doing now (the live display; not an event)
         self.lock = threading.RLock()
+        self.nonce = os.urandom(4).hex()  # in this run's temp file names on the hosts
         self.transports: dict[str, Transport] = dict(transports or {})  # e.g. opened by refresh
         self.outcomes: dict[str, NodeOutcome] = {}
         self.counts = {"added": 0, "changed": 0, "destroyed": 0}
@@ -113,25 +118,30 @@ class Applier:
     def _put(self, r: ResourceState) -> None:
         with self.lock:
             self.state = self.state.with_resource(r)
+            self._dirty = True
 
     def _drop(self, address: str) -> None:
         with self.lock:
             if address in self.state.resources:
                 self.state = self.state.without_resource(address)
+                self._dirty = True
 
     def _put_node(self, n: NodeState) -> None:
         with self.lock:
             self.state = self.state.with_node(n)
+            self._dirty = True
 
     def _drop_node(self, name: str) -> None:
         with self.lock:
             if name in self.state.nodes:
                 self.state = self.state.without_node(name)
+                self._dirty = True
 
     def _save(self, *, periodic: bool = False) -> None:
         """Write the state (compare-and-set on the serial this run last wrote).
 
-        ``periodic`` saves (one per node as it finishes its files) are coalesced to at
+        ``periodic`` saves (one per node as it finishes its files, one per DP batch but
+        the last of the rollout) are coalesced to at
         most one per SAVE_INTERVAL: each save serialises the whole state, so one per
         node made a 50-host apply spend a second in saves. Skipping one only ever
         errs safe: a file not yet recorded is rewritten next run with the same
@@ -142,13 +152,17 @@ class Applier:
             if periodic and now - self._last_save < SAVE_INTERVAL:
                 return
             if self._written is not None:
+                if not self._dirty:
+                    return  # nothing recorded since the last write: not even a comparison
                 new = self.state.bump_serial_if_changed(self._written)
-                if new.serial == self._written.serial and new.content_equal(self._written):
-                    return
+                if new.serial == self._written.serial:
+                    self._dirty = False
+                    return  # same content (the serial moves only when it changes)
             else:
                 new = self.state
             self.backend.write(new, self._written.serial if self._written is not None else None)
             self.state = self._written = new
+            self._dirty = False
             self._last_save = time.monotonic()
 
     def _count(self, c: Change) -> None:
@@ -322,6 +336,7 @@ class Applier:
             deletes = [c for c in changes if c.type == "file" and c.action is Action.DELETE]
             firewall = next((c for c in changes if c.type == "firewall"), None)
             if node is None:  # a removed node: only deletes
+                self.progress(name, "deleting files")
                 self._delete_files(name, deletes)
                 if firewall is not None:
                     self._firewall(name, None, firewall)
@@ -331,6 +346,7 @@ class Applier:
             cert_change = next((c for c in changes if c.type == "cert" and c.action is not Action.DELETE), None)
             local_key: bytes | None = None
             if cert_change is not None:
+                self.progress(name, "issuing its certificate")
                 local_key = self._issue_leaf(node, cert_change)
             writes: list[tuple[Change, hs.FileWrite]] = []
             on_node_keys: list[Change] = []
@@ -344,10 +360,12 @@ class Applier:
                 content = self._content(node, after, local_key)
                 writes.append((c, hs.FileWrite(after["path"], content, after["mode"], after.get("owner"),
                                                after.get("group"))))
+            self.progress(name, "connecting")
             tr = self.transport(node)
             written: dict[str, str] = {}
             if writes:
-                res = tr.run(hs.write_script([w for _, w in writes]))
+                self.progress(name, f"writing {len(writes)} file(s)")
+                res = tr.run(hs.write_script([w for _, w in writes], nonce=self.nonce))
                 written = hs.parse_written(res.stdout)
                 if res.exit_status != 0:
                     raise CommandFailed(name, "atomic write of managed files", res.exit_status,
@@ -378,6 +396,8 @@ class Applier:
             if firewall is not None:
                 self._firewall(name, node, firewall)
             outcome.status = "files done"
+            self.progress(name, "files written" + (", restart pending" if any(
+                c.type == "service" and c.action in (Action.CREATE, Action.UPDATE) for c in changes) else ""))
             self._save(periodic=True)
         except HyprovError as exc:
             outcome.status, outcome.detail = "failed", str(exc)
@@ -584,10 +604,12 @@ class Applier:
                 stopped = True
                 break
         batches = [dps[i:i + batch] for i in range(0, len(dps), batch)]
-        for group in ([] if stopped else batches):
+        for i, group in enumerate([] if stopped else batches):
             with ThreadPoolExecutor(max_workers=min(self.parallelism, len(group))) as pool:
                 ok = list(pool.map(lambda n: self._restart_one(n, svc[n]), group))
-            self._save()
+            # coalesced like the file saves (a restart not yet recorded only runs again);
+            # the last batch and a failed one are always written
+            self._save(periodic=i < len(batches) - 1 and all(ok))
             if not all(ok):
                 stopped = True
                 break
@@ -610,21 +632,23 @@ class Applier:
         try:
             tr = self.transport(node)
             outcome.restarted_at = self.now().timestamp()
-            if after.get("restart"):
-                res = tr.run(hs.in_root(after["restart"]))
-                if res.exit_status != 0:
-                    raise CommandFailed(name, after["restart"], res.exit_status, res.stderr.decode(errors="replace"))
-            if after.get("health"):
-                res = tr.run(hs.in_root(after["health"]))
-                if res.exit_status != 0:
-                    self.emit(name, "health check failed: putting the previous files back")
-                    tr.run(hs.restore_script(paths))
-                    if after.get("restart"):
-                        tr.run(hs.in_root(after["restart"]))
-                    raise CommandFailed(name, f"health check ({after['health']})", res.exit_status,
-                                        (res.stderr or res.stdout).decode(errors="replace"))
-            if paths:
-                tr.run(hs.drop_prev_script(paths))
+            restart, health = after.get("restart"), after.get("health")
+            if restart or health or paths:
+                self.progress(name, "restarting and checking health" if restart and health else
+                              "restarting" if restart else "checking health" if health else "cleaning up")
+                # one channel: restart, health check, then drop or restore the .hyprov-prev files
+                res = tr.run(hs.restart_script(restart, health, paths))
+                steps = hs.parse_steps(res.stdout, res.stderr)
+                ran = steps.status
+                if res.exit_status != 0 or (restart and "restart" not in ran) or (
+                        health and ran.get("restart", 0) == 0 and "health" not in ran):
+                    raise CommandFailed(name, "restart and health check", res.exit_status,
+                                        res.stderr.decode(errors="replace"))
+                if ran.get("restart", 0) != 0:
+                    raise CommandFailed(name, str(restart), ran["restart"], steps.output("restart"))
+                if health and ran["health"] != 0:
+                    self.emit(name, "health check failed: " + _restored(ran))
+                    raise CommandFailed(name, f"health check ({health})", ran["health"], steps.output("health"))
         except HyprovError as exc:
             outcome.status, outcome.detail = "failed", str(exc)
             self.emit(name, f"failed: {exc}")
@@ -650,6 +674,16 @@ class Applier:
         for o in self.outcomes.values():
             if o.status == "files done":
                 o.status = "done"
+
+
+def _restored(ran: Mapping[str, int]) -> str:
+    """What the restart script did after a failed health check."""
+    text = ("put the previous files back" if ran.get("restore") == 0 else
+            f"putting the previous files back failed (exit {ran.get('restore', '?')})")
+    again = ran.get("restart-again")
+    if again is not None:
+        text += " and restarted" if again == 0 else f", then the restart failed (exit {again})"
+    return text
 
 
 def _cert_attrs(info: Any) -> dict[str, Any]:

@@ -28,26 +28,46 @@ def _topology(args: argparse.Namespace) -> Topology:
 
 
 def _color() -> bool:
-    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    from .progress import color_allowed, is_live_terminal
+
+    return is_live_terminal(sys.stdout) and color_allowed()
 
 
-def _make_plan(t: Topology, backend: StateBackend, args: argparse.Namespace, *, destroy: bool = False
-               ) -> tuple[Plan, State | None, dict[str, Any]]:
+def _make_plan(t: Topology, backend: StateBackend, args: argparse.Namespace, *, destroy: bool = False,
+               connector: Any = None) -> tuple[Plan, State | None, dict[str, Any]]:
     """Plan, refreshing from the hosts first when asked (or by default once there is
     state). The refresh's connections are returned so apply reuses them: one
-    connection per host for the whole run."""
-    from . import planner, resources, shell
-    from .planner import Facts
+    connection per host for the whole run. Given apply's ``connector``, a first apply
+    (nothing to refresh) opens its connections while the plan is made."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from . import shell
 
     state = backend.read()
-    res = resources.build(t)
     pw = shell.password(t) if not destroy else shell.password(t, required=False)
+    refresh = getattr(args, "refresh", None)
+    pending: Future[tuple[Any, dict[str, Any]]] | None = None
+    if (refresh or (refresh is None and state is not None and state.resources)) and not destroy:
+        # the hosts' handshakes run while the resources and graph are built (findings item 3)
+        starter = ThreadPoolExecutor(1, thread_name_prefix="hyprov-refresh")
+        pending = starter.submit(shell.refresh, t, state or shell.read_or_new(backend),
+                                 connector or shell.Connector(), pw, getattr(args, "parallelism", 64))
+        starter.shutdown(wait=False)  # the thread ends with the refresh
+    elif connector is not None and refresh is None and not destroy:
+        connector.connect_early(t.nodes, getattr(args, "parallelism", 64))
+    try:
+        from . import planner, resources
+        from .planner import Facts
+
+        res = resources.build(t)
+    except BaseException:
+        if pending is not None:
+            _close(_settled(pending))
+        raise
     facts = Facts()
     transports: dict[str, Any] = {}
-    refresh = getattr(args, "refresh", None)
-    if (refresh or (refresh is None and state is not None and state.resources)) and not destroy:
-        facts, transports = shell.refresh(t, state or shell.read_or_new(backend), shell.Connector(), pw,
-                                          getattr(args, "parallelism", 64))
+    if pending is not None:
+        facts, transports = pending.result()
         if refresh is None and facts.unreachable and len(facts.unreachable) == len(t.nodes):
             print("hyprov: warning: no node is reachable: planning from the recorded state only "
                   "(--refresh makes this an error)", file=sys.stderr)
@@ -57,6 +77,14 @@ def _make_plan(t: Topology, backend: StateBackend, args: argparse.Namespace, *, 
     p = planner.plan(res, None, state, shell.now(), topology_digest=t.digest, facts=facts,
                      targets=tuple(getattr(args, "target", None) or ()), destroy=destroy)
     return p, state, transports
+
+
+def _settled(pending: Any) -> dict[str, Any]:
+    """The connections a background refresh opened (none if it failed)."""
+    try:
+        return dict(pending.result()[1])
+    except Exception:
+        return {}
 
 
 def _close(transports: dict[str, Any]) -> None:
@@ -136,19 +164,19 @@ def _confirm(args: argparse.Namespace, question: str) -> bool:
 
 
 def _emitter(args: argparse.Namespace) -> Any:
-    import threading
+    from . import progress
 
-    lock = threading.Lock()
-    as_json = getattr(args, "json", False)
+    return (progress.JsonLines if getattr(args, "json", False) else progress.PlainLines)(sys.stdout).event
 
-    def emit(node: str, message: str) -> None:
-        with lock:
-            if as_json:
-                print(json.dumps({"node": node, "event": message}), flush=True)
-            else:
-                print(f"{node}: {message}", flush=True)
 
-    return emit
+def _display(args: argparse.Namespace, t: Topology, p: Plan) -> Any:
+    """apply/destroy's output while it runs (hyprov.progress): one line per host on a terminal."""
+    from . import progress
+
+    planned = {c.node for c in p.actionable if c.node}
+    nodes = [n.name for n in t.nodes if n.name in planned]
+    nodes += sorted(planned - set(nodes))  # removed from the topology (destroy, deletes)
+    return progress.for_apply(sys.stdout, nodes, as_json=getattr(args, "json", False))
 
 
 def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dict[str, Any] | None = None) -> int:
@@ -158,6 +186,7 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
     t = _topology(args)
     backend = shell.backend_for(t)
     transports: dict[str, Any] = {}
+    connector = shell.Connector()
     try:
         with shell.locked(backend, args.lock_timeout):
             if getattr(args, "planfile", None):
@@ -165,7 +194,7 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
                 state = backend.read()
                 _check_stale(p, t, state, args.planfile)
             else:
-                p, state, transports = _make_plan(t, backend, args, destroy=destroy)
+                p, state, transports = _make_plan(t, backend, args, destroy=destroy, connector=connector)
                 if not args.json:
                     sys.stdout.write(render.render_text(p, color=_color()))
                 if p.errors:
@@ -178,14 +207,20 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
                     return EXIT_ERROR
             if state is None:
                 state = shell.read_or_new(backend)
-            applier = Applier(t, p, backend, state, connect=shell.Connector(), now=shell.now,
-                              password=shell.password(t, required=not destroy), secrets=shell.secrets_dir(t),
-                              passphrase=shell.passphrase(), parallelism=args.parallelism, emit=_emitter(args),
-                              transports=transports)
-            transports = {}  # the applier closes them
-            result = applier.run()
+            display = _display(args, t, p)
+            applier: Applier | None = None
+            try:
+                applier = Applier(t, p, backend, state, connect=connector, now=shell.now,
+                                  password=shell.password(t, required=not destroy), secrets=shell.secrets_dir(t),
+                                  passphrase=shell.passphrase(), parallelism=args.parallelism,
+                                  emit=display.event, progress=display.step, transports=transports)
+                transports = {}  # the applier closes them
+                result = applier.run()
+            finally:
+                display.finish(applier.outcomes if applier is not None else None)
     finally:
         _close(transports)
+        connector.close_unused()
     c = result.counts
     if result.failed:
         print("\nApply finished with failures:", file=sys.stderr)

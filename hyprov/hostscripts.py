@@ -1,23 +1,36 @@
 """Commands are data: the shell scripts the applier sends to a node (pure).
 
 One script per step and host keeps round trips down (pyinfra#17): one batched
-read for refresh, one batched atomic write. Paths are prefixed with
-``$HYPROV_ROOT`` (empty on a real host, ROOT/NODE for the local connection).
+read for refresh, one batched atomic write, one restart script (restart, health
+check, then the removal of ``.hyprov-prev`` or the restore). Paths are prefixed
+with ``$HYPROV_ROOT`` (empty on a real host, ROOT/NODE for the local connection).
 
-Atomic write of each file: a temp file in the target directory (mktemp: 0600
-from birth), content, owner/group, mode, fsync, a hard link of the old file to
-``.hyprov-prev``, then rename over the target, then fsync of the directory.
-A SIGKILL at any point leaves the old file or the new one, never a mix.
+Host-side processes are counted too: each fork/exec costs the host a few ms of
+CPU, and 50 hosts share a controller's network and often its machine. So the
+scripts batch: one ``sha256sum`` and one ``stat`` for all the files a read
+looks at, and a write runs one ``mkdir``, one ``chown`` per owner, one
+``chmod`` per mode, one ``sync`` for the temp files, an ``ln``/``mv`` per file,
+one ``sync`` for the directories and one ``sha256sum`` (content is written by
+the shell's own ``printf``, not a ``base64`` process, unless it is binary).
+
+Atomic write of each file: a temp file in the target directory, created 0600
+and exclusively (``set -C``: O_EXCL), content, owner/group, mode, fsync, a
+hard link of the old file to ``.hyprov-prev``, then rename over the target,
+then fsync of the directory, then the digest read back. A SIGKILL at any point
+leaves each target old or new, never a mix; a failure before the renames
+removes the temp files.
 """
 
 from __future__ import annotations
 
 import base64
+import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 PREV_SUFFIX = ".hyprov-prev"
+TMP_PREFIX = ".hyprov-tmp."
 
 
 @dataclass(frozen=True)
@@ -30,52 +43,139 @@ class FileWrite:
 
 
 _PRELUDE = 'set -eu\numask 077\nR="${HYPROV_ROOT:-}"\n'
-
-_WRITE_FN = r"""
-hyprov_write() {  # path mode owner group
-  d=$(dirname "$R$1")
-  [ -d "$d" ] || { (umask 022; mkdir -p "$d"); }
-  t=$(mktemp "$d/.hyprov-tmp.XXXXXX")
-  base64 -d > "$t"
-  if [ -n "$3" ]; then chown "$3${4:+:$4}" "$t"; elif [ -n "$4" ]; then chgrp "$4" "$t"; fi
-  chmod "$2" "$t"
-  sync "$t"
-  if [ -e "$R$1" ]; then ln -f "$R$1" "$R$1.hyprov-prev"; fi
-  mv -f "$t" "$R$1"
-  sync "$d"
-  printf 'W %s %s\n' "$(sha256sum < "$R$1" | cut -d' ' -f1)" "$1"
-}
-"""
+_NONCE = re.compile(r"[A-Za-z0-9]*")
 
 
-def write_script(files: Sequence[FileWrite]) -> str:
-    parts = [_PRELUDE, _WRITE_FN]
+def _q(s: str) -> str:
+    return shlex.quote(s)
+
+
+def _rooted(path: str) -> str:
+    """``"$R"/etc/kong/kong.conf``: the host path under $HYPROV_ROOT."""
+    return '"$R"' + _q(path)
+
+
+def _dir(path: str) -> str:
+    return path.rpartition("/")[0] or "/"
+
+
+def _sum(paths: Iterable[str]) -> str:
+    """One sha256sum for all ``paths``, named relative to the root (``./etc/...``) so the
+    output does not depend on $HYPROV_ROOT; the subshell's fork is the one exec needs anyway."""
+    return '(cd "$R/" && exec sha256sum ' + " ".join("." + _q(p) for p in paths) + ")"
+
+
+def _literal(content: bytes) -> str | None:
+    """Shell text whose ``printf %s`` output is ``content``; None when the shell cannot carry
+    it (NUL bytes, or not UTF-8: the script itself travels as UTF-8 text)."""
+    if b"\0" in content:
+        return None
+    try:
+        return _q(content.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None
+
+
+def write_script(files: Sequence[FileWrite], nonce: str = "") -> str:
+    """Install ``files`` atomically in one script; prints ``DIGEST  ./PATH`` per file
+    (sha256sum's format, read back from the installed target) for :func:`parse_written`.
+
+    ``nonce`` (letters and digits) goes into the temp names beside ``$$``, so that
+    a temp file left by a killed run can never collide with this run's.
+    """
+    if not files:
+        return _PRELUDE
+    if not _NONCE.fullmatch(nonce):
+        raise ValueError(f"nonce must be letters and digits: {nonce!r}")
+    tag = f"$$.{nonce}" if nonce else "$$"
+    out = [_PRELUDE, "hyprov_write() {\n"]
+    dirs = sorted({_dir(f.path) for f in files})
+    # directories: one mkdir (0755, parents too) for those missing
+    out.append("  set --\n")
+    out.append(f"  for d in {' '.join(_q(d) for d in dirs)}; do [ -d \"$R$d\" ] || set -- \"$@\" \"$R$d\"; done\n")
+    out.append('  if [ $# -gt 0 ]; then umask 022; mkdir -p "$@"; umask 077; fi\n')
+    temps = [f"\"$t{i}\"" for i in range(len(files))]
+    for i, f in enumerate(files):
+        out.append(f"  t{i}={_rooted(_dir(f.path))}\"/{TMP_PREFIX}{tag}.{i}\"\n")
+    out.append(f"  trap 'rm -f {' '.join(temps)}' EXIT\n")  # any failure before the renames
+    out.append("  set -C\n")  # temp files are created exclusively (O_EXCL), 0600 by the umask
+    for i, f in enumerate(files):
+        text = _literal(f.content)
+        if text is not None:
+            out.append(f"  printf %s {text} > \"$t{i}\"\n")
+        else:
+            b64 = base64.encodebytes(f.content).decode()
+            out.append(f"  base64 -d > \"$t{i}\" <<'HYPROV_EOF'\n{b64}HYPROV_EOF\n")
+    out.append("  set +C\n")
+    owners: dict[tuple[str, str], list[str]] = {}
+    modes: dict[str, list[str]] = {}
+    for i, f in enumerate(files):
+        if f.owner or f.group:
+            owners.setdefault((f.owner or "", f.group or ""), []).append(temps[i])
+        if int(f.mode, 8) != 0o600:  # created 0600 already
+            modes.setdefault(f.mode, []).append(temps[i])
+    for (owner, group), ts in owners.items():
+        if owner:
+            out.append(f"  chown {_q(owner + (':' + group if group else ''))} {' '.join(ts)}\n")
+        else:
+            out.append(f"  chgrp {_q(group)} {' '.join(ts)}\n")
+    for mode, ts in modes.items():  # after chown, which may clear set-id bits
+        out.append(f"  chmod {_q(mode)} {' '.join(ts)}\n")
+    out.append(f"  sync {' '.join(temps)}\n")
     for f in files:
-        args = " ".join(shlex.quote(a) for a in (f.path, f.mode, f.owner or "", f.group or ""))
-        b64 = base64.encodebytes(f.content).decode()
-        parts.append(f"hyprov_write {args} <<'HYPROV_EOF'\n{b64}HYPROV_EOF\n")
-    return "".join(parts)
+        p = _rooted(f.path)
+        out.append(f"  if [ -e {p} ]; then ln -f {p} {_rooted(f.path + PREV_SUFFIX)}; fi\n")
+    for i, f in enumerate(files):
+        out.append(f"  mv -f \"$t{i}\" {_rooted(f.path)}\n")
+    out.append("  trap - EXIT\n")
+    out.append(f"  sync {' '.join(_rooted(d) for d in dirs)}\n")
+    out.append(f"  {_sum(f.path for f in files)}\n")
+    out.append("}\nhyprov_write\n")
+    return "".join(out)
 
 
-def parse_written(stdout: bytes) -> dict[str, str]:
-    out = {}
-    for line in stdout.decode(errors="replace").splitlines():
-        if line.startswith("W "):
-            _, digest, path = line.split(" ", 2)
-            out[path] = digest
+_SUM_LINE = re.compile(r"^(\\?)([0-9a-f]{64}) [ *]\./(.*)$")
+
+
+def _unescape(name: str) -> str:
+    """sha256sum's escaping of a name holding a backslash or a newline."""
+    return re.sub(r"\\(.)", lambda m: {"n": "\n", "r": "\r"}.get(m.group(1), m.group(1)), name)
+
+
+def _sums(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        m = _SUM_LINE.match(line)
+        if m:
+            name = "/" + (_unescape(m.group(3)) if m.group(1) else m.group(3))
+            out[name] = m.group(2)
     return out
 
 
+def parse_written(stdout: bytes) -> dict[str, str]:
+    """path -> digest of the installed file, from :func:`write_script`'s output."""
+    return _sums(stdout.decode(errors="replace"))
+
+
 def read_script(paths: Sequence[str]) -> str:
-    """Facts for refresh: per path ``F digest mode owner group path`` or ``M path`` (missing)."""
+    """Facts for refresh in one sha256sum and one stat for all files: ``M path`` for a
+    missing file, else a digest line and ``S mode owner group ./path`` (see parse_read)."""
     lines = [_PRELUDE.replace("set -eu", "set -u")]
-    for p in paths:
-        q = shlex.quote(p)
-        lines.append(
-            f'if [ -f "$R"{q} ]; then printf "F %s %s %s\\n" "$(sha256sum < "$R"{q} | cut -d" " -f1)" '
-            f'"$(stat -c "%a %U %G" "$R"{q})" {q}; else printf "M %s\\n" {q}; fi'
-        )
-    return "\n".join(lines) + "\n"
+    if not paths:
+        return lines[0]
+    lines.append(
+        "hyprov_read() {\n"
+        "  set --\n"
+        f"  for p in {' '.join(_q(p) for p in paths)}; do\n"
+        '    if [ -f "$R$p" ]; then set -- "$@" ".$p"; else printf \'M %s\\n\' "$p"; fi\n'
+        "  done\n"
+        "  [ $# -gt 0 ] || return 0\n"
+        '  (cd "$R/" && exec sha256sum "$@") || :\n'
+        "  (cd \"$R/\" && exec stat -c 'S %a %U %G %n' \"$@\") || :\n"
+        "}\n"
+        "hyprov_read\n"
+    )
+    return "".join(lines)
 
 
 @dataclass(frozen=True)
@@ -88,39 +188,117 @@ class FileFact:
 
 
 def parse_read(stdout: bytes) -> dict[str, FileFact]:
+    text = stdout.decode(errors="replace")
+    digests = _sums(text)
+    stats: dict[str, tuple[str, str, str]] = {}
     out: dict[str, FileFact] = {}
-    for line in stdout.decode(errors="replace").splitlines():
-        if line.startswith("F "):
-            _, digest, mode, owner, group, path = line.split(" ", 5)
-            out[path] = FileFact(True, digest, mode.zfill(4), owner, group)
+    for line in text.splitlines():
+        if line.startswith("S "):
+            parts = line.split(" ", 4)
+            if len(parts) == 5 and parts[4].startswith("./"):
+                stats[parts[4][1:]] = (parts[1].zfill(4), parts[2], parts[3])
         elif line.startswith("M "):
             out[line[2:]] = FileFact(False)
+    for path in digests.keys() | stats.keys():
+        mode, owner, group = stats.get(path, (None, None, None))
+        out[path] = FileFact(True, digests.get(path), mode, owner, group)
     return out
 
 
 def delete_script(paths: Sequence[str]) -> str:
-    lines = [_PRELUDE]
-    for p in paths:
-        q = shlex.quote(p)
-        lines.append(f'rm -f "$R"{q} "$R"{q}{PREV_SUFFIX}')
-    return "\n".join(lines) + "\n"
+    if not paths:
+        return _PRELUDE
+    args = " ".join(f"{_rooted(p)} {_rooted(p + PREV_SUFFIX)}" for p in paths)
+    return f"{_PRELUDE}rm -f {args}\n"
 
 
-def restore_script(paths: Sequence[str]) -> str:
-    """Put back each file's ``.hyprov-prev`` (after a failed health check)."""
-    lines = [_PRELUDE]
-    for p in paths:
-        q = shlex.quote(p)
-        lines.append(f'if [ -e "$R"{q}{PREV_SUFFIX} ]; then mv -f "$R"{q}{PREV_SUFFIX} "$R"{q}; fi')
-    return "\n".join(lines) + "\n"
-
-
-def drop_prev_script(paths: Sequence[str]) -> str:
-    lines = [_PRELUDE] + [f'rm -f "$R"{shlex.quote(p)}{PREV_SUFFIX}' for p in paths]
-    return "\n".join(lines) + "\n"
+def _drop_prev(paths: Sequence[str], indent: str) -> str:
+    """One rm for the ``.hyprov-prev`` files that exist (none after a first install)."""
+    if not paths:
+        return ""
+    return (f"{indent}set --\n"
+            f"{indent}for p in {' '.join(_q(p + PREV_SUFFIX) for p in paths)}; do "
+            '[ ! -e "$R$p" ] || set -- "$@" "$R$p"; done\n'
+            f'{indent}[ $# -eq 0 ] || rm -f "$@"\n')
 
 
 def in_root(command: str) -> str:
     """A user command (restart, health, migrations) run as is; the local connection
     runs it with the node's directory as working directory."""
     return 'R="${HYPROV_ROOT:-}"\n' + command + "\n"
+
+
+# ---------------------------------------------------------------- restart + health
+
+STEP_MARK = "@@hyprov-step "
+RESULT_MARK = "@@hyprov-exit "
+
+
+def restart_script(restart: str | None, health: str | None, paths: Sequence[str]) -> str:
+    """A node's whole restart in one script (one channel): the restart command, then the
+    health command; healthy: remove the ``.hyprov-prev`` files; unhealthy: put them back
+    and run the restart command again. Each user command runs in a subshell (its
+    ``exit`` ends only itself) exactly as :func:`in_root` would run it; each step's exit
+    status is printed on stdout, and its output is delimited on both streams by step
+    marks, for :func:`parse_steps`. Steps: restart, health, drop, restore, restart-again.
+    """
+    out = [
+        'R="${HYPROV_ROOT:-}"\n',
+        f"hyprov_step() {{ printf '\\n{STEP_MARK}%s\\n' \"$1\"; printf '\\n{STEP_MARK}%s\\n' \"$1\" >&2; }}\n",
+        f"hyprov_exit() {{ printf '\\n{RESULT_MARK}%s %s\\n' \"$1\" \"$2\"; }}\n",
+        "hyprov_restart() {\n  :\n",
+    ]
+    if restart:
+        out.append(f"  hyprov_step restart\n  (\n{restart}\n  )\n  rc=$?; hyprov_exit restart $rc\n"
+                   "  [ $rc -eq 0 ] || return 0\n")
+    if health:
+        out.append(f"  hyprov_step health\n  (\n{health}\n  )\n  rc=$?; hyprov_exit health $rc\n")
+        out.append("  if [ $rc -ne 0 ]; then\n    hyprov_step restore\n    rc=0\n")
+        out += [f"    if [ -e {_rooted(p + PREV_SUFFIX)} ]; then mv -f {_rooted(p + PREV_SUFFIX)} {_rooted(p)} || rc=$?; fi\n"
+                for p in paths]
+        out.append("    hyprov_exit restore $rc\n")
+        if restart:
+            out.append(f"    hyprov_step restart-again\n    (\n{restart}\n    )\n    hyprov_exit restart-again $?\n")
+        out.append("    return 0\n  fi\n")
+    if paths:
+        out.append("  hyprov_step drop\n")
+        out.append(_drop_prev(paths, "  "))
+        out.append("  hyprov_exit drop $?\n")
+    out.append("}\nhyprov_restart\n")
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class Steps:
+    """What :func:`restart_script` reported: exit status and output of each step run."""
+
+    status: Mapping[str, int]
+    stdout: Mapping[str, str]
+    stderr: Mapping[str, str]
+
+    def output(self, step: str) -> str:
+        """The step's stderr, else its stdout (what a failure message shows)."""
+        return self.stderr.get(step, "").strip() or self.stdout.get(step, "").strip()
+
+
+def _segments(text: str, with_results: bool) -> tuple[dict[str, str], dict[str, int]]:
+    parts: dict[str, list[str]] = {}
+    status: dict[str, int] = {}
+    current = ""
+    for line in text.split("\n"):
+        if line.startswith(STEP_MARK):
+            current = line[len(STEP_MARK):].strip()
+            continue
+        if with_results and line.startswith(RESULT_MARK):
+            step, _, code = line[len(RESULT_MARK):].partition(" ")
+            if code.strip().lstrip("-").isdigit():
+                status[step] = int(code)
+            continue
+        parts.setdefault(current, []).append(line)
+    return {k: "\n".join(v).strip("\n") for k, v in parts.items()}, status
+
+
+def parse_steps(stdout: bytes, stderr: bytes) -> Steps:
+    out, status = _segments(stdout.decode(errors="replace"), True)
+    err, _ = _segments(stderr.decode(errors="replace"), False)
+    return Steps(status, out, err)

@@ -4,9 +4,10 @@ environment. Commands in cli.py compose these; the planner never sees a host."""
 from __future__ import annotations
 
 import os
+import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -90,12 +91,55 @@ def secrets_dir(t: m.Topology) -> Any:
 
 
 class Connector:
-    """Opens one transport per node for the whole run; known_hosts loaded once."""
+    """Opens one transport per node for the whole run; known_hosts loaded once.
+
+    ``connect_early`` starts SSH connections in the background (a first apply: no
+    refresh to open them, so they are opened while the plan is made); calling the
+    connector for such a node then waits for that connection, or raises its error.
+    """
 
     def __init__(self) -> None:
         self._known_hosts: Any = None
+        self._lock = threading.Lock()
+        self._early: dict[str, Future[Transport]] = {}
+
+    def connect_early(self, nodes: Iterable[m.Node], parallelism: int) -> None:
+        todo = [n for n in nodes if n.connection.type == "ssh"]
+        if not todo:
+            return
+        pool = ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(todo))),
+                                  thread_name_prefix="hyprov-connect")
+        with self._lock:
+            for n in todo:
+                self._early[n.name] = pool.submit(self._connected, n)
+        pool.shutdown(wait=False)  # its threads end with the connects
+
+    def _connected(self, node: m.Node) -> Transport:
+        tr = self._new(node)
+        connect = getattr(tr, "connect", None)
+        if connect is not None:
+            try:
+                connect()
+            except BaseException:
+                tr.close()
+                raise
+        return tr
+
+    def close_unused(self) -> None:
+        """Close the early connections nobody asked for (nodes without changes)."""
+        with self._lock:
+            early, self._early = self._early, {}
+        for fut in early.values():
+            fut.add_done_callback(_close_result)
 
     def __call__(self, node: m.Node) -> Transport:
+        with self._lock:
+            early = self._early.pop(node.name, None)
+        if early is not None:
+            return early.result()
+        return self._new(node)
+
+    def _new(self, node: m.Node) -> Transport:
         c = node.connection
         if c.type == "local":
             from .transports.local import LocalTransport
@@ -104,14 +148,20 @@ class Connector:
             return LocalTransport(node.name, c.root / node.name)
         from .transports.ssh import KnownHosts, SSHParams, SSHTransport
 
-        if self._known_hosts is None:
-            self._known_hosts = KnownHosts()
+        with self._lock:
+            if self._known_hosts is None:
+                self._known_hosts = KnownHosts()
         assert node.address is not None
         return SSHTransport(SSHParams(
             host=node.name, address=node.address, port=c.port, user=c.user, identity_file=c.identity_file,
             known_hosts=c.known_hosts, host_key_policy=c.host_key_policy, become=c.become,
             connect_timeout=c.connect_timeout, proxy_jump=c.proxy_jump,
         ), self._known_hosts)
+
+
+def _close_result(fut: Future[Transport]) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        fut.result().close()
 
 
 def refresh(
@@ -123,11 +173,10 @@ def refresh(
 ) -> tuple[Facts, dict[str, Transport]]:
     """Read every managed file's digest, mode and owner in ONE command per host and
     judge drift against the state. Unreachable hosts are reported, not fatal."""
+    # only what the connections need is imported before they start (the planner's and
+    # applier's imports may be under way in the main thread meanwhile: _make_plan)
     from . import hostscripts as hs
     from . import nftables
-    from .applier import secret_content
-    from .planner import Facts
-    from .resources import sha256
 
     # every declared node is probed (an unreachable one is reported even before it has files)
     files_by_node: dict[str, list[Any]] = {n.name: [] for n in t.nodes}
@@ -158,6 +207,9 @@ def refresh(
         except HyprovError as exc:
             unreachable[name] = str(exc).removeprefix(f"{name}: ")
             return
+        from .applier import secret_content
+        from .resources import sha256
+
         facts = hs.parse_read(res.stdout)
         for r in records:
             a = r.attrs
@@ -186,10 +238,14 @@ def refresh(
             if reason is not None:
                 drift[fw.address] = reason
 
-    with ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(files_by_node) or 1))) as pool:
+    with ThreadPoolExecutor(max_workers=1) as slow, \
+            ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(files_by_node) or 1))) as pool:
+        # PBKDF2 releases the GIL: computed beside the reads, not after them
+        fingerprints = slow.submit(secret_fingerprints, state, password_value)
         list(pool.map(read, sorted(files_by_node)))
-    return Facts(drift=drift, unreachable=unreachable,
-                 secret_fingerprints=secret_fingerprints(state, password_value)), transports
+    from .planner import Facts
+
+    return Facts(drift=drift, unreachable=unreachable, secret_fingerprints=fingerprints.result()), transports
 
 
 def secret_fingerprints(state: State, password_value: str | None) -> dict[str, str]:

@@ -564,6 +564,27 @@ def test_ssh_config_fills_hostname_user_port_identity(ssh_hosts_factory: Factory
         wrong_port.connect()
 
 
+def test_invoke_is_loaded_only_for_match_exec(tmp_path: Path) -> None:
+    """paramiko imports invoke (~0.1 s) only for ssh_config's "Match exec": hyprov holds
+    it back at import and loads it when a config file needs it."""
+    plain, with_exec = tmp_path / "plain", tmp_path / "exec"
+    plain.write_text("Host web1\n  HostName 192.0.2.1\n")
+    with_exec.write_text('Match exec "test -n x"\n  HostName 192.0.2.7\n  Port 2222\n')
+    code = (
+        "import sys\n"
+        "import hyprov.transports.ssh as s\n"
+        "assert 'invoke' not in sys.modules\n"
+        "assert s._load_ssh_config('h', sys.argv[1]).lookup('web1')['hostname'] == '192.0.2.1'\n"
+        "assert 'invoke' not in sys.modules\n"
+        "opts = s._load_ssh_config('h', sys.argv[2]).lookup('web1')\n"
+        "print(opts['hostname'], opts['port'])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(plain), str(with_exec)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["192.0.2.7", "2222"]
+
+
 def test_proxy_jump_through_a_bastion(ssh_hosts_factory: Factory, tmp_path: Path) -> None:
     hosts = ssh_hosts_factory(3)
     bastion, target, target2 = hosts

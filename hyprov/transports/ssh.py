@@ -45,18 +45,30 @@ import re
 import select
 import shlex
 import socket
+import sys
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
 
-import paramiko
-from paramiko.common import cMSG_CHANNEL_DATA
-from paramiko.message import Message
+# paramiko.config imports invoke (~0.1 s of CPU on every run: invoke, its vendored
+# YAML...) only to run the "Match exec" lines of an ssh_config. Hold it back while
+# paramiko loads; _load_ssh_config imports it when a config file has such a line.
+_HOLD_INVOKE = "invoke" not in sys.modules
+if _HOLD_INVOKE:
+    sys.modules["invoke"] = None  # type: ignore[assignment]  # "import invoke" fails at once
+try:
+    import paramiko
+    import paramiko.config
+    from paramiko.common import cMSG_CHANNEL_DATA
+    from paramiko.message import Message
+finally:
+    if _HOLD_INVOKE and "invoke" in sys.modules and sys.modules["invoke"] is None:
+        del sys.modules["invoke"]
 
-from hyprov.errors import ConnectError, HostKeyError, TransportError
-from hyprov.transports.base import CommandResult
+from hyprov.errors import ConnectError, HostKeyError, TransportError  # noqa: E402
+from hyprov.transports.base import CommandResult  # noqa: E402
 
 __all__ = ["KnownHosts", "SSHParams", "SSHTransport", "fingerprint"]
 
@@ -287,6 +299,18 @@ class KnownHosts:
 
 _config_cache: dict[tuple[str, int, int], paramiko.SSHConfig] = {}
 _config_lock = threading.Lock()
+_MATCH_EXEC = re.compile(r"^\s*match\b.*\bexec\b", re.IGNORECASE | re.MULTILINE)
+
+
+def _load_invoke() -> None:
+    """What paramiko needs for "Match exec" (held back at import, see the top)."""
+    config: Any = paramiko.config
+    if config.invoke is None:
+        try:
+            import invoke
+        except ImportError:
+            return  # paramiko raises its own error when it evaluates the line
+        config.invoke = invoke
 
 
 def _load_ssh_config(host: str, path: str | None) -> paramiko.SSHConfig | None:
@@ -306,6 +330,9 @@ def _load_ssh_config(host: str, path: str | None) -> paramiko.SSHConfig | None:
         if cfg is None:
             try:
                 cfg = paramiko.SSHConfig.from_path(full)
+                with open(full, encoding="utf-8", errors="replace") as fh:
+                    if _MATCH_EXEC.search(fh.read()):
+                        _load_invoke()
             except (paramiko.SSHException, OSError, ValueError) as exc:
                 raise ConnectError(host, f"cannot parse ssh config {full}: {exc}") from exc
             _config_cache[cache_key] = cfg
