@@ -117,7 +117,7 @@ class Tracker:
     old: dict[str, Any] = field(default_factory=dict)  # the root being replaced
     new: dict[str, Any] = field(default_factory=dict)  # the new root (empty before phase 1 ran)
     waiting: list[str] = field(default_factory=list)  # what keeps the phase from completing
-    reissue: int = 0
+    reissued: set[str] = field(default_factory=set)  # chains this plan moves to the new root
     _leaf_files: dict[str, Mapping[str, Any]] | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------ planner hooks
@@ -138,7 +138,7 @@ class Tracker:
         root = self._root_attrs()
         if chain_root(recorded, root) == self.new.get("fingerprint"):
             return action, reason
-        self.reissue += 1
+        self.reissued.add(r.address)
         why = f"Root CA rotation phase 2 of 3 (reissue): reissued under the new root ({_short(self.new)})"
         if action is Action.REPLACE and reason and not reason.startswith("issuer "):
             return action, f"{reason}; {why}"  # keep the own reason (the applier reads key_type in it)
@@ -175,8 +175,8 @@ class Tracker:
 
     def _root(self, recorded: Mapping[str, Any], action: Action, reason: str | None, keys: list[str]
               ) -> tuple[Action, str | None]:
-        if not recorded or not recorded.get("fingerprint") or any(
-                r.type == "ca" and r.attrs.get("external") for r in self.desired.values()):
+        cas = [r for a in ("ca.root", *(f"ca.intermediate[{i}]" for i in range(8))) if (r := self.desired.get(a))]
+        if not recorded or not recorded.get("fingerprint") or any(r.attrs.get("external") for r in cas):
             return action, reason
         if "path_length" in keys:
             # more or fewer intermediates: the old root's path length cannot sign the new chain,
@@ -211,11 +211,13 @@ class Tracker:
             return Action.UPDATE, (f"Root CA rotation phase 1 of 3 (trust): {reason}; a new root CA is "
                                    "created next to the current one")
         # no rotation recorded: a retired root still in some bundle means phase 3 is not finished
+        prev = recorded.get("previous_root")
+        if not isinstance(prev, Mapping):
+            return action, reason
         fp = str(recorded.get("fingerprint"))
         stale = [a for a, rec in self._bundles() if _bundle_roots(rec.attributes, recorded) != {fp}]
         if stale:
-            prev = recorded.get("previous_root")
-            self.old = _brief(prev) if isinstance(prev, Mapping) else {}
+            self.old = _brief(prev)
             self.new = _brief(recorded)
             self.phase, self.resuming, self.waiting = "retire", True, stale
         return action, reason
@@ -224,9 +226,12 @@ class Tracker:
         return {r.node for r in self.desired.values() if r.node}
 
     def _bundles(self) -> list[tuple[str, ResourceState]]:
-        names = self._names()
-        return [(a, rec) for a, rec in self.prior.items()
-                if rec.type == "file" and rec.node in names and rec.attributes.get("source") == "ca_bundle"]
+        """The recorded cluster_ca_cert files of the nodes in the topology."""
+        out = []
+        for r in self.desired.values():
+            if r.type == "file" and r.attrs.get("source") == "ca_bundle" and (rec := self.prior.get(r.address)):
+                out.append((r.address, rec))
+        return out
 
     def _installed(self, node: str) -> bool:
         """The node's leaf file holds the certificate recorded for it (a failed write leaves
@@ -245,6 +250,9 @@ class Tracker:
         """A rotation is recorded: which phase is next, from what the state says was done."""
         both = {self.old["fingerprint"], self.new["fingerprint"]}
         bundles = [a for a, rec in self._bundles() if _bundle_roots(rec.attributes, root) != both or a in self.drift]
+        # a node with a certificate but no recorded bundle (forgotten by hand?) trusts nobody knows what
+        bundles += [r.address for r in self.desired.values() if r.type == "file" and r.address not in self.prior
+                    and r.attrs.get("source") == "ca_bundle" and f"cert.{r.node}" in self.prior]
         restarts = sorted(n for n in self._names() if (s := self.nodes.get(n)) is not None and s.pending_restart)
         chained = [rec for rec in self.prior.values()
                    if rec.type == "cert" or (rec.type == "ca" and rec.address != "ca.root")]
@@ -287,15 +295,22 @@ class Tracker:
         after = (f"apply again for {_NEXT[self.phase]} once this apply has succeeded" if self.phase in _NEXT
                  else "this completes the rotation")
         new = _short(self.new) if self.new else "created by this apply"
+        bundles = sum(a.startswith("file.") for a in self.waiting)
+        restarts = sum(a.startswith("service.") for a in self.waiting)
+        installs = sum(a.startswith("cert.") and a in self.desired and a not in self.reissued for a in self.waiting)
+        left = [p for p in (_plural(bundles, "node") + " still without both roots in cluster_ca_cert" if bundles else "",
+                            _plural(installs, "reissued certificate") + " to install" if installs else "",
+                            _plural(restarts, "restart") + " left" if restarts else "") if p]
         if self.phase == "trust":
             what = ("a new root CA joins the current one in every node's cluster_ca_cert" if not self.new else
-                    f"{_plural(len(self.waiting), 'bundle or restart')} left before every node runs with both roots")
+                    ", ".join(left) + " before any certificate moves")
             detail = [f"Current root: {_short(self.old)}; new root: {new}.",
                       "No certificate moves to the new root in this phase: nodes restart (control planes "
                       "first) to load the two-root bundle, so every node trusts both roots before any does."]
         elif self.phase == "reissue":
-            what = (f"{_plural(self.reissue, 'certificate')} reissued under the new root; "
-                    "cluster_ca_cert keeps both roots")
+            done = [_plural(len(self.reissued), "certificate") + " reissued under the new root"] if self.reissued else []
+            what = (", ".join(done + left) or "removed nodes' certificates are deleted first") + \
+                "; cluster_ca_cert keeps both roots"
             detail = [f"Every node trusts both roots (old: {_short(self.old)}; new: {new}), so old and new "
                       "certificates meet in any order during the rolling restart."]
         else:
