@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 __all__ = ["advance", "bundle", "carry", "fingerprints", "forget_previous", "root_of", "secret_name"]
 
 _INFO = ("serial", "fingerprint", "not_before", "not_after")
+# (secrets_dir, trusted fingerprints) -> bundle bytes: every node of an apply gets the same file
+_BUNDLES: dict[tuple[str, tuple[str, ...]], bytes] = {}
 
 
 def _root_attrs(a: Applier) -> dict[str, Any]:
@@ -131,6 +133,9 @@ def bundle(a: Applier) -> bytes:
     rot = attrs.get("rotation")
     if isinstance(rot, dict) and isinstance(rot.get("new"), dict):
         wanted.append(rot["new"])
+    key = (str(a.secrets.path), tuple(str(r.get("fingerprint")) for r in wanted))
+    if key in _BUNDLES:
+        return _BUNDLES[key]
     out = b""
     for root in wanted:
         name = root_secret_name(root_generation(root))
@@ -140,6 +145,7 @@ def bundle(a: Applier) -> bytes:
                            f"(fingerprint {str(root.get('fingerprint'))[:16]}...)",
                            "restore secrets_dir from a backup; hyprov never rewrites a root in place")
         out += pki.cert_pem(cert)
+    _BUNDLES[key] = out
     return out
 
 
@@ -156,6 +162,8 @@ def root_of(a: Applier, issuer: str, issuer_cert: Any) -> dict[str, Any]:
 
 def fingerprints(content: bytes) -> list[str]:
     """SHA-256 fingerprints of every certificate in a PEM bundle (recorded as ``roots``)."""
+    from cryptography.hazmat.primitives import hashes
+
     from . import pki
 
-    return [pki.cert_info(c).sha256 for c in pki.load_certs(content)]
+    return [c.fingerprint(hashes.SHA256()).hex() for c in pki.load_certs(content)]
