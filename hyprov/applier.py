@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import hostscripts as hs
-from . import kongconf
+from . import kongconf, rootca
 from . import model as m
 from .backends import StateBackend
 from .errors import CommandFailed, HyprovError, PKIError, TransportError
@@ -178,6 +178,7 @@ class Applier:
         try:
             self._controller_phase()
             self._save()
+            rootca.forget_previous(self)  # a retired root's key goes once the saved state no longer names it
             self._intents()
             self._node_files_phase()
             self._save()  # every node's files recorded before any restart
@@ -229,7 +230,12 @@ class Applier:
         for c in self.plan.actionable:
             if c.type not in ("ca", "shared_cert") or c.action is Action.DELETE:
                 continue
+            if c.address == "ca.root" and c.action is Action.UPDATE:  # root CA rotation phase 1 or 3
+                rootca.advance(self, c)
+                self._count(c)
+                continue
             after = c.after or {}
+            chain: dict[str, Any] = {}
             now = self.now()
             if c.type == "shared_cert":
                 key = pki.generate_key(after["key_type"])
@@ -240,8 +246,9 @@ class Applier:
                 cert = self._external_ca().cert
             else:
                 key = pki.generate_key(after["key_type"])
-                name = _secret_name(c.address)
+                name = rootca.secret_name(self, c.address)
                 if c.address == "ca.root":
+                    chain = rootca.carry(self, c.address)
                     cert = pki.issue_root(key, common_name=after["common_name"], organization=after.get("organization"),
                                           validity_days=int(after["validity_days"]),
                                           path_length=int(after["path_length"]), now=now)
@@ -252,11 +259,12 @@ class Applier:
                                                   organization=after.get("organization"),
                                                   validity_days=int(after["validity_days"]),
                                                   path_length=int(after["path_length"]), now=now)
+                    chain = rootca.root_of(self, _parent_ca(c.address), parent_cert)
                 self.secrets.write_key(name, key)
                 self.secrets.write_cert(name, cert)
             info = pki.cert_info(cert)
             self._put(ResourceState(
-                c.address, c.type, None, info.sha256, {**after, **_cert_attrs(info)}))
+                c.address, c.type, None, info.sha256, {**after, **_cert_attrs(info), **chain}))
             self.emit("hyprov", f"{c.address} {'created' if c.action is Action.CREATE else 'replaced'} "
                                 f"(expires {info.not_after})")
             self._count(c)
@@ -277,7 +285,7 @@ class Applier:
         if cfg.external:
             ext = self._external_ca()
             return ext.cert, ext.key
-        name = _secret_name(address)
+        name = rootca.secret_name(self, address)
         return self.secrets.read_cert(name), self.secrets.read_key(name)
 
     def _chain(self) -> tuple[Any, Any, list[Any], Any]:
@@ -445,7 +453,8 @@ class Applier:
         self.issued[c.address] = pem
         info = pki.cert_info(cert)
         self._put(ResourceState(
-            c.address, "cert", node.name, info.sha256, {**after, **_cert_attrs(info), "pem": pem.decode()}))
+            c.address, "cert", node.name, info.sha256,
+            {**after, **_cert_attrs(info), "pem": pem.decode(), **rootca.root_of(self, after["issuer"], signing_cert)}))
         self._count(c)
         self.emit(node.name, f"{c.address} issued (expires {info.not_after})")
         return key_pem
@@ -470,7 +479,7 @@ class Applier:
                                f"reissue it: hyprov state rm cert.{node.name}, then apply")
             return local_key
         if source == "ca_bundle":
-            return pki.cert_pem(self._chain()[3])
+            return rootca.bundle(self)
         if source == "shared_cert":
             return bytes(pki.cert_pem(self.secrets.read_cert("shared")))
         if source == "shared_key":
@@ -494,6 +503,8 @@ class Applier:
                 after["host_digest"] = digest
         else:
             after["host_digest"] = digest
+            if after.get("source") == "ca_bundle":
+                after["roots"] = rootca.fingerprints(content)  # which roots the node trusts (hyprov.rotation)
         self._put(ResourceState(c.address, "file", node.name, after.get(
             "content_digest", digest), after))
         self._count(c)
@@ -689,10 +700,6 @@ def _restored(ran: Mapping[str, int]) -> str:
 def _cert_attrs(info: Any) -> dict[str, Any]:
     return {"serial": info.serial, "fingerprint": info.sha256, "not_before": info.not_before,
             "not_after": info.not_after}
-
-
-def _secret_name(address: str) -> str:
-    return "ca-root" if address == "ca.root" else "ca-intermediate-" + address.split("[")[1].rstrip("]")
 
 
 def _parent_ca(address: str) -> str:

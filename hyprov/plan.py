@@ -85,6 +85,8 @@ class Plan:
     targets: tuple[str, ...] = ()
     destroy: bool = False
     errors: tuple[str, ...] = ()
+    # root CA rotation in progress (hyprov.rotation.Tracker.summary), or a note; None: nothing to say
+    root_rotation: dict[str, Any] | None = field(default=None, hash=False, compare=False)
 
     @property
     def actionable(self) -> tuple[Change, ...]:
@@ -114,6 +116,7 @@ class Plan:
             "resource_changes": [c.to_json() for c in self.changes if c.action is not Action.NOOP or c.error],
             "errors": list(self.errors),
             "summary": self.counts(),
+            "root_rotation": self.root_rotation,
         }
 
     def dumps(self) -> str:
@@ -129,7 +132,8 @@ class Plan:
             prior = d["prior_state"]
             return cls(d["topology_digest"], prior["lineage"], prior["serial"],
                        tuple(Change.from_json(c) for c in d["resource_changes"]),
-                       tuple(d.get("targets", ())), bool(d.get("destroy")), tuple(d.get("errors", ())))
+                       tuple(d.get("targets", ())), bool(d.get("destroy")), tuple(d.get("errors", ())),
+                       d.get("root_rotation"))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise HyprovError(f"{source}: not a hyprov plan file ({type(exc).__name__}: {exc})",
                               "write one with: hyprov plan --out FILE") from exc

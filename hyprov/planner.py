@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from . import graph as graphmod
+from . import rotation
 from .errors import HyprovError
 from .plan import Action, Change, Plan
 from .resources import Resource
@@ -116,6 +117,7 @@ def plan(
     desired = {} if destroy else {r.address: r for r in resources}
     changes: dict[str, Change] = {}
     errors: list[str] = []
+    rot = rotation.Tracker(desired, prior, prior_nodes, facts.drift)  # root CA rotation phases (hyprov.rotation)
 
     unknown = [t for t in targets if t not in desired and t not in prior and (g is None or t not in g)]
     if unknown:
@@ -148,8 +150,7 @@ def plan(
                 action, reason = Action.REPLACE, f"issuer {issuer} is replaced"
             elif renew:
                 action, reason = Action.REPLACE, renew
-            if r.type == "ca" and r.attrs.get("external") and action is Action.REPLACE and not keys:
-                action, reason = Action.NOOP, None  # never rotate a CA hyprov does not own
+            action, reason = rot.certificate(r, recorded, action, reason, keys)  # phases; never a CA you brought
         elif r.type == "file":
             keys = _changed_keys(r.attrs, recorded)
             source = _dep_changed(r, changes)
@@ -172,6 +173,7 @@ def plan(
                 action, reason = Action.UPDATE, "kong.conf: pg_password changed"
             elif addr in facts.drift:
                 action, reason = Action.UPDATE, f"drift: {facts.drift[addr]}"
+            action, reason = rot.file(r, recorded if rec else None, action, reason)
         elif r.type == "firewall":  # hyprov.nftables: like a file, but drift is the live table's
             keys = _changed_keys(r.attrs, recorded)
             if "content_digest" in keys and r.content is not None:
@@ -233,7 +235,7 @@ def plan(
         if c.error:
             errors.append(f"{c.address}: {c.error}")
     return Plan(topology_digest, state.lineage if state else None, state.serial if state else None,
-                tuple(changes.values()), tuple(targets), destroy, tuple(dict.fromkeys(errors)))
+                tuple(changes.values()), tuple(targets), destroy, tuple(dict.fromkeys(errors)), rot.summary())
 
 
 _DELETE_RANK = {"service": 0, "migrations": 0, "firewall": 1, "file": 2, "cert": 3, "shared_cert": 4, "ca": 5}

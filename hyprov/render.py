@@ -46,9 +46,12 @@ def render_text(plan: Plan, *, color: bool = False) -> str:
     out: list[str] = []
     actionable = plan.actionable
     errored = [c for c in plan.changes if c.error]
+    rotation = plan.root_rotation["message"] + "\n" if plan.root_rotation else None
     if not actionable and not errored:
-        return "No changes. The cluster matches the topology.\n"
+        return "No changes. The cluster matches the topology.\n" + (f"\n{rotation}" if rotation else "")
     out.append("hyprov will perform the following actions:\n")
+    if rotation:
+        out.append(rotation)
     for c in plan.changes:
         if c.action is Action.NOOP and not c.error:
             continue

@@ -167,6 +167,19 @@ class SecretsDir:
         self._write_atomic(path, data, 0o644)
         return path
 
+    def remove(self, name: str) -> bool:
+        """Delete ``NAME.key`` and ``NAME.crt`` (a retired CA); True if anything was there."""
+        removed = False
+        for path in (self.key_path(name), self.cert_path(name)):
+            try:
+                path.unlink()
+                removed = True
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise PKIError(f"cannot delete {path}: {exc.strerror}") from exc
+        return removed
+
     def read_cert(self, name: str) -> x509.Certificate:
         """The first certificate of ``NAME.crt``."""
         return pki.load_cert(self._read(self.cert_path(name), "certificate"))

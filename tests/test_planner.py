@@ -146,14 +146,17 @@ def test_version_upgrade_orders_cp_restarts_before_dp_restarts() -> None:
 def test_ca_renewal_reissues_every_child() -> None:
     t = topo(BASE)
     prior = recorded(t)
-    root = prior.resources["ca.root"]
+    inter = prior.resources["ca.intermediate[0]"]
     soon = (NOW + timedelta(days=100)).isoformat()  # < leaf_validity 90 + renew 30
-    prior = prior.with_resource(ResourceState("ca.root", "ca", None, root.digest, {**root.attrs, "not_after": soon}))
+    prior = prior.with_resource(ResourceState("ca.intermediate[0]", "ca", None, inter.digest,
+                                              {**inter.attrs, "not_after": soon}))
     got = actions(make_plan(t, prior))
-    assert got["ca.root"] == ("-/+", "certificate expires in 100 days, leaf_validity_days + renew_before_days is 120")
-    assert got["ca.intermediate[0]"] == ("-/+", "issuer ca.root is replaced")
+    assert got["ca.intermediate[0]"] == (
+        "-/+", "certificate expires in 100 days, leaf_validity_days + renew_before_days is 120")
     assert got["cert.dp1"] == ("-/+", "issuer ca.intermediate[0] is replaced")
-    assert got['file.dp1["/etc/kong/cluster/cluster-ca.crt"]'] == ("~", "ca.root is (re)issued")
+    assert got['file.dp1["/etc/kong/cluster/cluster.crt"]'] == ("~", "cert.dp1 is (re)issued")
+    assert "ca.root" not in got and 'file.dp1["/etc/kong/cluster/cluster-ca.crt"]' not in got
+    # a root in its renewal window is rotated in phases instead: tests/test_rotation.py
 
 
 def test_first_plan_creates_everything_in_dependency_order() -> None:

@@ -1,0 +1,450 @@
+"""Root CA rotation without an outage (hyprov.rotation, hyprov.rootca).
+
+* Planner tables (pure, fast): prior states as the applier records them at
+  each point of a rotation -> the phase the plan reports and the actions it takes.
+* End to end on the local connection: apply a pki cluster, put the root in its
+  renewal window, apply three times; after each phase every mix of files a
+  rolling restart can leave side by side (CP before/after x DP before/after)
+  completes both of Kong's handshakes (tests/tlshelpers.py), and a one-shot
+  swap is shown to fail the same check.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+import shutil
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from tlshelpers import cp_server, dp_connect, openssl_available
+from topo import hyprov, local_topology, write
+
+from hyprov import graph, planner, render, resources
+from hyprov.config import parse_topology
+from hyprov.model import Topology
+from hyprov.plan import Plan
+from hyprov.planner import Facts
+from hyprov.state import NodeState, ResourceState, State, new_state
+
+NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
+OLD, NEW = "0a" * 32, "0b" * 32  # root fingerprints
+DASHES = "-" * 5
+PEM_KEY = re.compile(DASHES + r"BEGIN [A-Z ]*PRIVATE KEY" + DASHES)
+BUNDLE = '/etc/kong/cluster/cluster-ca.crt'
+
+
+# --------------------------------------------------------------------------- planner tables
+
+
+def topo(doc: dict[str, Any]) -> Topology:
+    return parse_topology(yaml.safe_dump(doc).encode(), Path("/tmp/x/hyprov.yaml"))
+
+
+def iso(t: dt.datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def recorded(t: Topology, root_days: int = 3000) -> State:
+    """The state a successful apply of ``t`` leaves behind, with the fields the rotation reads."""
+    s = new_state("11111111-2222-3333-4444-555555555555")
+    for r in resources.build(t):
+        attrs = dict(r.attrs)
+        if r.type in ("ca", "cert"):
+            days = root_days if r.address == "ca.root" else 1500 if r.type == "ca" else 80
+            attrs.update(serial="01", fingerprint=OLD if r.address == "ca.root" else hashlib.sha256(
+                r.address.encode()).hexdigest(), not_before=iso(NOW), not_after=iso(NOW + dt.timedelta(days=days)))
+            if r.address != "ca.root":
+                attrs["root_fingerprint"] = OLD
+            if r.type == "cert":
+                attrs["pem"] = f"certificate of {r.node}\n"
+        if r.type == "file" and r.attrs["source"] == "ca_bundle":
+            attrs.update(roots=[OLD], host_digest="aa" * 32)
+        if r.type == "file" and r.attrs["source"] == "leaf":
+            attrs["host_digest"] = hashlib.sha256(f"certificate of {r.node}\n".encode()).hexdigest()
+        if r.content is not None:
+            attrs["content"] = r.content
+        s = s.with_resource(ResourceState(r.address, r.type, r.node, attrs.get("content_digest"), attrs))
+    for n in t.nodes:
+        s = s.with_node(NodeState(n.name, False, str(n.kong_version) if n.kong_version else None))
+    return s
+
+
+def edit(s: State, address: str, **changes: Any) -> State:
+    rec = s.resources[address]
+    return s.with_resource(ResourceState(address, rec.type, rec.node, rec.digest, {**rec.attrs, **changes}))
+
+
+def started(s: State) -> State:
+    """Phase 1 was applied: the new root is recorded and every bundle holds both roots."""
+    root = s.resources["ca.root"].attrs
+    new = {**{k: v for k, v in root.items() if k not in ("serial", "fingerprint")},
+           "serial": "02", "fingerprint": NEW, "not_after": iso(NOW + dt.timedelta(days=3650)), "generation": 2}
+    s = edit(s, "ca.root", rotation={"reason": "certificate expires in 99 days", "new": new})
+    for a in [a for a, r in s.resources.items() if r.attrs.get("source") == "ca_bundle"]:
+        s = edit(s, a, roots=[OLD, NEW])
+    return s
+
+
+def moved(s: State, *addresses: str) -> State:
+    for a in addresses:
+        s = edit(s, a, root_fingerprint=NEW)
+    return s
+
+
+def retired(s: State) -> State:
+    """Phase 3's controller step ran: the new root is the only one; bundles not yet rewritten."""
+    root = s.resources["ca.root"].attrs
+    new = dict(root["rotation"]["new"])
+    return s.with_resource(ResourceState("ca.root", "ca", None, NEW, {
+        **new, "previous_root": {"serial": "01", "fingerprint": OLD, "not_after": root["not_after"],
+                                 "generation": 1}}))
+
+
+def pending(s: State, node: str) -> State:
+    return s.with_node(NodeState(node, True, "3.9.1"))
+
+
+def make_plan(t: Topology, s: State, facts: Facts | None = None) -> Plan:
+    res = resources.build(t)
+    return planner.plan(res, graph.build(res), s, NOW, topology_digest=t.digest, facts=facts)
+
+
+def actions(p: Plan) -> dict[str, tuple[str, str | None]]:
+    return {c.address: (c.action.symbol, c.reason) for c in p.actionable}
+
+
+BASE = local_topology(mtls="pki", intermediates=1, dps=2)
+T = topo(BASE)
+SOON = 100  # days: < leaf_validity_days 90 + renew_before_days 30
+LEAVES = ["ca.intermediate[0]", "cert.cp1", "cert.dp1", "cert.dp2"]
+ALL_MOVED = lambda s: moved(s, *LEAVES)  # noqa: E731
+
+
+def _doc(fn: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    doc = json.loads(json.dumps(BASE))
+    fn(doc)
+    return doc
+
+
+# (id, topology document or None for BASE, prior state, facts or None,
+#  expected (phase, name, resuming) or None, actions that must be there: address -> (symbol, reason prefix),
+#  addresses that must NOT change)
+TABLE: list[tuple[str, dict[str, Any] | None, State, Facts | None, tuple[Any, ...] | None,
+                  dict[str, tuple[str, str]], list[str]]] = [
+    ("root-fine-no-rotation", None, recorded(T), None, None, {}, ["ca.root", *LEAVES]),
+    ("renewal-window-starts-phase-1", None, recorded(T, SOON), None, (1, "trust", False),
+     {"ca.root": ("~", "Root CA rotation phase 1 of 3 (trust): certificate expires in 100 days"),
+      f'file.cp1["{BUNDLE}"]': ("~", "Root CA rotation phase 1 of 3 (trust): cluster_ca_cert becomes"),
+      f'file.dp2["{BUNDLE}"]': ("~", "Root CA rotation phase 1 of 3 (trust)"),
+      "service.cp1": ("~", "restart: /etc/kong/cluster/cluster-ca.crt changed"),
+      "service.dp1": ("~", "restart: /etc/kong/cluster/cluster-ca.crt changed")},
+     [*LEAVES, 'file.dp1["/etc/kong/cluster/cluster.crt"]']),
+    ("common-name-change-starts-phase-1",
+     _doc(lambda d: d["pki"].__setitem__("root", {"common_name": "Root 2027"})), recorded(T), None,
+     (1, "trust", False), {"ca.root": ("~", "Root CA rotation phase 1 of 3 (trust): changed: common_name")},
+     LEAVES),
+    ("key-type-change-phase-1-leaves-keep-the-old-root",
+     _doc(lambda d: d["pki"].__setitem__("key_type", "ec-p384")), recorded(T), None, (1, "trust", False),
+     {"ca.root": ("~", "Root CA rotation phase 1 of 3 (trust): changed: key_type"),
+      "cert.dp1": ("-/+", "changed: key_type")}, []),
+    ("phase-1-resumes-a-bundle-left-behind", None,
+     edit(started(recorded(T, SOON)), f'file.dp2["{BUNDLE}"]', roots=[OLD]), None, (1, "trust", True),
+     {f'file.dp2["{BUNDLE}"]': ("~", "Root CA rotation phase 1 of 3 (trust)"), "service.dp2": ("~", "restart")},
+     ["ca.root", f'file.dp1["{BUNDLE}"]', *LEAVES]),
+    ("phase-1-resumes-a-pending-restart-before-any-leaf-moves", None,
+     pending(started(recorded(T, SOON)), "dp1"), None, (1, "trust", True),
+     {"service.dp1": ("~", "restart left pending")}, ["ca.root", *LEAVES]),
+    ("phase-1-bundle-not-recorded-holds-phase-2", None,
+     started(recorded(T, SOON)).without_resource(f'file.dp1["{BUNDLE}"]'), None, (1, "trust", True),
+     {f'file.dp1["{BUNDLE}"]': ("+", "not yet created")}, LEAVES),
+    ("phase-1-bundle-drift-holds-phase-2", None, started(recorded(T, SOON)),
+     Facts(drift={f'file.dp1["{BUNDLE}"]': "file changed on host"}), (1, "trust", True),
+     {f'file.dp1["{BUNDLE}"]': ("~", "drift: file changed on host")}, LEAVES),
+    ("phase-2-reissues-every-chain", None, started(recorded(T, SOON)), None, (2, "reissue", False),
+     {"ca.intermediate[0]": ("-/+", "Root CA rotation phase 2 of 3 (reissue): reissued under the new root"),
+      "cert.cp1": ("-/+", "Root CA rotation phase 2 of 3 (reissue)"),
+      "cert.dp2": ("-/+", "Root CA rotation phase 2 of 3 (reissue)"),
+      'file.dp1["/etc/kong/cluster/cluster.crt"]': ("~", "cert.dp1 is (re)issued"),
+      "service.dp1": ("~", "restart: /etc/kong/cluster/cluster.crt changed")},
+     ["ca.root", f'file.dp1["{BUNDLE}"]', 'file.dp1["/etc/kong/cluster/cluster.key"]']),
+    ("phase-2-resumes-the-chains-left", None,
+     moved(started(recorded(T, SOON)), "ca.intermediate[0]", "cert.cp1"), None, (2, "reissue", True),
+     {"cert.dp1": ("-/+", "Root CA rotation phase 2 of 3"), "cert.dp2": ("-/+", "Root CA rotation phase 2 of 3")},
+     ["ca.root", "ca.intermediate[0]", "cert.cp1", f'file.dp1["{BUNDLE}"]']),
+    ("phase-2-pending-restart-holds-retirement", None,
+     pending(ALL_MOVED(started(recorded(T, SOON))), "dp2"), None, (2, "reissue", True),
+     {"service.dp2": ("~", "restart left pending")}, ["ca.root", *LEAVES, f'file.dp1["{BUNDLE}"]']),
+    ("phase-2-leaf-recorded-but-never-installed", None,
+     edit(ALL_MOVED(started(recorded(T, SOON))), 'file.dp1["/etc/kong/cluster/cluster.crt"]',
+          host_digest="cc" * 32), None, (2, "reissue", True),
+     {'file.dp1["/etc/kong/cluster/cluster.crt"]': ("~", "cert.dp1 was reissued but never installed"),
+      "service.dp1": ("~", "restart")}, ["ca.root", *LEAVES]),
+    ("phase-3-retires-the-old-root", None, ALL_MOVED(started(recorded(T, SOON))), None, (3, "retire", False),
+     {"ca.root": ("~", "Root CA rotation phase 3 of 3 (retire): the new root"),
+      f'file.cp1["{BUNDLE}"]': ("~", "Root CA rotation phase 3 of 3 (retire): the old root"),
+      f'file.dp2["{BUNDLE}"]': ("~", "Root CA rotation phase 3 of 3 (retire)"),
+      "service.dp2": ("~", "restart: /etc/kong/cluster/cluster-ca.crt changed")}, LEAVES),
+    ("phase-3-resumes-a-bundle-left-behind", None,
+     edit(edit(edit(retired(ALL_MOVED(started(recorded(T, SOON)))), f'file.cp1["{BUNDLE}"]', roots=[NEW]),
+               f'file.dp2["{BUNDLE}"]', roots=[NEW]), f'file.dp1["{BUNDLE}"]', roots=[OLD, NEW]), None,
+     (3, "retire", True), {f'file.dp1["{BUNDLE}"]': ("~", "Root CA rotation phase 3 of 3 (retire)")},
+     ["ca.root", f'file.cp1["{BUNDLE}"]', *LEAVES]),
+    ("complete-rotation-plans-nothing", None,
+     edit(edit(edit(retired(ALL_MOVED(started(recorded(T, SOON)))), f'file.cp1["{BUNDLE}"]', roots=[NEW]),
+               f'file.dp2["{BUNDLE}"]', roots=[NEW]), f'file.dp1["{BUNDLE}"]', roots=[NEW]), None, None,
+     {}, ["ca.root", *LEAVES]),
+    ("new-node-during-phase-2-is-created-with-the-rest",
+     _doc(lambda d: d["data_planes"].append({"name": "dp3"})), started(recorded(T, SOON)), None,
+     (2, "reissue", False), {"cert.dp3": ("+", "not yet created"), f'file.dp3["{BUNDLE}"]': ("+", "not yet"),
+                             "cert.dp1": ("-/+", "Root CA rotation phase 2 of 3")}, []),
+    ("expired-root-is-replaced-at-once", None, recorded(T, -3), None, (None, "expired", False),
+     {"ca.root": ("-/+", "certificate expired 3 days ago"),
+      "ca.intermediate[0]": ("-/+", "issuer ca.root is replaced"),
+      f'file.dp1["{BUNDLE}"]': ("~", "ca.root is (re)issued")}, []),
+    ("more-intermediates-replace-at-once", local_topology(mtls="pki", intermediates=2, dps=2), recorded(T), None,
+     (None, "restructure", False), {"ca.root": ("-/+", "changed: path_length"),
+                                     "ca.intermediate[1]": ("+", "not yet created")}, []),
+]
+
+
+@pytest.mark.parametrize(("doc", "prior", "facts", "expected", "must", "unchanged"),
+                         [pytest.param(*row[1:], id=row[0]) for row in TABLE])
+def test_rotation_phase_table(doc: dict[str, Any] | None, prior: State, facts: Facts | None,
+                              expected: tuple[Any, ...] | None, must: dict[str, tuple[str, str]],
+                              unchanged: list[str]) -> None:
+    p = make_plan(topo(doc) if doc else T, prior, facts)
+    rot = p.root_rotation
+    if expected is None:
+        assert rot is None
+    else:
+        assert rot is not None
+        assert (rot["phase"], rot["name"], rot["resuming"]) == expected
+    got = actions(p)
+    for addr, (symbol, prefix) in must.items():
+        assert addr in got, f"{addr} not planned: {sorted(got)}"
+        assert got[addr][0] == symbol and (got[addr][1] or "").startswith(prefix), (addr, got[addr])
+    for addr in unchanged:
+        assert addr not in got, (addr, got.get(addr))
+
+
+def test_phase_headline_in_text_and_stable_json_field() -> None:
+    p = make_plan(T, recorded(T, SOON))
+    text = render.render_text(p)
+    assert text.splitlines()[2].startswith("Root CA rotation: phase 1 of 3 (trust): ")
+    assert "apply again for phase 2 (reissue)" in text.splitlines()[2]
+    doc = json.loads(render.render_json(p))
+    rot = doc["root_rotation"]
+    assert {k: rot[k] for k in ("phase", "phases", "name", "resuming")} == {
+        "phase": 1, "phases": 3, "name": "trust", "resuming": False}
+    assert rot["old_root"] == {"serial": "01", "fingerprint": OLD, "not_after": iso(NOW + dt.timedelta(days=SOON))}
+    assert rot["new_root"] is None  # known after apply
+    assert rot["reason"].startswith("certificate expires in 100 days")
+    again = Plan.loads(p.dumps(), "p.json")
+    assert again.root_rotation == p.root_rotation, "a saved plan keeps its phase (the applier follows it)"
+    assert json.loads(render.render_json(make_plan(T, recorded(T))))["root_rotation"] is None
+    p3 = make_plan(T, ALL_MOVED(started(recorded(T, SOON))))
+    assert "Root CA rotation: phase 3 of 3 (retire): the old root leaves every cluster_ca_cert; this completes" \
+        in render.render_text(p3)
+
+
+def test_a_ca_you_brought_is_never_rotated_and_the_plan_says_so(tmp_path: Path) -> None:
+    doc = json.loads(json.dumps(BASE))
+    doc["pki"]["root"] = {"cert_file": "corp.crt", "key_file": "corp.key"}
+    t = topo(doc)
+    p = make_plan(t, recorded(t, SOON))
+    assert not p.has_changes
+    assert p.root_rotation is not None and p.root_rotation["name"] == "external"
+    assert p.root_rotation["phase"] is None
+    text = render.render_text(p)
+    assert text.startswith("No changes.")
+    assert "Note: ca.root is a CA you brought (cert_file): hyprov never rotates it." in text
+
+
+def test_zero_intermediates_phase_2_reissues_every_leaf() -> None:
+    t = topo(local_topology(mtls="pki", intermediates=0, dps=2))
+    p = make_plan(t, started(recorded(t, SOON)))
+    assert p.root_rotation is not None and p.root_rotation["phase"] == 2
+    assert {a for a, (s, _) in actions(p).items() if s == "-/+"} == {"cert.cp1", "cert.dp1", "cert.dp2"}
+    done = moved(started(recorded(t, SOON)), "cert.cp1", "cert.dp1", "cert.dp2")
+    p3 = make_plan(t, done)
+    assert p3.root_rotation is not None and p3.root_rotation["phase"] == 3
+
+
+# --------------------------------------------------------------------------- end to end
+
+needs_openssl = pytest.mark.skipif(not openssl_available(), reason="openssl CLI not installed")
+PASS = {"HYPROV_SECRETS_PASSPHRASE": "rotate me"}
+FILES = ("cluster_cert", "cluster_cert_key", "cluster_ca_cert")
+
+
+def conf(tmp: Path, node: str) -> dict[str, str]:
+    text = (tmp / ".hyprov/hosts" / node / "etc/kong/kong.conf").read_text()
+    return dict(line.split(" = ", 1) for line in text.splitlines() if " = " in line and not line.startswith("#"))
+
+
+def snapshot(tmp: Path, name: str, nodes: list[str]) -> Path:
+    """Copy every node's cluster files aside: what that node would load if it restarted now."""
+    out = tmp / "snapshots" / name
+    for node in nodes:
+        c = conf(tmp, node)
+        for key in FILES:
+            dest = out / node / key
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(tmp / ".hyprov/hosts" / node / c[key].lstrip("/"), dest)
+    return out
+
+
+def handshake(tmp: Path, cp: str, cp_files: Path, dp: str, dp_files: Path) -> Any:
+    """cp's files as Kong's cluster listener, dp's files as Kong's DP client (depth, SNI from kong.conf)."""
+    d = conf(tmp, dp)
+    with cp_server(cp_files / cp / "cluster_cert", cp_files / cp / "cluster_cert_key", "pki",
+                   cp_files / cp / "cluster_ca_cert") as server:
+        return dp_connect(server.host, server.port, dp_files / dp / "cluster_cert", dp_files / dp / "cluster_cert_key",
+                          dp_files / dp / "cluster_ca_cert", int(d["lua_ssl_verify_depth"]), d["cluster_server_name"])
+
+
+def fingerprints(pem_file: Path) -> list[str]:
+    return [c.fingerprint(hashes.SHA256()).hex() for c in x509.load_pem_x509_certificates(pem_file.read_bytes())]
+
+
+def state(tmp: Path) -> dict[str, Any]:
+    return json.loads((tmp / "hyprov.state.json").read_text())  # type: ignore[no-any-return]
+
+
+def plan_json(tmp: Path) -> dict[str, Any]:
+    r = hyprov("plan", "--json", cwd=tmp, env=PASS)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)  # type: ignore[no-any-return]
+
+
+def into_renewal_window(tmp: Path, days: int = 100) -> None:
+    """Make the recorded root expire in ``days`` (hyprov has no clock override; the state is
+    what the planner reads, and the real certificate stays valid for the handshakes)."""
+    doc = state(tmp)
+    not_after = dt.datetime.now(dt.UTC) + dt.timedelta(days=days)
+    doc["resources"]["ca.root"]["attributes"]["not_after"] = iso(not_after)
+    (tmp / "hyprov.state.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+
+@needs_openssl
+@pytest.mark.parametrize(("intermediates", "keygen"), [(0, "on_node"), (1, "local")])
+def test_three_applies_rotate_the_root_without_a_failed_handshake(tmp_path: Path, intermediates: int,
+                                                                  keygen: str) -> None:
+    cps, dps = ["cp1"], ["dp1", "dp2"]
+    write(tmp_path, local_topology(cps=1, dps=2, mtls="pki", intermediates=intermediates, key_generation=keygen))
+    assert hyprov("apply", "--auto-approve", cwd=tmp_path, env=PASS).returncode == 0
+    old_root = state(tmp_path)["resources"]["ca.root"]["attributes"]["fingerprint"]
+    snaps = [snapshot(tmp_path, "before", cps + dps)]
+    into_renewal_window(tmp_path)
+    outputs = []
+    for n, name in enumerate(("trust", "reissue", "retire"), start=1):
+        r = hyprov("plan", "--detailed-exitcode", cwd=tmp_path, env=PASS)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert f"Root CA rotation: phase {n} of 3 ({name}): " in r.stdout, r.stdout
+        rot = plan_json(tmp_path)["root_rotation"]
+        assert (rot["phase"], rot["name"], rot["resuming"]) == (n, name, False)
+        if name == "reissue":  # a saved plan: apply follows the phase it recorded
+            assert hyprov("plan", "--out", "rotation.plan", cwd=tmp_path, env=PASS).returncode == 0
+            r = hyprov("apply", "rotation.plan", cwd=tmp_path, env=PASS)
+        else:
+            r = hyprov("apply", "--auto-approve", cwd=tmp_path, env=PASS)
+        assert r.returncode == 0, r.stdout + r.stderr
+        outputs.append(r.stdout + r.stderr)
+        snaps.append(snapshot(tmp_path, name, cps + dps))
+        before, after = snaps[-2], snaps[-1]
+        # a rolling restart leaves any mix of not-yet-restarted and restarted nodes side by side
+        for cp in cps:
+            for dp in dps:
+                for cp_files in (before, after):
+                    for dp_files in (before, after):
+                        result = handshake(tmp_path, cp, cp_files, dp, dp_files)
+                        assert result.ok, (f"phase {n} ({name}): {cp} {cp_files.name} files <- "
+                                           f"{dp} {dp_files.name} files: {result.error}")
+
+    first, trusting, reissued, final = snaps
+    new_root = state(tmp_path)["resources"]["ca.root"]["attributes"]["fingerprint"]
+    assert new_root != old_root
+    for node in cps + dps:
+        # phase 1 touched only the bundle; phase 2 only the certificate (and a local key)
+        assert fingerprints(trusting / node / "cluster_ca_cert") == [old_root, new_root]
+        assert (trusting / node / "cluster_cert").read_bytes() == (first / node / "cluster_cert").read_bytes()
+        assert (reissued / node / "cluster_ca_cert").read_bytes() == (trusting / node / "cluster_ca_cert").read_bytes()
+        assert (reissued / node / "cluster_cert").read_bytes() != (trusting / node / "cluster_cert").read_bytes()
+        # the end: only the new root is trusted, and every chain ends at it
+        assert fingerprints(final / node / "cluster_ca_cert") == [new_root]
+        root = x509.load_pem_x509_certificate((final / node / "cluster_ca_cert").read_bytes())
+        chain = x509.load_pem_x509_certificates((final / node / "cluster_cert").read_bytes())
+        assert len(chain) == 1 + intermediates
+        for child, parent in zip(chain, [*chain[1:], root], strict=True):
+            child.verify_directly_issued_by(parent)
+    # the keys: the new root's under its own name (0600, encrypted), the old one gone
+    secrets = tmp_path / ".hyprov/secrets"
+    assert not (secrets / "ca-root.key").exists() and not (secrets / "ca-root.crt").exists()
+    new_key = secrets / "ca-root-gen2.key"
+    assert stat.S_IMODE(new_key.stat().st_mode) == 0o600
+    assert new_key.read_bytes().startswith((DASHES + "BEGIN ENCRYPTED PRIVATE KEY" + DASHES).encode())
+    r = hyprov("plan", "--detailed-exitcode", cwd=tmp_path, env=PASS)
+    assert r.returncode == 0 and "No changes" in r.stdout, r.stdout + r.stderr
+    assert plan_json(tmp_path)["root_rotation"] is None
+    # never a secret in the state or any output
+    assert not PEM_KEY.search((tmp_path / "hyprov.state.json").read_text())
+    assert not any(PEM_KEY.search(o) or "rotate me" in o for o in outputs)
+
+    # the check can fail: a one-shot swap (CP already on a new-root leaf, DP trusting only the old root)
+    one_shot = handshake(tmp_path, "cp1", reissued, "dp1", first)
+    assert not one_shot.ok and not one_shot.dp_accepted, one_shot
+    # (the roots share a name: with no intermediate OpenSSL finds the old root by name, then fails it)
+    assert one_shot.error in ("unable to get local issuer certificate",
+                              "self-signed certificate in certificate chain"), one_shot
+    # and the other way round: a CP trusting only the old root refuses a DP already on a new-root leaf
+    reverse = handshake(tmp_path, "cp1", first, "dp1", reissued)
+    assert reverse.dp_accepted and not reverse.cp_accepted and "unknown ca" in reverse.error, reverse
+    # and the retired root is really gone: a DP still on an old-root leaf is refused by the final CP
+    stale = handshake(tmp_path, "cp1", final, "dp1", first)
+    assert not stale.ok, stale
+
+
+def test_an_interrupted_phase_resumes_and_retirement_waits_for_every_restart(tmp_path: Path) -> None:
+    flag = tmp_path / "fail-dp2"
+    restart = (f'if [ "$(basename "$R")" = dp2 ] && [ -e {flag} ]; then exit 1; fi; '
+               'mkdir -p var && echo restart >> var/restarts')
+    write(tmp_path, local_topology(cps=1, dps=2, mtls="pki", restart=restart))
+    assert hyprov("apply", "--auto-approve", cwd=tmp_path).returncode == 0
+    into_renewal_window(tmp_path)
+    assert hyprov("apply", "--auto-approve", cwd=tmp_path).returncode == 0  # phase 1
+    flag.write_text("")
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path)  # phase 2: dp2's restart fails
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    doc = plan_json(tmp_path)
+    rot = doc["root_rotation"]
+    assert (rot["phase"], rot["name"], rot["resuming"]) == (2, "reissue", True), rot
+    assert rot["waiting_on"] == ["service.dp2"]
+    # dp2 may still run its old-root leaf: the old root must not be retired yet
+    assert [c["address"] for c in doc["resource_changes"]] == ["service.dp2"]
+    assert "Root CA rotation: phase 2 of 3 (reissue), resuming" in hyprov("plan", cwd=tmp_path).stdout
+    flag.unlink()
+    assert hyprov("apply", "--auto-approve", cwd=tmp_path).returncode == 0  # dp2's restart
+    assert plan_json(tmp_path)["root_rotation"]["name"] == "retire"
+    assert hyprov("apply", "--auto-approve", cwd=tmp_path).returncode == 0
+    assert hyprov("plan", "--detailed-exitcode", cwd=tmp_path).returncode == 0
+
+
+def test_secrets_dir_remove(tmp_path: Path) -> None:
+    from hyprov import pki
+    from hyprov.secrets import SecretsDir
+
+    s = SecretsDir(tmp_path / "s", {})
+    key = pki.generate_key("ec-p256")
+    s.write_key("old", key)
+    s.write_cert("old", pki.issue_root(key, common_name="R", validity_days=10, now=dt.datetime.now(dt.UTC)))
+    assert s.remove("old") and not s.has_key("old") and not s.has_cert("old")
+    assert not s.remove("old")
