@@ -213,33 +213,22 @@ def render(doc: dict[str, Any], png_name: str | None) -> str:
     w("### hyprov's lead (wall-time ratio, other tool ÷ hyprov, medians)\n")
     others = [t for t in tools if t != "hyprov"]
     if "hyprov" in tools and others:
-        w("| hosts | phase | " + " | ".join(f"vs {TOOL_LABEL[t]}" for t in others) + " |")
-        w("|---|---|" + "---|" * len(others))
-        for n in sizes:
-            for ph in ("first", "noop", "change"):
-                h = _wall(doc, n, "hyprov", ph)
-                if h is None:
-                    continue
-                cells = []
-                for t in others:
-                    o = _wall(doc, n, t, ph)
-                    cells.append(f"{o / h:.2f}x" if o is not None else "-")
-                w(f"| {n} | {PHASE_LABEL[ph]} | " + " | ".join(cells) + " |")
-        w("")
-        w("Controller CPU ratio (other ÷ hyprov, medians):\n")
-        w("| hosts | phase | " + " | ".join(f"vs {TOOL_LABEL[t]}" for t in others) + " |")
-        w("|---|---|" + "---|" * len(others))
-        for n in sizes:
-            for ph in ("first", "noop", "change"):
-                hs = _get(doc, n, "hyprov", ph)
-                if hs is None:
-                    continue
-                cells = []
-                for t in others:
-                    os_ = _get(doc, n, t, ph)
-                    cells.append(f"{os_['cpu']['median'] / hs['cpu']['median']:.2f}x" if os_ else "-")
-                w(f"| {n} | {PHASE_LABEL[ph]} | " + " | ".join(cells) + " |")
-        w("")
+        for title, metric in ((None, "wall"), ("Controller CPU ratio (other ÷ hyprov, medians):\n", "cpu")):
+            if title:
+                w(title)
+            w("| hosts | phase | " + " | ".join(f"vs {TOOL_LABEL[t]}" for t in others) + " |")
+            w("|---|---|" + "---|" * len(others))
+            for n in sizes:
+                for ph in ("first", "noop", "change"):
+                    hs = _get(doc, n, "hyprov", ph)
+                    if hs is None:
+                        continue
+                    cells = []
+                    for t in others:
+                        os_ = _get(doc, n, t, ph)
+                        cells.append(f"{os_[metric]['median'] / hs[metric]['median']:.2f}x" if os_ else "-")
+                    w(f"| {n} | {PHASE_LABEL[ph]} | " + " | ".join(cells) + " |")
+            w("")
 
     w("## Goals (issue 7)\n")
     rows = goals(doc)
