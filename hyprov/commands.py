@@ -48,7 +48,7 @@ def _make_plan(t: Topology, backend: StateBackend, args: argparse.Namespace, *, 
     refresh = getattr(args, "refresh", None)
     pending: Future[tuple[Any, dict[str, Any]]] | None = None
     if (refresh or (refresh is None and state is not None and state.resources)) and not destroy:
-        # the hosts' handshakes run while the resources and graph are built (findings item 3)
+        # the hosts' handshakes run while the resources are built (findings item 3)
         starter = ThreadPoolExecutor(1, thread_name_prefix="hyprov-refresh")
         pending = starter.submit(shell.refresh, t, state or shell.read_or_new(backend),
                                  connector or shell.Connector(), pw, getattr(args, "parallelism", 64))

@@ -1,5 +1,5 @@
 """plan/apply start the refresh (the hosts' handshakes) before building the resources
-and the graph, and never leak its connections when that build fails."""
+and never leak its connections when that build fails."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any, ar
     return t, shell.backend_for(t), argparse.Namespace(refresh=True, parallelism=4, target=None)
 
 
-def test_refresh_runs_while_the_graph_is_built(setup: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_refresh_runs_while_the_resources_are_built(setup: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     t, backend, args = setup
     started, release = threading.Event(), threading.Event()
     tr = FakeTransport()
