@@ -207,6 +207,7 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
                     return EXIT_ERROR
             if state is None:
                 state = shell.read_or_new(backend)
+            shell.build_done()
             display = _display(args, t, p)
             applier: Applier | None = None
             try:
@@ -267,10 +268,11 @@ def _wait_connected(args: argparse.Namespace, outcomes: dict[str, Any]) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from . import status
+    from . import shell, status
 
     if args.interval <= 0:
         raise HyprovError("--interval must be positive")
+    shell.build_done()
     return status.run(_topology(args), admin_url=args.admin_url, as_json=args.json, watch=args.watch,
                       interval=args.interval, token=os.environ.get(status.TOKEN_ENV))
 

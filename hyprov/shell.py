@@ -3,6 +3,7 @@ environment. Commands in cli.py compose these; the planner never sees a host."""
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import uuid
@@ -33,6 +34,15 @@ def topology(file: str) -> m.Topology:
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+def build_done() -> None:
+    """The pure build is over (cli.main keeps the cyclic collector off during it): freeze
+    what it made, so later collections skip it, and collect again for a long-running
+    part (apply's threads, status --watch), which does make cyclic garbage."""
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+    gc.enable()
 
 
 def backend_for(t: m.Topology, env: Mapping[str, str] | None = None) -> StateBackend:
