@@ -87,13 +87,11 @@ def _public(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in sorted(attrs.items()) if k not in ("content", "pem")}
 
 
-def _dep_changed(r: Resource, changes: Mapping[str, Change]) -> str | None:
-    """The first dependency of ``r`` being created or replaced."""
-    for d in r.depends_on:
-        c = changes.get(d)
-        if c is not None and (c.action is Action.CREATE or c.action is Action.REPLACE):
-            return d
-    return None
+def _dep_changed(r: Resource, reissued: set[str]) -> str | None:
+    """The first dependency of ``r`` being created or replaced (``reissued``: those so far)."""
+    if not reissued or reissued.isdisjoint(r.depends_on):  # the common case: one C-level test
+        return None
+    return next(d for d in r.depends_on if d in reissued)
 
 
 def plan(
@@ -116,6 +114,7 @@ def plan(
     prior_nodes = dict(state.nodes) if state else {}
     desired = {} if destroy else {r.address: r for r in resources}
     changes: dict[str, Change] = {}
+    reissued: set[str] = set()  # addresses created or replaced so far (graph order: dependencies first)
     errors: list[str] = []
     rot = rotation.Tracker(desired, prior, prior_nodes, facts.drift)  # root CA rotation phases (hyprov.rotation)
 
@@ -142,7 +141,7 @@ def plan(
             keys = _changed_keys(r.attrs, recorded)
             if r.attrs.get("role") == "data_plane":
                 keys = [k for k in keys if k != "common_name"]  # Kong never checks a DP's CN: a rename keeps it
-            issuer = _dep_changed(r, changes)
+            issuer = _dep_changed(r, reissued)
             renew = _renewal_reason(r.attrs, recorded, now, ca=r.type == "ca")
             if keys:
                 action, reason = Action.REPLACE, "changed: " + ", ".join(f"{k}" for k in keys)
@@ -153,7 +152,7 @@ def plan(
             action, reason = rot.certificate(r, recorded, action, reason, keys)  # phases; never a CA you brought
         elif r.type == "file":
             keys = _changed_keys(r.attrs, recorded)
-            source = _dep_changed(r, changes)
+            source = _dep_changed(r, reissued)
             secret = facts.secret_fingerprints.get(addr)
             if "content_digest" in keys and r.content is not None:
                 old = recorded.get("content") or ""
@@ -209,6 +208,8 @@ def plan(
         if action is Action.NOOP:  # nothing to show: skip building before/after (10,000-node plans)
             changes[addr] = Change.noop(addr, r.type, r.node)
             continue
+        if action is Action.CREATE or action is Action.REPLACE:
+            reissued.add(addr)
         err = facts.unreachable.get(r.node or "") if r.node else None
         before = _public(rec.attrs) if rec else None
         changes[addr] = Change(addr, r.type, r.node, action, reason, before,

@@ -19,7 +19,16 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, Sequence, ValuesView
+from collections.abc import (
+    Callable,
+    ItemsView,
+    Iterable,
+    Iterator,
+    KeysView,
+    Mapping,
+    Sequence,
+    ValuesView,
+)
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeAlias, TypeVar
 
@@ -360,17 +369,21 @@ class ResourceState:
         object.__setattr__(self, "attributes", frozen)
 
     @classmethod
-    def _trusted(cls, address: str, r: dict[str, Any]) -> ResourceState | None:
-        """Build from a decoded state entry whose text passed the secret screen
-        (:func:`_screened_clean`): the checks of ``__post_init__`` that can fail on such
-        an entry, without re-freezing flat values. ``None``: take the precise path."""
+    def _trusted(cls, address: str, r: dict[str, Any], good_nodes: set[str]) -> ResourceState | None:
+        """Build from a decoded state entry whose text passed the secret screen and whose
+        address passed :func:`_addresses_well_formed`: the checks of ``__post_init__``
+        that can fail on such an entry, without re-freezing flat values. ``good_nodes``
+        remembers the node names already checked (six resources per node). ``None``:
+        take the precise path."""
         r_type, node, digest, attrs = r["type"], r.get("node"), r.get("digest"), r["attributes"]
         if (type(attrs) is not dict or type(r_type) is not str or not address.startswith(r_type)
-                or _ADDRESS_FORM.fullmatch(address) is None
                 or address[len(r_type):len(r_type) + 1] not in _AFTER_TYPE
-                or (node is not None and (type(node) is not str or not _NODE_NAME.match(node)))
                 or (digest is not None and type(digest) is not str)):
             return None
+        if node is not None and node not in good_nodes:
+            if type(node) is not str or not _NODE_NAME.match(node):
+                return None
+            good_nodes.add(node)
         if not _NESTED_OR_FLOAT.isdisjoint(map(type, attrs.values())):  # rare: lists (sans), floats
             for k, v in attrs.items():
                 t = type(v)
@@ -645,8 +658,17 @@ def _keys(
 
 _NESTED_OR_FLOAT = frozenset({dict, list, float})
 _AFTER_TYPE = frozenset({"", ".", "["})
-# the address grammar without capture groups: one fullmatch per resource on the fast path
-_ADDRESS_FORM = re.compile(r'[a-z][a-z0-9_]*(?:\.[^.\[\]"\s]+)?(?:\[(?:"(?:[^"\\]|\\.)*"|[0-9]+)\])?')
+# parse_address's grammar for many addresses at once, each one ended by a NUL: one
+# fullmatch over all of them instead of one per resource. A NUL anywhere fails it (the
+# precise path then judges); it never accepts what parse_address refuses (tested).
+# Atomic and possessive: each address matches in one way only, and without them sre keeps
+# a backtracking frame per address (0.45 s and 166 MiB for 60,000 addresses, not 0.05 s).
+_ADDRESSES_FORM = re.compile(
+    r'(?>[a-z][a-z0-9_]*(?:\.[^.\[\]"\s\x00]+)?(?:\[(?:"(?:[^"\\\x00]|\\[^\x00\n])*"|[0-9]+)\])?\x00)*+')
+
+
+def _addresses_well_formed(addresses: Iterable[str]) -> bool:
+    return _ADDRESSES_FORM.fullmatch("\x00".join(addresses) + "\x00") is not None
 
 
 _RES_REQUIRED = frozenset({"type", "attributes"})
@@ -703,12 +725,13 @@ def from_json(text: str, source_name: str) -> State:
     )
     _expect(isinstance(doc["resources"], dict), source_name, "'resources' must be an object")
     _expect(isinstance(doc["nodes"], dict), source_name, "'nodes' must be an object")
-    trusted = _screened_clean(text)
+    trusted = _screened_clean(text) and _addresses_well_formed(doc["resources"])
+    good_nodes: set[str] = set()
     try:
         resources: dict[str, ResourceState] = {}
         for addr, r in doc["resources"].items():
             if trusted and type(r) is dict and _RES_REQUIRED <= r.keys() <= _RES_FIELDS:
-                fast = ResourceState._trusted(addr, r)
+                fast = ResourceState._trusted(addr, r, good_nodes)
                 if fast is not None:
                     resources[addr] = fast
                     continue

@@ -202,6 +202,35 @@ def test_values_are_frozen_and_attrs_is_a_copy() -> None:
 def test_inconsistent_addresses_are_refused(address: str, rtype: str, node: str | None) -> None:
     with pytest.raises(StateError):
         ResourceState(address, rtype, node)
+    # and in a state file, where from_json's fast path checks all addresses at once
+    good = {"type": "cert", "node": "cp0", "digest": None, "attributes": {}}
+    doc = {"version": STATE_VERSION, "lineage": LINEAGE, "serial": 1, "nodes": {},
+           "resources": {"cert.cp0": good, address: {"type": rtype, "node": node, "digest": None, "attributes": {}}}}
+    with pytest.raises(StateError, match="x: "):
+        from_json(json.dumps(doc, sort_keys=True), "x")
+
+
+_ADDRESS_TEXT = st.text(st.sampled_from('abc_0.["]\\/ \n\x00-'), max_size=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(_ADDRESS_TEXT, st.sampled_from(['file.cp1["/etc/x"]', "ca.intermediate[0]", "cert.dp1"])
+                          .map(lambda a: a)), min_size=1, max_size=5))
+def test_bulk_address_check_accepts_only_what_parse_address_accepts(addresses: list[str]) -> None:
+    from hyprov.state import _addresses_well_formed, parse_address
+
+    if _addresses_well_formed(addresses):
+        for a in addresses:
+            parse_address(a)  # raises if the bulk check let a bad one through
+    if not any("\x00" in a or "\n" in a for a in addresses):
+        ok = []
+        for a in addresses:
+            try:
+                parse_address(a)
+                ok.append(True)
+            except StateError:
+                ok.append(False)
+        assert _addresses_well_formed(addresses) == all(ok)
 
 
 def test_addresses_resources_py_produces_are_accepted() -> None:
