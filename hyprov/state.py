@@ -191,9 +191,11 @@ def _ff(value: object) -> JSONValue:
 
 
 def _plain_text(text: str) -> bool:
-    """Substring tests (C speed) that every text the precise check could refuse fails."""
+    """Substring tests (C speed) that every text the precise check could refuse fails
+    (its case-insensitive match takes a long s for an s: no look-alike may pass here)."""
     low = text.lower()
-    return "private key" not in low and "pass" not in low
+    return ("private key" not in low and "pass" not in low
+            and (text.isascii() or not any(c in text for c in _ASCII_LOOKALIKES)))
 
 
 def _plainly_clean(value: JSONValue) -> bool:
@@ -236,6 +238,8 @@ def thaw(value: JSONValue) -> Any:
 # --------------------------------------------------------------------------
 # The secret guard
 
+# the non-ASCII letters case-insensitive matching equates with ASCII ones (re's documentation)
+_ASCII_LOOKALIKES = "\u0130\u0131\u017f\u212a"
 _SECRET_NAME_PARTS = (
     "password",
     "passwd",
@@ -673,31 +677,69 @@ def _addresses_well_formed(addresses: Iterable[str]) -> bool:
 
 _RES_REQUIRED = frozenset({"type", "attributes"})
 _RES_FIELDS = frozenset({"type", "attributes", "node", "digest"})
-# the one harmless form of a secret-looking word inside the JSON text: a masked
-# password line of recorded kong.conf content
 _SECRET_STEMS = ("pass", "priv", "secret")  # every secret word, and "private key", holds one
 assert all(any(stem in w for stem in _SECRET_STEMS) for w in (*_SECRET_NAME_PARTS, "private key"))
-_MASKED_LINE_AFTER = re.compile(r"[a-z0-9_]*[ \t]*=[ \t]*\(sensitive\)\\n")
+# In a value (not a name) the precise check refuses only PEM private keys and
+# ``...password = value`` lines whose value is not masked.
+_PASSWORD_WORD = re.compile(r"passw(?:or)?d|passphrase")
+_ASSIGNED = re.compile(r"(?: |\\t)*=")  # on the JSON text: a tab is written \t
+_MASKED_REST = re.compile(r"(?: |\\t)*=(?: |\\t)*(?:\(sensitive\)|\*+|<redacted>)?(?: |\\t)*(?:\\n|$)")
+_ESCAPE = re.compile(r"\\u(?!00[01])")  # json.dumps(ensure_ascii=False) escapes control characters only
 
 
 def _screened_clean(text: str) -> bool:
-    """True when no secret can hide anywhere in the state text: the only secret-looking
-    words are masked kong.conf password lines. Three ``str.find`` scans of the whole
-    text (C speed) for the stems of every secret word, instead of a check per resource;
-    anything else takes the precise, per-resource path."""
+    """True when no secret can hide anywhere in the state text, so the per-resource
+    check (:func:`check_no_secrets`) can be skipped: it would pass. Three ``str.find``
+    scans of the whole text (C speed) for the stems of every secret word, and a look at
+    the JSON string around each hit (``secret_env`` names, masked kong.conf password
+    lines). Whatever could disguise a word from a substring search (a ``\\uXXXX``
+    escape of a letter, a non-ASCII look-alike) takes the precise, per-resource path."""
     low = text.lower()
+    if len(low) != len(text) or ("\\u" in low and _ESCAPE.search(low)):
+        return False  # positions in low and text must agree; \u0070assword hides "pass"
+    if not text.isascii() and any(c in text for c in _ASCII_LOOKALIKES):
+        return False
+    names: set[str] = set()  # harmless names met so far (secret_env: once per node)
     for stem in _SECRET_STEMS:
         at = low.find(stem)
         while at >= 0:
-            window = low[max(0, at - 16):at + 24]
-            for word in _SECRET_NAME_PARTS:
-                w = window.find(word)
-                if w >= 0 and not _MASKED_LINE_AFTER.match(low, max(0, at - 16) + w + len(word)):
-                    return False
-            if "private key" in window:
+            if low[at - 1] == '"':  # a string starting with the stem: most often a name seen before
+                end = low.find('"', at)
+                if low[at:end] in names and low.startswith('": ', end):
+                    at = low.find(stem, end)
+                    continue
+            end = _harmless_string_end(text, low, at, names)
+            if end < 0:
                 return False
-            at = low.find(stem, at + len(stem))
+            at = low.find(stem, end)
     return True
+
+
+def _harmless_string_end(text: str, low: str, at: int, names: set[str]) -> int:
+    """The end of the JSON string holding the secret-looking stem at ``at`` when the
+    precise check passes that string, else -1; a harmless plain name joins ``names``.
+    Letters outside strings are only in true/false/null, so the nearest quotes around
+    ``at`` delimit it, unless one is escaped."""
+    start, end = low.rfind('"', 0, at), low.find('"', at)
+    if start <= 0 or end < 0 or low[start - 1] == "\\" or low[end - 1] == "\\":
+        return -1  # an escaped quote nearby: let the precise path judge
+    after = end + 1
+    while low[after:after + 1] in (" ", "\n", "\r", "\t"):
+        after += 1
+    if low.startswith(":", after):  # a name: the precise rule itself
+        raw = text[start:end + 1]
+        if "\\" not in raw:
+            if _secret_name(raw[1:-1]):
+                return -1
+            names.add(low[start + 1:end])
+            return after
+        return -1 if _secret_name(json.loads(raw)) else after
+    if low.find("private key", start, end) >= 0:
+        return -1  # a PEM private key header (refused in any case) or close enough
+    for m in _PASSWORD_WORD.finditer(low, start + 1, end):
+        if _ASSIGNED.match(low, m.end(), end) and not _MASKED_REST.match(text, m.end(), end):
+            return -1  # pg_password = hunter2
+    return after
 
 
 def from_json(text: str, source_name: str) -> State:

@@ -457,6 +457,8 @@ PEM_KEY = DASHES + "BEGIN PRIVATE KEY" + DASHES + "\nMIGHAgEAMBMGByqGSM49AgEGCCq
         {"k": DASHES + "BEGIN ENCRYPTED PRIVATE KEY" + DASHES},
         {"content": "pg_host = db1\npg_password = hunter2\npg_user = kong\n"},
         {"env": ["KONG_ROLE=control_plane", "KONG_PG_PASSWORD=hunter2"]},
+        {"private-key": "x"},
+        {"Client-Secret": "x"},
     ],
     ids=[
         "name",
@@ -469,6 +471,8 @@ PEM_KEY = DASHES + "BEGIN PRIVATE KEY" + DASHES + "\nMIGHAgEAMBMGByqGSM49AgEGCCq
         "encrypted",
         "kong-conf-password",
         "env-password",
+        "name-with-hyphen",
+        "name-with-hyphen-any-case",
     ],
 )
 def test_secrets_are_refused(attrs: dict[str, Any]) -> None:
@@ -478,6 +482,61 @@ def test_secrets_are_refused(attrs: dict[str, Any]) -> None:
     doc["resources"]["cert.cp1"]["attributes"] = attrs
     with pytest.raises(StateError, match="refusing to store a secret"):
         from_json(json.dumps(doc), "s.json")
+
+
+@pytest.mark.parametrize(
+    ("key", "value_json"),
+    [
+        ("content", '"pg_\\u0070assword = hunter2"'),  # an escaped letter hides "pass" from a substring search
+        ("content", '"pg_pa\u017f\u017fword = hunter2"'),  # long s: the precise check's IGNORECASE sees "password"
+        ("content", '"pg_pa\\u017f\\u017fword = hunter2"'),
+        ("private_\u212aey", '"x"'),  # Kelvin sign: lowercases to k
+        ("private_\\u212aey", '"x"'),
+        ("content", '"pg_password\\t= hunter2"'),
+        ("content", '"a\\npg_password = (sensitive) hunter2\\n"'),
+    ],
+)
+def test_disguised_secrets_in_a_state_file_are_refused(key: str, value_json: str) -> None:
+    """Hand-made state text: whatever could slip past the whole-text screen takes the
+    precise path, which refuses it."""
+    text = to_json(sample_state()).replace('"fingerprint": "AB:CD"', f'"{key}": {value_json}', 1)
+    assert f'"{key}": {value_json}' in text
+    with pytest.raises(StateError, match="refusing to store a secret"):
+        from_json(text, "s.json")
+
+
+def test_what_hyprov_records_stays_on_the_fast_path() -> None:
+    """A CP's kong.conf record (masked password line, secret_env naming the variable,
+    secret_fingerprint) passes the whole-text screen: large states skip the per-resource
+    check. (The precise path gives the same answer, only slower.)"""
+    from hyprov.state import _screened_clean
+
+    conf = ResourceState(KONG_CONF, "file", "cp1", "00", {
+        "content": "pg_host = db\npg_password = (sensitive)\npg_user = kong\n",
+        "secret_env": "KONG_PG_PASSWORD", "secret_fingerprint": "ab" * 16, "path": "/etc/kong/kong.conf"})
+    text = to_json(sample_state().with_resource(conf))
+    assert _screened_clean(text)
+    assert from_json(text, "s").resources[KONG_CONF] == conf
+    assert not _screened_clean(text.replace("(sensitive)", "hunter2"))
+
+
+_WORDS = st.sampled_from(["pass", "password", "PassPhrase", "passwd", "priv", "private", "private key", "PRIVATE KEY",
+                          "private_key", "private-key", "secret", "secret_env", "client_secret", "secret-key", "key",
+                          "pg_", "=", " = ", "\t", "\n", "(sensitive)", "***", '"', "\\", "ſ", "K", "é", ":", " "])
+_PIECE = st.lists(_WORDS, max_size=6).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(_PIECE, st.one_of(_PIECE, st.lists(_PIECE, max_size=2), st.dictionaries(_PIECE, _PIECE, max_size=2)),
+                       max_size=4))
+def test_screen_passes_only_what_the_precise_check_passes(attrs: dict[str, Any]) -> None:
+    from hyprov.state import _screened_clean, check_no_secrets
+
+    doc = json.loads(to_json(sample_state()))
+    doc["resources"]["cert.cp1"]["attributes"] = attrs
+    text = json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False)
+    if _screened_clean(text):
+        check_no_secrets(attrs, "attrs")  # raises if the screen let a secret through
 
 
 def test_secret_guard_also_runs_when_serializing() -> None:
