@@ -29,13 +29,16 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
+PASSWORD_ENV, PASSWORD = "BENCH_PG_PASSWORD", "bench-pw"
+
+
 def topology_doc(n_dps: int) -> dict[str, object]:
     return {
         "version": 1,
         "cluster": {"name": "bench", "kong_version": "3.9.1", "mtls": "pki",
                     "control_plane_endpoint": "cp.bench.internal:8005", "server_name": "cp.bench.internal"},
         "pki": {"key_type": "ec-p256", "intermediates": [{"common_name": "Bench Int", "validity_days": 1825}]},
-        "database": {"host": "pg.bench.internal"},
+        "database": {"host": "pg.bench.internal", "password_env": PASSWORD_ENV},  # as real clusters have
         "defaults": {"connection": {"type": "ssh", "user": "deploy"}},
         "control_planes": [{"name": "cp1", "address": "10.0.0.10", "server_names": ["cp.bench.internal"]}],
         "data_planes": [{"name": f"dp{i}", "address": f"10.{1 + i // 65000}.{(i // 250) % 250}.{i % 250 + 1}",
@@ -45,6 +48,7 @@ def topology_doc(n_dps: int) -> dict[str, object]:
 
 def recorded_state(topo_path: Path) -> str:
     from hyprov import resources
+    from hyprov.applier import secret_fingerprint
     from hyprov.config import load_topology
     from hyprov.state import NodeState, ResourceState, new_state, to_json
 
@@ -59,6 +63,8 @@ def recorded_state(topo_path: Path) -> str:
                          not_after=(now + timedelta(days=80 if r.type == "cert" else 1500)).isoformat())
         if r.content is not None:
             attrs["content"] = r.content
+        if attrs.get("secret_env"):  # as the applier records it: the plan compares it with the variable's
+            attrs["secret_fingerprint"] = secret_fingerprint(PASSWORD, s.lineage, r.address)
         res[r.address] = ResourceState(r.address, r.type, r.node, attrs.get("content_digest"), attrs)
     from hyprov.state import FrozenMap
 
@@ -70,7 +76,7 @@ def recorded_state(topo_path: Path) -> str:
 
 
 def phases(topo_path: Path) -> dict[str, float]:
-    from hyprov import planner, resources, schemacache
+    from hyprov import planner, resources, schemacache, shell
     from hyprov.backends.local import LocalBackend
     from hyprov.config import load_topology
 
@@ -86,7 +92,8 @@ def phases(topo_path: Path) -> dict[str, float]:
     res = resources.build(t)
     out["resources"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    p = planner.plan(res, None, state, datetime.now(UTC), topology_digest=t.digest)
+    facts = planner.Facts(secret_fingerprints=shell.secret_fingerprints(state, PASSWORD))
+    p = planner.plan(res, None, state, datetime.now(UTC), topology_digest=t.digest, facts=facts)
     out["diff"] = time.perf_counter() - t0
     assert not p.has_changes, "the state holds everything: the plan must be empty"
     return out
@@ -109,6 +116,7 @@ def main() -> int:
             (Path(d) / "hyprov.state.json").write_text(recorded_state(tp))
             # as users run it: with bytecode caches (this machine's sessions disable them)
             env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+            env[PASSWORD_ENV] = PASSWORD
             walls = []
             for _ in range(args.runs + 1):  # first run warms the page cache
                 t0 = time.perf_counter()

@@ -222,7 +222,7 @@ def refresh(
 
         facts = hs.parse_read(res.stdout)
         for r in records:
-            a = r.attrs
+            a = r.attributes  # read only: no thawed copy
             fact = facts.get(str(a["path"]))
             if fact is None or not fact.exists:
                 drift[r.address] = "file removed on host"
@@ -265,5 +265,5 @@ def secret_fingerprints(state: State, password_value: str | None) -> dict[str, s
     if password_value is None:
         return {}
     return {r.address: secret_fingerprint(password_value, state.lineage, r.address)
-            for r in state.resources.values() if r.type == "file" and r.attrs.get("secret_env")}
+            for r in state.resources.values() if r.type == "file" and r.attributes.get("secret_env")}
 
