@@ -227,6 +227,12 @@ class Applier:
     def _controller_phase(self) -> None:
         from . import pki
 
+        pk = self.t.pki
+        if pk is not None and pk.root.external and any(
+                c.type == "ca" and c.address != "ca.root" and c.action in (Action.CREATE, Action.REPLACE)
+                for c in self.plan.actionable):
+            # before any CA is made: the root you brought must allow the intermediates below it
+            pki.check_room_below(self._external_ca().cert, len(pk.intermediates))
         for c in self.plan.actionable:
             if c.type not in ("ca", "shared_cert") or c.action is Action.DELETE:
                 continue
@@ -295,12 +301,19 @@ class Applier:
         addrs = ca_addresses(self.t)
         pk = self.t.pki
         assert pk is not None
-        if any((pk.root, *pk.intermediates)[i].external for i in range(len(addrs))):
+        if (pk.root, *pk.intermediates)[-1].external:
+            # the signing CA is one you brought: its own files give the chain up to the root
             ext = self._external_ca()
             return ext.cert, ext.key, list(ext.intermediates), ext.root
-        certs = [self._ca(a)[0] for a in addrs]
-        signing_cert, signing_key = self._ca(addrs[-1])
-        return signing_cert, signing_key, list(reversed(certs[1:])), certs[0]
+        # the last intermediate hyprov made signs; above the ones hyprov made comes a root
+        # hyprov made, or one you brought (with any CAs of yours between it and its root)
+        made = [self.secrets.read_cert(rootca.secret_name(self, a)) for a in addrs[1:]]
+        signing_key = self.secrets.read_key(rootca.secret_name(self, addrs[-1]))
+        if pk.root.external:
+            ext = self._external_ca()
+            return made[-1], signing_key, [*reversed(made), *ext.intermediates], ext.root
+        root = self._ca("ca.root")[0]
+        return made[-1] if made else root, signing_key, list(reversed(made)), root
 
     # ----------------------------------------------------------------- nodes
 
