@@ -108,10 +108,16 @@ class Applier:
         self.rotations: dict[str, tuple[str, str]] = {}  # node -> (pending key path, live key path)
         self.by_node: dict[str, list[Change]] = {}
         for c in plan.actionable:
-            if c.node is not None and c.type not in ("migrations",):
+            if c.node is not None and c.type not in ("migrations",) and not self._settings_only(c):
                 self.by_node.setdefault(c.node, []).append(c)
         for name in self.by_node:
             self.outcomes[name] = NodeOutcome()
+
+    def _settings_only(self, c: Change) -> bool:
+        """An update of a certificate's renewal settings: recorded, nothing issued, no node touched
+        (hyprov.planner.RENEWAL_SETTINGS). The only other certificate update is ``ca.root``'s
+        in a rotation."""
+        return c.type in ("ca", "cert", "shared_cert") and c.action is Action.UPDATE and not rootca.rotates(self, c)
 
     # ------------------------------------------------------------------ state
 
@@ -234,6 +240,9 @@ class Applier:
             # before any CA is made: the root you brought must allow the intermediates below it
             pki.check_room_below(self._external_ca().cert, len(pk.intermediates))
         for c in self.plan.actionable:
+            if self._settings_only(c):
+                self._record_settings(c)
+                continue
             if c.type not in ("ca", "shared_cert") or c.action is Action.DELETE:
                 continue
             if c.address == "ca.root" and c.action is Action.UPDATE:  # root CA rotation phase 1 or 3
@@ -274,6 +283,16 @@ class Applier:
             self.emit("hyprov", f"{c.address} {'created' if c.action is Action.CREATE else 'replaced'} "
                                 f"(expires {info.not_after})")
             self._count(c)
+
+    def _record_settings(self, c: Change) -> None:
+        """The recorded certificate stays; its attributes take the new renewal settings."""
+        rec = self.state.resources.get(c.address)
+        if rec is None:
+            raise HyprovError(f"{c.address}: the plan updates its settings but the state does not record it",
+                              "make a new plan with: hyprov plan --out FILE")
+        self._put(ResourceState(c.address, rec.type, rec.node, rec.digest, {**rec.attrs, **(c.after or {})}))
+        self._count(c)
+        self.emit(c.node or "hyprov", f"{c.address} renewal settings recorded (not reissued)")
 
     def _external_ca(self) -> Any:
         from . import pki

@@ -4,7 +4,8 @@ The planner decides the phase (hyprov.rotation, pure); the applier calls these
 hooks and follows the plan's ``root_rotation`` field:
 
 * :func:`advance`: the ``ca.root`` update of phase 1 (create the new root next
-  to the current one) or phase 3 (the new root becomes the only one);
+  to the current one) or phase 3 (the new root becomes the only one); :func:`rotates`
+  tells it from an update of the root's renewal settings alone;
 * :func:`secret_name`: which root signs (the new one from phase 2 on);
 * :func:`bundle`: the ``cluster_ca_cert`` content (every trusted root);
 * :func:`root_of`, :func:`fingerprints`: what the state records so the next
@@ -28,7 +29,7 @@ from .state import ResourceState
 if TYPE_CHECKING:
     from .applier import Applier
 
-__all__ = ["advance", "bundle", "carry", "fingerprints", "forget_previous", "root_of", "secret_name"]
+__all__ = ["advance", "bundle", "carry", "fingerprints", "forget_previous", "root_of", "rotates", "secret_name"]
 
 _INFO = ("serial", "fingerprint", "not_before", "not_after")
 # (secrets_dir, trusted fingerprints) -> bundle bytes: every node of an apply gets the same file
@@ -61,6 +62,13 @@ def secret_name(a: Applier, address: str) -> str:
     if isinstance(rot, dict) and isinstance(rot.get("new"), dict) and _phase(a) == "reissue":
         return root_secret_name(root_generation(rot["new"]))
     return root_secret_name(root_generation(attrs))
+
+
+def rotates(a: Applier, c: Change) -> bool:
+    """``c`` is the ``ca.root`` update of a rotation (phase 1 or 3 starting), not an update of
+    its renewal settings alone (recorded in place)."""
+    rot = a.plan.root_rotation or {}
+    return c.address == "ca.root" and _phase(a) in ("trust", "retire") and not rot.get("resuming")
 
 
 def carry(a: Applier, address: str) -> dict[str, Any]:

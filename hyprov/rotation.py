@@ -17,7 +17,8 @@ root is rotated in three phases, one ``hyprov apply`` each:
 
 A rotation starts when the planner would replace a hyprov-created root (its
 remaining validity is below leaf_validity_days + renew_before_days, or its
-key_type, common_name ... changed). An expired root is replaced at once: no
+key_type, common_name ... changed); a change of renew_before_days or
+leaf_validity_days alone only moves that window (hyprov.planner.RENEWAL_SETTINGS). An expired root is replaced at once: no
 connection can be verified with it any more, so phases would only prolong the
 outage. A bring-your-own CA (``cert_file``) is never rotated: the plan says so.
 
