@@ -184,7 +184,7 @@ class Applier:
         try:
             self._controller_phase()
             self._save()
-            rootca.forget_previous(self)  # a retired root's key goes once the saved state no longer names it
+            rootca.forget_unused(self)  # CA keys nothing uses go once the saved state no longer names them
             self._intents()
             self._node_files_phase()
             self._save()  # every node's files recorded before any restart
@@ -263,7 +263,7 @@ class Applier:
                 key = pki.generate_key(after["key_type"])
                 name = rootca.secret_name(self, c.address)
                 if c.address == "ca.root":
-                    chain = rootca.carry(self, c.address)
+                    name, chain = rootca.fresh(self)
                     cert = pki.issue_root(key, common_name=after["common_name"], organization=after.get("organization"),
                                           validity_days=int(after["validity_days"]),
                                           path_length=int(after["path_length"]), now=now)

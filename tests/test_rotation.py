@@ -579,6 +579,90 @@ def test_a_shared_cert_renew_before_days_change_is_recorded_only(tmp_path: Path)
     assert hyprov("plan", "--detailed-exitcode", cwd=tmp_path).returncode == 0
 
 
+def _roots_in(secrets: Path) -> list[str]:
+    return sorted(p.name for p in secrets.iterdir() if p.name.startswith("ca-root"))
+
+
+@needs_openssl
+@pytest.mark.parametrize("phases", [1, 2], ids=["after-trust", "after-reissue"])
+def test_a_one_shot_replacement_during_a_rotation_leaves_no_unused_root(tmp_path: Path, phases: int) -> None:
+    """Adding an intermediate mid-rotation replaces the root at once: the rotation's new root
+    (ca-root-gen2) is never used, and neither it nor the old root stays in secrets_dir or any bundle."""
+    write(tmp_path, local_topology(cps=1, dps=2, mtls="pki", intermediates=1))
+    assert hyprov("apply", "--auto-approve", cwd=tmp_path, env=PASS).returncode == 0
+    into_renewal_window(tmp_path)
+    for _ in range(phases):
+        assert hyprov("apply", "--auto-approve", cwd=tmp_path, env=PASS).returncode == 0
+    secrets = tmp_path / ".hyprov/secrets"
+    assert _roots_in(secrets) == ["ca-root-gen2.crt", "ca-root-gen2.key", "ca-root.crt", "ca-root.key"]
+    write(tmp_path, local_topology(cps=1, dps=2, mtls="pki", intermediates=2))
+    rot = plan_json(tmp_path)["root_rotation"]
+    assert rot["name"] == "restructure"
+    assert "The root CA rotation under way is abandoned: its new root (serial " in rot["message"], rot["message"]
+    assert "secrets_dir" in rot["message"]
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path, env=PASS)
+    assert r.returncode == 0, r.stdout + r.stderr
+    root = state(tmp_path)["resources"]["ca.root"]["attributes"]
+    assert "rotation" not in root and "previous_root" not in root
+    assert root["generation"] == 3, "a new root never overwrites another one's files"
+    assert _roots_in(secrets) == ["ca-root-gen3.crt", "ca-root-gen3.key"], r.stdout
+    assert "ca-root-gen2: root CA key and certificate no longer used, deleted from" in r.stdout + r.stderr
+    snap = snapshot(tmp_path, "one-shot", ["cp1", "dp1", "dp2"])
+    for node in ("cp1", "dp1", "dp2"):  # nothing on the nodes trusts or chains to the unused roots
+        assert fingerprints(snap / node / "cluster_ca_cert") == [root["fingerprint"]]
+        chain = x509.load_pem_x509_certificates((snap / node / "cluster_cert").read_bytes())
+        assert len(chain) == 3
+        for child, parent in zip(chain, [*chain[1:], x509.load_pem_x509_certificate(
+                (snap / node / "cluster_ca_cert").read_bytes())], strict=True):
+            child.verify_directly_issued_by(parent)
+    for dp in ("dp1", "dp2"):
+        assert handshake(tmp_path, "cp1", snap, dp, snap).ok
+    assert hyprov("plan", "--detailed-exitcode", cwd=tmp_path, env=PASS).returncode == 0
+
+
+@needs_openssl
+def test_your_own_root_during_a_rotation_leaves_no_root_of_hyprov(tmp_path: Path) -> None:
+    """Switching to a root you bring mid-rotation is a one-shot replacement too: both of hyprov's
+    roots go; your files stay, even inside secrets_dir."""
+    write(tmp_path, local_topology(cps=1, dps=1, mtls="pki", intermediates=1))
+    assert hyprov("apply", "--auto-approve", cwd=tmp_path, env=PASS).returncode == 0
+    into_renewal_window(tmp_path)
+    assert hyprov("apply", "--auto-approve", cwd=tmp_path, env=PASS).returncode == 0  # phase 1
+    from hyprov import pki
+
+    secrets = tmp_path / ".hyprov/secrets"
+    key = pki.generate_key("ec-p256")
+    corp = pki.issue_root(key, common_name="Corp Root", validity_days=3650, now=dt.datetime.now(dt.UTC))
+    (secrets / "ca-root-gen9.crt").write_bytes(pki.cert_pem(corp))  # named like hyprov's, but yours
+    (secrets / "ca-root-gen9.key").write_bytes(pki.key_pem(key))
+    doc = local_topology(cps=1, dps=1, mtls="pki", intermediates=1)
+    doc["pki"]["root"] = {"cert_file": ".hyprov/secrets/ca-root-gen9.crt", "key_file": ".hyprov/secrets/ca-root-gen9.key"}
+    write(tmp_path, doc)
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path, env=PASS)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert _roots_in(secrets) == ["ca-root-gen9.crt", "ca-root-gen9.key"], r.stdout
+    snap = snapshot(tmp_path, "yours", ["cp1", "dp1"])
+    assert (snap / "dp1/cluster_ca_cert").read_bytes() == pki.cert_pem(corp)
+    assert handshake(tmp_path, "cp1", snap, "dp1", snap).ok
+    assert hyprov("plan", "--detailed-exitcode", cwd=tmp_path, env=PASS).returncode == 0
+
+
+def test_a_removed_intermediate_leaves_secrets_dir(tmp_path: Path) -> None:
+    write(tmp_path, local_topology(cps=1, dps=1, mtls="pki", intermediates=2))
+    assert hyprov("apply", "--auto-approve", cwd=tmp_path).returncode == 0
+    secrets = tmp_path / ".hyprov/secrets"
+    write(tmp_path, local_topology(cps=1, dps=1, mtls="pki", intermediates=1))
+    r = hyprov("plan", cwd=tmp_path)
+    assert "  - ca.intermediate[1]    # no longer in the topology" in r.stdout, r.stdout
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(p.name for p in secrets.iterdir()) == [
+        "ca-intermediate-0.crt", "ca-intermediate-0.key", "ca-root-gen2.crt", "ca-root-gen2.key"]
+    assert "ca-intermediate-1: intermediate CA key and certificate no longer used" in r.stdout
+    assert "ca-root: root CA key and certificate no longer used" in r.stdout
+    assert hyprov("plan", "--detailed-exitcode", cwd=tmp_path).returncode == 0
+
+
 def test_secrets_dir_remove(tmp_path: Path) -> None:
     from hyprov import pki
     from hyprov.secrets import SecretsDir
