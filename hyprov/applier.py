@@ -108,10 +108,16 @@ class Applier:
         self.rotations: dict[str, tuple[str, str]] = {}  # node -> (pending key path, live key path)
         self.by_node: dict[str, list[Change]] = {}
         for c in plan.actionable:
-            if c.node is not None and c.type not in ("migrations",):
+            if c.node is not None and c.type not in ("migrations",) and not self._settings_only(c):
                 self.by_node.setdefault(c.node, []).append(c)
         for name in self.by_node:
             self.outcomes[name] = NodeOutcome()
+
+    def _settings_only(self, c: Change) -> bool:
+        """An update of a certificate's renewal settings: recorded, nothing issued, no node touched
+        (hyprov.planner.RENEWAL_SETTINGS). The only other certificate update is ``ca.root``'s
+        in a rotation."""
+        return c.type in ("ca", "cert", "shared_cert") and c.action is Action.UPDATE and not rootca.rotates(self, c)
 
     # ------------------------------------------------------------------ state
 
@@ -178,7 +184,7 @@ class Applier:
         try:
             self._controller_phase()
             self._save()
-            rootca.forget_previous(self)  # a retired root's key goes once the saved state no longer names it
+            rootca.forget_unused(self)  # CA keys nothing uses go once the saved state no longer names them
             self._intents()
             self._node_files_phase()
             self._save()  # every node's files recorded before any restart
@@ -227,7 +233,16 @@ class Applier:
     def _controller_phase(self) -> None:
         from . import pki
 
+        pk = self.t.pki
+        if pk is not None and pk.root.external and any(
+                c.type == "ca" and c.address != "ca.root" and c.action in (Action.CREATE, Action.REPLACE)
+                for c in self.plan.actionable):
+            # before any CA is made: the root you brought must allow the intermediates below it
+            pki.check_room_below(self._external_ca().cert, len(pk.intermediates))
         for c in self.plan.actionable:
+            if self._settings_only(c):
+                self._record_settings(c)
+                continue
             if c.type not in ("ca", "shared_cert") or c.action is Action.DELETE:
                 continue
             if c.address == "ca.root" and c.action is Action.UPDATE:  # root CA rotation phase 1 or 3
@@ -248,7 +263,7 @@ class Applier:
                 key = pki.generate_key(after["key_type"])
                 name = rootca.secret_name(self, c.address)
                 if c.address == "ca.root":
-                    chain = rootca.carry(self, c.address)
+                    name, chain = rootca.fresh(self)
                     cert = pki.issue_root(key, common_name=after["common_name"], organization=after.get("organization"),
                                           validity_days=int(after["validity_days"]),
                                           path_length=int(after["path_length"]), now=now)
@@ -268,6 +283,16 @@ class Applier:
             self.emit("hyprov", f"{c.address} {'created' if c.action is Action.CREATE else 'replaced'} "
                                 f"(expires {info.not_after})")
             self._count(c)
+
+    def _record_settings(self, c: Change) -> None:
+        """The recorded certificate stays; its attributes take the new renewal settings."""
+        rec = self.state.resources.get(c.address)
+        if rec is None:
+            raise HyprovError(f"{c.address}: the plan updates its settings but the state does not record it",
+                              "make a new plan with: hyprov plan --out FILE")
+        self._put(ResourceState(c.address, rec.type, rec.node, rec.digest, {**rec.attrs, **(c.after or {})}))
+        self._count(c)
+        self.emit(c.node or "hyprov", f"{c.address} renewal settings recorded (not reissued)")
 
     def _external_ca(self) -> Any:
         from . import pki
@@ -295,12 +320,19 @@ class Applier:
         addrs = ca_addresses(self.t)
         pk = self.t.pki
         assert pk is not None
-        if any((pk.root, *pk.intermediates)[i].external for i in range(len(addrs))):
+        if (pk.root, *pk.intermediates)[-1].external:
+            # the signing CA is one you brought: its own files give the chain up to the root
             ext = self._external_ca()
             return ext.cert, ext.key, list(ext.intermediates), ext.root
-        certs = [self._ca(a)[0] for a in addrs]
-        signing_cert, signing_key = self._ca(addrs[-1])
-        return signing_cert, signing_key, list(reversed(certs[1:])), certs[0]
+        # the last intermediate hyprov made signs; above the ones hyprov made comes a root
+        # hyprov made, or one you brought (with any CAs of yours between it and its root)
+        made = [self.secrets.read_cert(rootca.secret_name(self, a)) for a in addrs[1:]]
+        signing_key = self.secrets.read_key(rootca.secret_name(self, addrs[-1]))
+        if pk.root.external:
+            ext = self._external_ca()
+            return made[-1], signing_key, [*reversed(made), *ext.intermediates], ext.root
+        root = self._ca("ca.root")[0]
+        return made[-1] if made else root, signing_key, list(reversed(made)), root
 
     # ----------------------------------------------------------------- nodes
 

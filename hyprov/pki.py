@@ -62,6 +62,7 @@ __all__ = [
     "cert_info",
     "cert_pem",
     "chain_pem",
+    "check_room_below",
     "clamped_not_after",
     "csr_command",
     "gen_cert",
@@ -1075,6 +1076,20 @@ def _path_to_root(
             raise PKIError("CA chain is longer than 8 certificates")
         current = parent
     return path
+
+
+def check_room_below(ca: x509.Certificate, intermediates: int) -> None:
+    """Refuse ``intermediates`` CAs in a row below ``ca`` when its pathLenConstraint forbids
+    them (OpenSSL would refuse every chain through them: "path length constraint exceeded")."""
+    _, path_length = _is_ca(ca)
+    if path_length is not None and intermediates > path_length:
+        who = ca.subject.rfc4514_string()
+        raise PKIError(
+            f"{who} allows {path_length} intermediate CA{'s' if path_length != 1 else ''} below it "
+            f"(pathLenConstraint {path_length}) but pki.intermediates lists {intermediates}",
+            hint=f"list at most {path_length} in pki.intermediates, or bring a CA whose path "
+            "length allows more",
+        )
 
 
 def load_external_ca(

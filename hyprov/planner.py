@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from . import graph as graphmod
@@ -26,6 +26,16 @@ if TYPE_CHECKING:
 # attributes recorded at apply time; they never make a resource differ from its desired form
 APPLY_TIME_ATTRS = frozenset({"serial", "fingerprint", "not_before", "not_after", "host_digest", "content",
                               "secret_fingerprint", "key_fingerprint", "bytes"})
+
+
+# renewal settings: when a certificate is renewed and how long the next leaf lives. A change
+# never reissues anything (and never rotates a root): it is recorded in place, and takes
+# effect at the next renewal, whose date it may move (see _settings_reason)
+RENEWAL_SETTINGS: Mapping[str, frozenset[str]] = {
+    "ca": frozenset({"leaf_validity_days", "renew_before_days"}),
+    "cert": frozenset({"validity_days", "renew_before_days"}),  # a leaf's validity_days is leaf_validity_days
+    "shared_cert": frozenset({"renew_before_days"}),
+}
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,27 @@ def _renewal_reason(attrs: Mapping[str, Any], recorded: Mapping[str, Any], now: 
         what = f"leaf_validity_days + renew_before_days is {threshold}" if ca else f"renew_before_days is {renew}"
         return f"certificate expires in {int(left)} days, {what}"
     return None
+
+
+def _renewal_due(attrs: Mapping[str, Any], recorded: Mapping[str, Any], *, ca: bool) -> str:
+    """When the recorded certificate is renewed under ``attrs``'s settings (a date)."""
+    not_after = recorded.get("not_after")
+    if not not_after:
+        return "at its next renewal"
+    days = int(attrs.get("renew_before_days", 30)) + (int(attrs.get("leaf_validity_days", 0)) if ca else 0)
+    return f"renewal due on {(datetime.fromisoformat(not_after) - timedelta(days=days)).date().isoformat()}"
+
+
+def _settings_reason(r: Resource, keys: list[str], recorded: Mapping[str, Any]) -> str:
+    """Why a certificate is updated in place: only its renewal settings changed."""
+    parts = []
+    for k in keys:
+        if r.type == "cert" and k == "validity_days":  # the leaf's own lifetime: used when it is next issued
+            parts.append(f"leaf_validity_days {recorded.get(k)} -> {r.attrs[k]} (from the next issue)")
+        else:
+            parts.append(f"{k} {recorded.get(k)} -> {r.attrs[k]}")
+    what = "the root CA is not rotated" if r.address == "ca.root" else "not reissued now"
+    return f"settings only: {', '.join(parts)}; {what}, {_renewal_due(r.attrs, recorded, ca=r.type == 'ca')}"
 
 
 def _changed_keys(desired: Mapping[str, Any], recorded: Mapping[str, Any]) -> list[str]:
@@ -141,6 +172,8 @@ def plan(
             keys = _changed_keys(r.attrs, recorded)
             if r.attrs.get("role") == "data_plane":
                 keys = [k for k in keys if k != "common_name"]  # Kong never checks a DP's CN: a rename keeps it
+            settings = [k for k in keys if k in RENEWAL_SETTINGS[r.type]]
+            keys = [k for k in keys if k not in settings]
             issuer = _dep_changed(r, reissued)
             renew = _renewal_reason(r.attrs, recorded, now, ca=r.type == "ca")
             if keys:
@@ -149,6 +182,8 @@ def plan(
                 action, reason = Action.REPLACE, f"issuer {issuer} is replaced"
             elif renew:
                 action, reason = Action.REPLACE, renew
+            elif settings:
+                action, reason = Action.UPDATE, _settings_reason(r, settings, recorded)
             action, reason = rot.certificate(r, recorded, action, reason, keys)  # phases; never a CA you brought
         elif r.type == "file":
             keys = _changed_keys(r.attrs, recorded)
@@ -210,7 +245,8 @@ def plan(
             continue
         if action is Action.CREATE or action is Action.REPLACE:
             reissued.add(addr)
-        err = facts.unreachable.get(r.node or "") if r.node else None
+        # a renewal-settings update of a leaf is recorded without reaching its node
+        err = facts.unreachable.get(r.node) if r.node and not (r.type == "cert" and action is Action.UPDATE) else None
         before = _public(rec.attrs) if rec else None
         changes[addr] = Change(addr, r.type, r.node, action, reason, before,
                                _public(r.attrs) if action is not Action.DELETE else None, diff, None)

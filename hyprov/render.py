@@ -32,7 +32,7 @@ def _attr_lines(c: Change) -> list[str]:
             lines.append(f"      + {k} = {_fmt(a)}")
         elif c.action is Action.DELETE:
             lines.append(f"      - {k} = {_fmt(b)}")
-        elif k in after and b != a and k not in ("secret_fingerprint", "host_digest") and not (
+        elif k in after and _fmt(b) != _fmt(a) and k not in ("secret_fingerprint", "host_digest") and not (
                 k == "content_digest" and c.diff):
             lines.append(f"      ~ {k} = {_fmt(b)} -> {_fmt(a)}")
     if c.after and c.type in ("cert", "ca", "shared_cert") and c.action in (Action.CREATE, Action.REPLACE):

@@ -4,13 +4,16 @@ The planner decides the phase (hyprov.rotation, pure); the applier calls these
 hooks and follows the plan's ``root_rotation`` field:
 
 * :func:`advance`: the ``ca.root`` update of phase 1 (create the new root next
-  to the current one) or phase 3 (the new root becomes the only one);
+  to the current one) or phase 3 (the new root becomes the only one); :func:`rotates`
+  tells it from an update of the root's renewal settings alone;
 * :func:`secret_name`: which root signs (the new one from phase 2 on);
 * :func:`bundle`: the ``cluster_ca_cert`` content (every trusted root);
 * :func:`root_of`, :func:`fingerprints`: what the state records so the next
   plan knows which root every chain and bundle depends on;
-* :func:`forget_previous`: the retired root's key and certificate leave
-  ``secrets_dir`` once the state no longer names it.
+* :func:`fresh`: the generation (``secrets_dir`` name) of a root created or replaced at once;
+* :func:`forget_unused`: keys and certificates of CAs nothing uses any more (the retired
+  root, a root replaced at once, the new root of a rotation that replacement overtook, a
+  removed intermediate) leave ``secrets_dir`` once the saved state no longer names them.
 
 Keys go through :class:`hyprov.secrets.SecretsDir` (0600, encrypted with
 ``HYPROV_SECRETS_PASSPHRASE`` when set); the state gets fingerprints only.
@@ -18,6 +21,8 @@ Keys go through :class:`hyprov.secrets.SecretsDir` (0600, encrypted with
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import HyprovError, PKIError
@@ -28,7 +33,7 @@ from .state import ResourceState
 if TYPE_CHECKING:
     from .applier import Applier
 
-__all__ = ["advance", "bundle", "carry", "fingerprints", "forget_previous", "root_of", "secret_name"]
+__all__ = ["advance", "bundle", "fingerprints", "forget_unused", "fresh", "root_of", "rotates", "secret_name"]
 
 _INFO = ("serial", "fingerprint", "not_before", "not_after")
 # (secrets_dir, trusted fingerprints) -> bundle bytes: every node of an apply gets the same file
@@ -63,10 +68,28 @@ def secret_name(a: Applier, address: str) -> str:
     return root_secret_name(root_generation(attrs))
 
 
-def carry(a: Applier, address: str) -> dict[str, Any]:
-    """Attributes a replaced root keeps (its secrets name)."""
-    gen = root_generation(_root_attrs(a)) if address == "ca.root" else 1
-    return {"generation": gen} if gen > 1 else {}
+def rotates(a: Applier, c: Change) -> bool:
+    """``c`` is the ``ca.root`` update of a rotation (phase 1 or 3 starting), not an update of
+    its renewal settings alone (recorded in place)."""
+    rot = a.plan.root_rotation or {}
+    return c.address == "ca.root" and _phase(a) in ("trust", "retire") and not rot.get("resuming")
+
+
+def fresh(a: Applier) -> tuple[str, dict[str, Any]]:
+    """The ``secrets_dir`` name and the attributes (its generation) of a root this apply creates
+    or replaces at once: the first root is generation 1; a replacement takes a generation no
+    recorded root uses, so it never overwrites another root's files (a failed apply leaves the
+    state and the files it names as they were) and :func:`forget_unused` deletes the old ones."""
+    attrs = _root_attrs(a)
+    if not attrs:
+        return root_secret_name(1), {}
+    used = [root_generation(attrs)]
+    for key in ("rotation", "previous_root"):
+        other = attrs.get(key)
+        if isinstance(other, dict):
+            used.append(root_generation(other.get("new", {}) if key == "rotation" else other))
+    gen = max(used) + 1
+    return root_secret_name(gen), {"generation": gen}
 
 
 def advance(a: Applier, c: Change) -> None:
@@ -108,17 +131,44 @@ def advance(a: Applier, c: Change) -> None:
                      "root CA rotation phase 3 of 3 (retire)")
 
 
-def forget_previous(a: Applier) -> None:
-    """Delete the retired root's key and certificate once the saved state no longer uses them."""
+_CA_NAME = re.compile(r"ca-root(-gen[1-9][0-9]*)?|ca-intermediate-[0-9]+")
+
+
+def forget_unused(a: Applier) -> None:
+    """Delete every CA key and certificate in ``secrets_dir`` that nothing uses any more, once the
+    saved state says so: the retired root after phase 3; after a one-shot replacement the old root
+    and the new root of a rotation it overtook; the intermediates the topology no longer lists.
+
+    In use: the recorded root (unless it is a CA you brought), the new root of a rotation under
+    way, and the intermediates hyprov makes for the topology. Nothing is deleted without a
+    recorded ``ca.root`` or without a PKI in the topology (a switch to shared mode, or a state
+    lost or moved: the keys may still be wanted), nor any file the topology names as yours."""
+    pk = a.t.pki
     attrs = _root_attrs(a)
+    if pk is None or not attrs:
+        return
+    keep = set() if attrs.get("external") else {root_secret_name(root_generation(attrs))}
+    rot = attrs.get("rotation")
+    if isinstance(rot, dict) and isinstance(rot.get("new"), dict):
+        keep.add(root_secret_name(root_generation(rot["new"])))
+    keep |= {secret_name(a, f"ca.intermediate[{i}]") for i, ca in enumerate(pk.intermediates) if not ca.external}
+    yours = {Path(f).resolve() for ca in (pk.root, *pk.intermediates)
+             for f in (ca.cert_file, ca.key_file, ca.chain_file) if f is not None}
     prev = attrs.get("previous_root")
-    if not isinstance(prev, dict):
-        return
-    name = root_secret_name(root_generation(prev))
-    if name == root_secret_name(root_generation(attrs)) or not a.secrets.remove(name):
-        return
-    a.emit("hyprov", f"retired root CA (serial {str(prev.get('serial'))[:16]}): key and certificate "
-                     f"deleted from {a.secrets.path}")
+    retired = root_secret_name(root_generation(prev)) if isinstance(prev, dict) else None
+    for name in a.secrets.names():
+        if not _CA_NAME.fullmatch(name) or name in keep or any(
+                p.resolve() in yours for p in (a.secrets.key_path(name), a.secrets.cert_path(name))):
+            continue
+        if not a.secrets.remove(name):
+            continue
+        if name == retired:
+            assert isinstance(prev, dict)
+            a.emit("hyprov", f"retired root CA (serial {str(prev.get('serial'))[:16]}): key and certificate "
+                             f"deleted from {a.secrets.path}")
+        else:
+            a.emit("hyprov", f"{name}: {'root' if name.startswith('ca-root') else 'intermediate'} CA key and "
+                             f"certificate no longer used, deleted from {a.secrets.path}")
 
 
 def bundle(a: Applier) -> bytes:

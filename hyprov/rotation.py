@@ -17,7 +17,8 @@ root is rotated in three phases, one ``hyprov apply`` each:
 
 A rotation starts when the planner would replace a hyprov-created root (its
 remaining validity is below leaf_validity_days + renew_before_days, or its
-key_type, common_name ... changed). An expired root is replaced at once: no
+key_type, common_name ... changed); a change of renew_before_days or
+leaf_validity_days alone only moves that window (hyprov.planner.RENEWAL_SETTINGS). An expired root is replaced at once: no
 connection can be verified with it any more, so phases would only prolong the
 outage. A bring-your-own CA (``cert_file``) is never rotated: the plan says so.
 
@@ -94,6 +95,15 @@ def _brief(attrs: Mapping[str, Any]) -> dict[str, Any]:
 
 def _short(attrs: Mapping[str, Any]) -> str:
     return f"serial {str(attrs.get('serial'))[:16]}, expires {attrs.get('not_after')}"
+
+
+def _abandoned(root: Mapping[str, Any]) -> str:
+    """What a one-shot replacement of ``root`` does to a rotation under way (and to the keys)."""
+    rot = root.get("rotation")
+    if isinstance(rot, Mapping) and isinstance(rot.get("new"), Mapping):
+        return (f" The root CA rotation under way is abandoned: its new root ({_short(rot['new'])}) is never "
+                "used, and its key leaves secrets_dir with the old root's once the replacement is recorded.")
+    return " The old root's key leaves secrets_dir once the new root is recorded."
 
 
 def _plural(n: int, word: str) -> str:
@@ -189,7 +199,7 @@ class Tracker:
                             "intermediates and every certificate are replaced at once, not in phases. During the "
                             "rolling restart a data plane that still trusts only the old root cannot verify a "
                             "control plane that already restarted, until it restarts too (it keeps serving its "
-                            "cached configuration meanwhile)."),
+                            "cached configuration meanwhile)." + _abandoned(recorded)),
             }
             return action, reason
         self.old = _brief(recorded)
@@ -204,7 +214,8 @@ class Tracker:
                     "name": "expired", "reason": reason,
                     "message": (f"Root CA expired: {reason}. No connection can be verified with it any more, "
                                 "so it is replaced at once together with every certificate (no phased "
-                                "rotation: there is nothing left to keep working)."),
+                                "rotation: there is nothing left to keep working). The old root's key leaves "
+                                "secrets_dir once the new root is recorded."),
                 }
                 return action, reason
             self.phase, self.trigger = "trust", reason

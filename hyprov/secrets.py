@@ -167,6 +167,14 @@ class SecretsDir:
         self._write_atomic(path, data, 0o644)
         return path
 
+    def names(self) -> list[str]:
+        """Every NAME stored (a key, a certificate or both), sorted."""
+        try:
+            files = os.listdir(self.path)
+        except OSError as exc:
+            raise PKIError(f"cannot list secrets directory {self.path}: {exc.strerror}") from exc
+        return sorted({f[:-4] for f in files if f.endswith((".key", ".crt")) and _NAME.match(f[:-4])})
+
     def remove(self, name: str) -> bool:
         """Delete ``NAME.key`` and ``NAME.crt`` (a retired CA); True if anything was there."""
         removed = False

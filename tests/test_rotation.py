@@ -33,7 +33,7 @@ from hyprov.config import parse_topology
 from hyprov.model import Topology
 from hyprov.plan import Plan
 from hyprov.planner import Facts
-from hyprov.state import NodeState, ResourceState, State, new_state
+from hyprov.state import NodeState, ResourceState, State, from_json, new_state
 
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 OLD, NEW = "0a" * 32, "0b" * 32  # root fingerprints
@@ -279,6 +279,80 @@ def test_zero_intermediates_phase_2_reissues_every_leaf() -> None:
     assert p3.root_rotation is not None and p3.root_rotation["phase"] == 3
 
 
+def _settings(**pki: Any) -> dict[str, Any]:
+    return _doc(lambda d: d["pki"].update(pki))
+
+
+@pytest.mark.parametrize("pki", [{"renew_before_days": 20}, {"renew_before_days": 45}, {"leaf_validity_days": 60},
+                                 {"leaf_validity_days": 120}, {"leaf_validity_days": 60, "renew_before_days": 20}],
+                         ids=lambda d: ",".join(f"{k}={v}" for k, v in d.items()))
+def test_a_renewal_setting_change_rotates_nothing_and_reissues_nothing(pki: dict[str, Any]) -> None:
+    """renew_before_days and leaf_validity_days say when to renew and how long the next leaf lives:
+    no root rotation, no reissue, no file, no restart; only the recorded settings change."""
+    p = make_plan(topo(_settings(**pki)), recorded(T))
+    assert p.root_rotation is None
+    got = actions(p)
+    assert set(got) == {"ca.root", *LEAVES}, got
+    assert {symbol for symbol, _ in got.values()} == {"~"}, got
+    for addr, (_, reason) in got.items():
+        assert (reason or "").startswith("settings only: "), (addr, reason)
+        assert "not reissued now" in (reason or "") or "not rotated" in (reason or ""), (addr, reason)
+    if "leaf_validity_days" in pki:
+        assert f"leaf_validity_days 90 -> {pki['leaf_validity_days']} (from the next issue)" in got["cert.dp1"][1]
+    assert "the root CA is not rotated" in got["ca.root"][1]
+    # nothing reaches a node: one that cannot be reached does not hold the change up
+    down = make_plan(topo(_settings(**pki)), recorded(T), Facts(unreachable={"dp1": "connection refused"}))
+    assert not down.errors and actions(down) == got
+    text = render.render_text(p)
+    assert "Root CA rotation" not in text
+    assert "0 to add, 5 to change, 0 to replace, 0 to destroy" in text
+
+
+def test_a_setting_change_still_renews_what_its_new_window_reaches() -> None:
+    """The new values apply at once to *when* renewal is due: a root whose remaining life drops
+    below leaf_validity_days + renew_before_days is rotated (for that reason), a leaf inside its
+    new renew_before_days is reissued."""
+    p = make_plan(topo(_settings(leaf_validity_days=365)), recorded(T, 300))
+    assert p.root_rotation is not None and p.root_rotation["name"] == "trust"
+    assert p.root_rotation["reason"] == "certificate expires in 300 days, leaf_validity_days + renew_before_days is 395"
+    p = make_plan(topo(_settings(renew_before_days=85)), recorded(T))  # leaves have 80 days left
+    got = actions(p)
+    assert p.root_rotation is None
+    assert got["cert.dp1"] == ("-/+", "certificate expires in 80 days, renew_before_days is 85")
+    assert got["ca.root"][0] == "~" and got["ca.intermediate[0]"][0] == "~"
+
+
+def test_a_setting_change_during_a_rotation_keeps_the_phase() -> None:
+    p = make_plan(topo(_settings(renew_before_days=20)), started(recorded(T, SOON)))
+    assert p.root_rotation is not None and (p.root_rotation["phase"], p.root_rotation["resuming"]) == (2, False)
+    got = actions(p)
+    assert "ca.root" not in got
+    assert got["cert.dp1"][0] == "-/+" and got["cert.dp1"][1].startswith("Root CA rotation phase 2 of 3")
+
+
+OLD_STATE = Path(__file__).parent / "golden" / "state"
+
+
+@pytest.mark.parametrize("pki", [{}, {"renew_before_days": 20, "leaf_validity_days": 60}], ids=["same", "changed"])
+def test_a_state_hyprov_wrote_before_still_loads_and_plans_no_rotation(pki: dict[str, Any]) -> None:
+    """A state written by hyprov 6f4d6e9 (renewal settings on every CA and leaf, state version 1):
+    read as it is, no rotation and no reissue; a settings change only updates the records."""
+    doc = yaml.safe_load((OLD_STATE / "pki-6f4d6e9.yaml").read_text())
+    doc["pki"].update(pki)
+    t = topo(doc)
+    s = from_json((OLD_STATE / "pki-6f4d6e9-state.json").read_text(), "pki-6f4d6e9-state.json")
+    now = dt.datetime.fromisoformat(s.resources["cert.dp1"].attrs["not_before"]) + dt.timedelta(days=1)
+    res = resources.build(t)
+    p = planner.plan(res, None, s, now, topology_digest=t.digest)
+    assert p.root_rotation is None
+    got = {c.address: c for c in p.actionable if c.type in ("ca", "cert") or c.address.endswith('.crt"]')}
+    if not pki:
+        assert not got
+    else:
+        assert set(got) == {"ca.root", "ca.intermediate[0]", "cert.cp1", "cert.dp1"}
+        assert all(c.action.symbol == "~" and (c.reason or "").startswith("settings only: ") for c in got.values())
+
+
 # --------------------------------------------------------------------------- end to end
 
 needs_openssl = pytest.mark.skipif(not openssl_available(), reason="openssl CLI not installed")
@@ -435,6 +509,157 @@ def test_an_interrupted_phase_resumes_and_retirement_waits_for_every_restart(tmp
     assert hyprov("apply", "--auto-approve", cwd=tmp_path).returncode == 0  # dp2's restart
     assert plan_json(tmp_path)["root_rotation"]["name"] == "retire"
     assert hyprov("apply", "--auto-approve", cwd=tmp_path).returncode == 0
+    assert hyprov("plan", "--detailed-exitcode", cwd=tmp_path).returncode == 0
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@needs_openssl
+def test_a_renewal_setting_change_is_recorded_then_used_at_the_next_renewal(tmp_path: Path) -> None:
+    doc = local_topology(cps=1, dps=2, mtls="pki", intermediates=1)
+    write(tmp_path, doc)
+    assert hyprov("apply", "--auto-approve", cwd=tmp_path, env=PASS).returncode == 0
+    hosts, secrets = tmp_path / ".hyprov/hosts", tmp_path / ".hyprov/secrets"
+    nodes, keys = _tree(hosts), _tree(secrets)
+    before = state(tmp_path)["resources"]
+    doc["pki"].update(leaf_validity_days=60, renew_before_days=20)
+    write(tmp_path, doc)
+    r = hyprov("plan", "--detailed-exitcode", cwd=tmp_path, env=PASS)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Root CA rotation" not in r.stdout and "-/+" not in r.stdout, r.stdout
+    assert "~ ca.root    # settings only: leaf_validity_days 90 -> 60, renew_before_days 30 -> 20; the root CA " \
+           "is not rotated, renewal due on " in r.stdout, r.stdout
+    assert "Plan: 0 to add, 5 to change, 0 to replace, 0 to destroy." in r.stdout
+    assert plan_json(tmp_path)["root_rotation"] is None
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path, env=PASS)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert _tree(hosts) == nodes, "no file written, no restart (var/restarts unchanged)"
+    assert _tree(secrets) == keys, "no CA made or reissued"
+    after = state(tmp_path)["resources"]
+    for addr in ("ca.root", "ca.intermediate[0]", "cert.cp1", "cert.dp1"):
+        a, b = after[addr]["attributes"], before[addr]["attributes"]
+        assert a["fingerprint"] == b["fingerprint"] and a["renew_before_days"] == 20, addr
+        assert a["leaf_validity_days" if addr.startswith("ca.") else "validity_days"] == 60, addr
+    assert hyprov("plan", "--detailed-exitcode", cwd=tmp_path, env=PASS).returncode == 0
+
+    # the next renewal of a leaf uses the new validity (its window is put near by editing the state)
+    st = state(tmp_path)
+    st["resources"]["cert.dp1"]["attributes"]["not_after"] = iso(dt.datetime.now(dt.UTC) + dt.timedelta(days=10))
+    (tmp_path / "hyprov.state.json").write_text(json.dumps(st, indent=2, sort_keys=True) + "\n")
+    r = hyprov("plan", cwd=tmp_path, env=PASS)
+    assert "-/+ cert.dp1    # certificate expires in 9 days, renew_before_days is 20" in r.stdout, r.stdout
+    assert "Plan: 0 to add, 1 to change, 1 to replace, 0 to destroy." in r.stdout, r.stdout  # the cert file
+    assert hyprov("apply", "--auto-approve", cwd=tmp_path, env=PASS).returncode == 0
+    leaf = x509.load_pem_x509_certificate((hosts / "dp1/etc/kong/cluster/cluster.crt").read_bytes())
+    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == dt.timedelta(days=60, minutes=5)
+    assert (hosts / "dp2/etc/kong/cluster/cluster.crt").read_bytes() == nodes["dp2/etc/kong/cluster/cluster.crt"]
+    snap = snapshot(tmp_path, "renewed", ["cp1", "dp1"])
+    result = handshake(tmp_path, "cp1", snap, "dp1", snap)
+    assert result.ok, result
+    assert hyprov("plan", "--detailed-exitcode", cwd=tmp_path, env=PASS).returncode == 0
+
+
+def test_a_shared_cert_renew_before_days_change_is_recorded_only(tmp_path: Path) -> None:
+    doc = local_topology(cps=1, dps=1, mtls="shared")
+    write(tmp_path, doc)
+    assert hyprov("apply", "--auto-approve", cwd=tmp_path).returncode == 0
+    nodes, keys = _tree(tmp_path / ".hyprov/hosts"), _tree(tmp_path / ".hyprov/secrets")
+    doc["shared_cert"] = {"renew_before_days": 60}
+    write(tmp_path, doc)
+    r = hyprov("plan", "--detailed-exitcode", cwd=tmp_path)
+    assert r.returncode == 2 and "~ shared_cert    # settings only: renew_before_days 30 -> 60; not reissued now, " \
+        "renewal due on " in r.stdout, r.stdout + r.stderr
+    assert "Plan: 0 to add, 1 to change, 0 to replace, 0 to destroy." in r.stdout
+    assert hyprov("apply", "--auto-approve", cwd=tmp_path).returncode == 0
+    assert _tree(tmp_path / ".hyprov/hosts") == nodes
+    assert _tree(tmp_path / ".hyprov/secrets") == keys, "the shared pair is not reissued"
+    assert state(tmp_path)["resources"]["shared_cert"]["attributes"]["renew_before_days"] == 60
+    assert hyprov("plan", "--detailed-exitcode", cwd=tmp_path).returncode == 0
+
+
+def _roots_in(secrets: Path) -> list[str]:
+    return sorted(p.name for p in secrets.iterdir() if p.name.startswith("ca-root"))
+
+
+@needs_openssl
+@pytest.mark.parametrize("phases", [1, 2], ids=["after-trust", "after-reissue"])
+def test_a_one_shot_replacement_during_a_rotation_leaves_no_unused_root(tmp_path: Path, phases: int) -> None:
+    """Adding an intermediate mid-rotation replaces the root at once: the rotation's new root
+    (ca-root-gen2) is never used, and neither it nor the old root stays in secrets_dir or any bundle."""
+    write(tmp_path, local_topology(cps=1, dps=2, mtls="pki", intermediates=1))
+    assert hyprov("apply", "--auto-approve", cwd=tmp_path, env=PASS).returncode == 0
+    into_renewal_window(tmp_path)
+    for _ in range(phases):
+        assert hyprov("apply", "--auto-approve", cwd=tmp_path, env=PASS).returncode == 0
+    secrets = tmp_path / ".hyprov/secrets"
+    assert _roots_in(secrets) == ["ca-root-gen2.crt", "ca-root-gen2.key", "ca-root.crt", "ca-root.key"]
+    write(tmp_path, local_topology(cps=1, dps=2, mtls="pki", intermediates=2))
+    rot = plan_json(tmp_path)["root_rotation"]
+    assert rot["name"] == "restructure"
+    assert "The root CA rotation under way is abandoned: its new root (serial " in rot["message"], rot["message"]
+    assert "secrets_dir" in rot["message"]
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path, env=PASS)
+    assert r.returncode == 0, r.stdout + r.stderr
+    root = state(tmp_path)["resources"]["ca.root"]["attributes"]
+    assert "rotation" not in root and "previous_root" not in root
+    assert root["generation"] == 3, "a new root never overwrites another one's files"
+    assert _roots_in(secrets) == ["ca-root-gen3.crt", "ca-root-gen3.key"], r.stdout
+    assert "ca-root-gen2: root CA key and certificate no longer used, deleted from" in r.stdout + r.stderr
+    snap = snapshot(tmp_path, "one-shot", ["cp1", "dp1", "dp2"])
+    for node in ("cp1", "dp1", "dp2"):  # nothing on the nodes trusts or chains to the unused roots
+        assert fingerprints(snap / node / "cluster_ca_cert") == [root["fingerprint"]]
+        chain = x509.load_pem_x509_certificates((snap / node / "cluster_cert").read_bytes())
+        assert len(chain) == 3
+        for child, parent in zip(chain, [*chain[1:], x509.load_pem_x509_certificate(
+                (snap / node / "cluster_ca_cert").read_bytes())], strict=True):
+            child.verify_directly_issued_by(parent)
+    for dp in ("dp1", "dp2"):
+        assert handshake(tmp_path, "cp1", snap, dp, snap).ok
+    assert hyprov("plan", "--detailed-exitcode", cwd=tmp_path, env=PASS).returncode == 0
+
+
+@needs_openssl
+def test_your_own_root_during_a_rotation_leaves_no_root_of_hyprov(tmp_path: Path) -> None:
+    """Switching to a root you bring mid-rotation is a one-shot replacement too: both of hyprov's
+    roots go; your files stay, even inside secrets_dir."""
+    write(tmp_path, local_topology(cps=1, dps=1, mtls="pki", intermediates=1))
+    assert hyprov("apply", "--auto-approve", cwd=tmp_path, env=PASS).returncode == 0
+    into_renewal_window(tmp_path)
+    assert hyprov("apply", "--auto-approve", cwd=tmp_path, env=PASS).returncode == 0  # phase 1
+    from hyprov import pki
+
+    secrets = tmp_path / ".hyprov/secrets"
+    key = pki.generate_key("ec-p256")
+    corp = pki.issue_root(key, common_name="Corp Root", validity_days=3650, now=dt.datetime.now(dt.UTC))
+    (secrets / "ca-root-gen9.crt").write_bytes(pki.cert_pem(corp))  # named like hyprov's, but yours
+    (secrets / "ca-root-gen9.key").write_bytes(pki.key_pem(key))
+    doc = local_topology(cps=1, dps=1, mtls="pki", intermediates=1)
+    doc["pki"]["root"] = {"cert_file": ".hyprov/secrets/ca-root-gen9.crt", "key_file": ".hyprov/secrets/ca-root-gen9.key"}
+    write(tmp_path, doc)
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path, env=PASS)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert _roots_in(secrets) == ["ca-root-gen9.crt", "ca-root-gen9.key"], r.stdout
+    snap = snapshot(tmp_path, "yours", ["cp1", "dp1"])
+    assert (snap / "dp1/cluster_ca_cert").read_bytes() == pki.cert_pem(corp)
+    assert handshake(tmp_path, "cp1", snap, "dp1", snap).ok
+    assert hyprov("plan", "--detailed-exitcode", cwd=tmp_path, env=PASS).returncode == 0
+
+
+def test_a_removed_intermediate_leaves_secrets_dir(tmp_path: Path) -> None:
+    write(tmp_path, local_topology(cps=1, dps=1, mtls="pki", intermediates=2))
+    assert hyprov("apply", "--auto-approve", cwd=tmp_path).returncode == 0
+    secrets = tmp_path / ".hyprov/secrets"
+    write(tmp_path, local_topology(cps=1, dps=1, mtls="pki", intermediates=1))
+    r = hyprov("plan", cwd=tmp_path)
+    assert "  - ca.intermediate[1]    # no longer in the topology" in r.stdout, r.stdout
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(p.name for p in secrets.iterdir()) == [
+        "ca-intermediate-0.crt", "ca-intermediate-0.key", "ca-root-gen2.crt", "ca-root-gen2.key"]
+    assert "ca-intermediate-1: intermediate CA key and certificate no longer used" in r.stdout
+    assert "ca-root: root CA key and certificate no longer used" in r.stdout
     assert hyprov("plan", "--detailed-exitcode", cwd=tmp_path).returncode == 0
 
 
