@@ -353,9 +353,10 @@ class Applier:
             outcome.status = "running"
             cert_change = next((c for c in changes if c.type == "cert" and c.action is not Action.DELETE), None)
             local_key: bytes | None = None
+            cert_record: ResourceState | None = None  # recorded only once its files have landed
             if cert_change is not None:
                 self.progress(name, "issuing its certificate")
-                local_key = self._issue_leaf(node, cert_change)
+                local_key, cert_record = self._issue_leaf(node, cert_change)
             writes: list[tuple[Change, hs.FileWrite]] = []
             on_node_keys: list[Change] = []
             for c in changes:
@@ -390,6 +391,12 @@ class Applier:
                 self._record_file(node, c, w.content)
                 self.emit(name, f"file {w.path} {'created' if c.action is Action.CREATE else 'updated'} "
                                 f"({_size(len(w.content))})")
+            if cert_record is not None and cert_change is not None:
+                # the certificate is on the node (and its key in place): only now is it the
+                # recorded one; a failure above keeps the prior record (none for a create), so
+                # the next plan issues it again instead of trusting files that never landed
+                self._put(cert_record)
+                self._count(cert_change)
             if on_node_keys:
                 facts = hs.parse_read(tr.run(hs.read_script([(c.after or {})["path"] for c in on_node_keys])).stdout)
                 for c in on_node_keys:
@@ -412,8 +419,9 @@ class Applier:
             self.emit(name, f"failed: {exc}")
             self._save(periodic=True)
 
-    def _issue_leaf(self, node: m.Node, c: Change) -> bytes | None:
-        """Issue the node's certificate; returns the key PEM when hyprov generated it."""
+    def _issue_leaf(self, node: m.Node, c: Change) -> tuple[bytes | None, ResourceState]:
+        """Issue the node's certificate: (the key PEM when hyprov generated it, the record
+        to put in the state once the certificate's files have been written)."""
         from . import pki
 
         after = c.after or {}
@@ -452,12 +460,11 @@ class Applier:
         pem = pki.chain_pem(cert, intermediates)
         self.issued[c.address] = pem
         info = pki.cert_info(cert)
-        self._put(ResourceState(
+        record = ResourceState(
             c.address, "cert", node.name, info.sha256,
-            {**after, **_cert_attrs(info), "pem": pem.decode(), **rootca.root_of(self, after["issuer"], signing_cert)}))
-        self._count(c)
+            {**after, **_cert_attrs(info), "pem": pem.decode(), **rootca.root_of(self, after["issuer"], signing_cert)})
         self.emit(node.name, f"{c.address} issued (expires {info.not_after})")
-        return key_pem
+        return key_pem, record
 
     def _content(self, node: m.Node, after: Mapping[str, Any], local_key: bytes | None) -> bytes:
         from . import pki

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -18,6 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from topo import ENV, hyprov, local_topology, write
 
 DASHES = "-" * 5  # PEM armour built at run time: no key-like text in the repository
@@ -324,3 +327,62 @@ def test_sigkill_during_apply_never_leaves_partial_files_or_loses_restarts(tmp_p
         for n in ("dp1", "dp6"):
             assert f"round:{i}" in host_file(tmp_path, n, "/etc/kong/kong.conf").read_text()
             assert restarts(tmp_path, n) >= before[n] + 1, "a restart was lost"
+
+
+def failing_sync(tmp: Path, node: str) -> dict[str, str]:
+    """An environment whose ``sync`` fails on ``node`` only: that node's batched write
+    stops before any rename (its temp files are removed), every other node is untouched."""
+    shim = tmp / "shims"
+    shim.mkdir(exist_ok=True)
+    real = shutil.which("sync")
+    assert real is not None
+    (shim / "sync").write_text(
+        "#!/bin/sh\n"
+        f'case "${{HYPROV_ROOT:-}}" in */{node}) echo "sync: Input/output error" >&2; exit 1;; esac\n'
+        f'exec {real} "$@"\n')
+    (shim / "sync").chmod(0o755)
+    return {"PATH": f"{shim}:{os.environ['PATH']}"}
+
+
+def key_matches_cert(tmp: Path, node: str) -> bool:
+    cert = x509.load_pem_x509_certificate(host_file(tmp, node, "/etc/kong/cluster/cluster.crt").read_bytes())
+    key = serialization.load_pem_private_key(
+        host_file(tmp, node, "/etc/kong/cluster/cluster.key").read_bytes(), None)
+    pub = serialization.PublicFormat.SubjectPublicKeyInfo
+    return bool(cert.public_key().public_bytes(serialization.Encoding.DER, pub)
+                == key.public_key().public_bytes(serialization.Encoding.DER, pub))
+
+
+@pytest.mark.parametrize("case", ["create", "replace"])
+def test_failed_write_never_records_the_new_certificate(tmp_path: Path, case: str) -> None:
+    """A certificate whose file did not land keeps its prior record (or none), so the next
+    plan, even without refresh, issues it again; the rerun converges with key and cert paired."""
+    doc = local_topology(mtls="pki")
+    write(tmp_path, doc)
+    apply_ok(tmp_path)
+    state = json.loads((tmp_path / "hyprov.state.json").read_text())
+    if case == "create":  # a certificate hyprov no longer knows: issued (and its key rotated) anew
+        node = "dp1"
+        assert hyprov("state", "rm", "cert.dp1", cwd=tmp_path).returncode == 0
+    else:  # new SANs: the CP's certificate is replaced (its key kept)
+        node = "cp1"
+        doc["control_planes"][0]["server_names"] = ["cp.test.internal", "cp-new.test.internal"]
+        write(tmp_path, doc)
+    old_crt = host_file(tmp_path, node, "/etc/kong/cluster/cluster.crt").read_bytes()
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path, env=failing_sync(tmp_path, node))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"{node}: failed" in r.stderr and "atomic write" in r.stderr
+    assert host_file(tmp_path, node, "/etc/kong/cluster/cluster.crt").read_bytes() == old_crt
+    after = json.loads((tmp_path / "hyprov.state.json").read_text())
+    if case == "create":
+        assert f"cert.{node}" not in after["resources"], "a certificate that never landed is not recorded"
+    else:
+        assert after["resources"][f"cert.{node}"] == state["resources"][f"cert.{node}"], "prior record kept"
+    r = hyprov("plan", "--no-refresh", "--detailed-exitcode", cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert re.search(rf"^  (\+|-/\+) cert\.{node} ", r.stdout, re.M), r.stdout
+    assert f'file.{node}["/etc/kong/cluster/cluster.crt"]' in r.stdout
+    apply_ok(tmp_path)
+    assert host_file(tmp_path, node, "/etc/kong/cluster/cluster.crt").read_bytes() != old_crt
+    assert key_matches_cert(tmp_path, node)
+    assert_converged(tmp_path)
