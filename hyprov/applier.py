@@ -86,6 +86,7 @@ class Applier:
         self.plan = plan
         self.backend = backend
         self.state = state
+        self.prior = state  # the state before this run: what a rolled-back file is again
         # the state as last written by this run (None: nothing stored yet), kept in memory
         # so a save never re-reads and re-parses the whole document
         self._written: State | None = state if plan.serial is not None else None
@@ -666,6 +667,7 @@ class Applier:
                     raise CommandFailed(name, str(restart), ran["restart"], steps.output("restart"))
                 if health and ran["health"] != 0:
                     self.emit(name, "health check failed: " + _restored(ran))
+                    self._rolled_back(name, {paths[i] for i in steps.restored if i < len(paths)})
                     raise CommandFailed(name, f"health check ({health})", ran["health"], steps.output("health"))
         except HyprovError as exc:
             outcome.status, outcome.detail = "failed", str(exc)
@@ -678,6 +680,23 @@ class Applier:
         outcome.status, outcome.restarted = "done", True
         self.emit(name, "restarted" if after.get("restart") else "no restart command configured")
         return True
+
+    def _rolled_back(self, name: str, restored: set[str]) -> None:
+        """The restore put ``restored`` (host paths) back to their ``.hyprov-prev``: record
+        what the node holds again, the prior record of each (none if there was none: a file
+        hyprov had not written yet), and the prior certificate when its file went back.
+        The next plan then proposes those changes again, with or without refresh; files
+        that had no previous version stay, and stay recorded as written."""
+        back = [c for c in self.by_node.get(name, []) if c.type == "file" and c.action is not Action.DELETE
+                and (c.after or {}).get("path") in restored]
+        if any((c.after or {}).get("source") == "leaf" for c in back):
+            back += [c for c in self.by_node[name] if c.type == "cert" and c.action is not Action.DELETE]
+        for c in back:
+            prior = self.prior.resources.get(c.address)
+            if prior is not None:
+                self._put(prior)
+            else:
+                self._drop(c.address)
 
     def _controller_deletes(self) -> None:
         for c in self.plan.actionable:

@@ -386,3 +386,39 @@ def test_failed_write_never_records_the_new_certificate(tmp_path: Path, case: st
     assert host_file(tmp_path, node, "/etc/kong/cluster/cluster.crt").read_bytes() != old_crt
     assert key_matches_cert(tmp_path, node)
     assert_converged(tmp_path)
+
+
+def test_health_check_rollback_is_recorded_and_planned_again(tmp_path: Path) -> None:
+    """After a failed health check puts the previous files back, the state records those
+    (the prior records), so even a plan without refresh proposes the update again."""
+    health = 'test "$(basename "$R")" != dp1 || test ! -e "$R/etc/kong/break"'
+    doc = local_topology(dps=2, health=health)
+    write(tmp_path, doc)
+    apply_ok(tmp_path)
+    before = json.loads((tmp_path / "hyprov.state.json").read_text())["resources"]
+    host_file(tmp_path, "dp1", "/etc/kong/break").write_text("x")
+    doc["data_planes"] = [{**d, "labels": {"v": "2"}} for d in doc["data_planes"]]
+    write(tmp_path, doc)
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path)
+    assert r.returncode == 1 and "health check failed: put the previous files back" in r.stdout, r.stdout
+    assert "v:2" not in host_file(tmp_path, "dp1", "/etc/kong/kong.conf").read_text()
+    state = json.loads((tmp_path / "hyprov.state.json").read_text())
+    conf1, conf2 = 'file.dp1["/etc/kong/kong.conf"]', 'file.dp2["/etc/kong/kong.conf"]'
+    assert state["resources"][conf1] == before[conf1], "the state records the file the host has again"
+    assert state["resources"][conf2] != before[conf2], "dp2 got (and keeps) its new file"
+    # dp1 still owes a restart; dp2 (the next batch) was never restarted
+    assert state["nodes"]["dp1"]["pending_restart"] is True and state["nodes"]["dp2"]["pending_restart"] is True
+    for refresh in ("--no-refresh", "--refresh"):
+        r = hyprov("plan", refresh, "--detailed-exitcode", cwd=tmp_path)
+        assert r.returncode == 2, r.stdout + r.stderr
+        changed = re.findall(r"^  (\S+) (\S+)\s+# (.*)$", r.stdout, re.M)
+        assert changed == [("~", conf1, "kong.conf: cluster_dp_labels changed"),
+                           ("~", "service.dp1", "restart: /etc/kong/kong.conf changed"),
+                           ("~", "service.dp2", "restart left pending by an interrupted or failed run")], r.stdout
+        assert "+cluster_dp_labels = v:2" in r.stdout
+    host_file(tmp_path, "dp1", "/etc/kong/break").unlink()
+    apply_ok(tmp_path)
+    assert "v:2" in host_file(tmp_path, "dp1", "/etc/kong/kong.conf").read_text()
+    assert_converged(tmp_path)
+    assert hyprov("plan", "--no-refresh", "--detailed-exitcode", cwd=tmp_path).returncode == 0
+

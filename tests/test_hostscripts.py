@@ -177,6 +177,7 @@ def test_restart_script_unhealthy_restores_and_restarts_again(tmp_path: Path) ->
     steps = restart(tmp_path, "echo not yet; echo 'kong: unhealthy' >&2\nexit 3  # a comment")
     assert steps.status == {"restart": 0, "health": 3, "restore": 0, "restart-again": 0}
     assert steps.output("health") == "kong: unhealthy"
+    assert steps.restored == {0} and steps.stdout.get("restore", "") == ""
     assert on(tmp_path, CONF).read_bytes() == files("v1")[0].content
     assert (tmp_path / "restarts").read_text() == "\n\n"
 
@@ -188,3 +189,18 @@ def test_restart_script_failed_restart_stops_there(tmp_path: Path) -> None:
     steps = hs.parse_steps(r.stdout, r.stderr)
     assert steps.status == {"restart": 7} and steps.output("restart") == "boom"
     assert on(tmp_path, CONF + hs.PREV_SUFFIX).exists(), "kept: the node is not healthy"
+
+
+def test_restore_names_exactly_the_files_it_put_back(tmp_path: Path) -> None:
+    """A file new in this run has no .hyprov-prev: it stays, and is not reported as restored
+    (the applier keeps recording it as written); the others are, by their index."""
+    new = hs.FileWrite("/etc/kong/license.json", b"{}\n", "0640", None, None)
+    assert run(tmp_path, hs.write_script(files("v1"))).returncode == 0
+    assert run(tmp_path, hs.write_script([*files("v2"), new])).returncode == 0
+    paths = [new.path, CONF, CRT, KEY]
+    r = run(tmp_path, hs.restart_script(None, f"echo '{hs.RESTORED_MARK}0'; exit 1", paths))
+    steps = hs.parse_steps(r.stdout, r.stderr)
+    assert steps.status == {"health": 1, "restore": 0}
+    assert steps.restored == {1, 2, 3}, "the health command's own output is not a restore report"
+    assert on(tmp_path, new.path).read_bytes() == b"{}\n"
+    assert [on(tmp_path, f.path).read_bytes() for f in files("v1")] == [f.content for f in files("v1")]
