@@ -382,7 +382,11 @@ class Applier:
                                         res.stderr.decode(errors="replace"))
             rotation = self.rotations.pop(name, None)
             if rotation is not None:
-                mv = tr.run(hs.in_root(f'mv -f "$R"{_q(rotation[0])} "$R"{_q(rotation[1])}'))
+                # the live key is kept as .hyprov-prev like every written file, so that a failed
+                # health check puts back the previous key together with the previous certificate
+                pending, live = f'"$R"{_q(rotation[0])}', f'"$R"{_q(rotation[1])}'
+                prev = f'"$R"{_q(rotation[1] + hs.PREV_SUFFIX)}'
+                mv = tr.run(hs.in_root(f"if [ -e {live} ]; then ln -f {live} {prev}; fi\nmv -f {pending} {live}"))
                 if mv.exit_status != 0:
                     raise CommandFailed(name, "install the rotated key", mv.exit_status, mv.stderr.decode())
             for c, w in writes:

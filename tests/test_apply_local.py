@@ -7,6 +7,7 @@ graph, planner, applier, atomic writes, state, locking) with no host.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -422,3 +423,31 @@ def test_health_check_rollback_is_recorded_and_planned_again(tmp_path: Path) -> 
     assert_converged(tmp_path)
     assert hyprov("plan", "--no-refresh", "--detailed-exitcode", cwd=tmp_path).returncode == 0
 
+
+def test_health_check_rollback_puts_back_certificate_and_key_together(tmp_path: Path) -> None:
+    """A new certificate with a new on-node key, then a failed health check: the node gets
+    its previous certificate and key back (a pair), and the state forgets the new one."""
+    health = 'test "$(basename "$R")" != dp1 || test ! -e "$R/etc/kong/break"'
+    write(tmp_path, local_topology(mtls="pki", health=health))
+    apply_ok(tmp_path)
+    paths = ("/etc/kong/cluster/cluster.crt", "/etc/kong/cluster/cluster.key")
+
+    def digests() -> dict[str, str]:  # never key material in an assertion message
+        return {p: hashlib.sha256(host_file(tmp_path, "dp1", p).read_bytes()).hexdigest() for p in paths}
+
+    old = digests()
+    assert hyprov("state", "rm", "cert.dp1", cwd=tmp_path).returncode == 0
+    host_file(tmp_path, "dp1", "/etc/kong/break").write_text("x")
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path)
+    assert r.returncode == 1 and "health check failed: put the previous files back" in r.stdout, r.stdout
+    assert digests() == old, "certificate and key put back together"
+    assert key_matches_cert(tmp_path, "dp1")
+    state = json.loads((tmp_path / "hyprov.state.json").read_text())
+    assert "cert.dp1" not in state["resources"]
+    r = hyprov("plan", "--no-refresh", "--detailed-exitcode", cwd=tmp_path)
+    assert r.returncode == 2 and re.search(r"^  \+ cert\.dp1 ", r.stdout, re.M), r.stdout
+    host_file(tmp_path, "dp1", "/etc/kong/break").unlink()
+    apply_ok(tmp_path)
+    assert digests()[paths[0]] != old[paths[0]]
+    assert key_matches_cert(tmp_path, "dp1")
+    assert_converged(tmp_path)
