@@ -451,3 +451,26 @@ def test_health_check_rollback_puts_back_certificate_and_key_together(tmp_path: 
     assert digests()[paths[0]] != old[paths[0]]
     assert key_matches_cert(tmp_path, "dp1")
     assert_converged(tmp_path)
+
+
+def big_license(path: Path, size: int = 256 * 1024) -> bytes:
+    """A license file far beyond one command-line argument (Linux: 128 KiB), with the
+    characters a shell quote must carry (quotes, backslashes, $, newlines)."""
+    line = '{"license": {"payload": {"customer": "it\'s \\\\ $HOME `x`"}, "signature": "%064x"}}\n'
+    text = "".join(line % i for i in range(size // len(line % 0) + 1)).encode()
+    path.write_bytes(text)
+    assert 256 * 1024 <= len(text) < 257 * 1024
+    return text
+
+
+def test_large_license_file_is_installed(tmp_path: Path) -> None:
+    content = big_license(tmp_path / "license.json")
+    doc = local_topology()
+    doc["defaults"]["kong"]["license_file"] = "license.json"
+    write(tmp_path, doc)
+    r = apply_ok(tmp_path)
+    assert "file /etc/kong/license.json created (256." in r.stdout, r.stdout
+    for node in ("cp1", "dp1", "dp2"):
+        assert host_file(tmp_path, node, "/etc/kong/license.json").read_bytes() == content
+        assert not list(host_file(tmp_path, node, "/etc/kong").rglob(".hyprov-tmp*"))
+    assert_converged(tmp_path)

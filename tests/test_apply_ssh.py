@@ -239,3 +239,31 @@ def test_sigkill_at_random_points_never_leaves_partial_files(tmp_path: Path, hos
         for h in hosts5.hosts[1:]:
             assert f"round:{i}" in on_host(h, "/etc/kong/kong.conf").read_text()
             assert restarts(h) >= before[h.name] + 1, f"restart lost on {h.name}"
+
+
+@pytest.mark.parametrize("become", ["none", "sudo"])
+def test_large_license_file_over_ssh(tmp_path: Path, ssh_hosts_factory: Any, become: str) -> None:
+    """A node's files beyond one command-line argument (Linux: 128 KiB) are installed in one
+    batched write, as root and through sudo, with owner, mode and an empty re-plan."""
+    hosts: SSHHosts = ssh_hosts_factory(2)
+    for h in hosts:
+        hosts.add_kong_user(h)
+        hosts.add_deploy_user(h)
+    line = '{"license": {"payload": {"customer": "it\'s \\\\ $HOME `x`"}, "signature": "%064x"}}\n'
+    content = "".join(line % i for i in range(256 * 1024 // len(line % 0) + 1)).encode()
+    assert len(content) > 256 * 1024
+    (tmp_path / "license.json").write_bytes(content)
+    doc = ssh_topology(hosts, mtls="shared")
+    doc["defaults"]["kong"]["license_file"] = "license.json"
+    if become == "sudo":
+        doc["defaults"]["connection"].update(user="deploy", become="sudo")
+    write(tmp_path, doc)
+    apply_ok(tmp_path)
+    for h in hosts:
+        lic = on_host(h, "/etc/kong/license.json")
+        assert lic.read_bytes() == content
+        assert stat.S_IMODE(lic.stat().st_mode) == 0o640
+        owner = hosts.nsenter_run(h, ["stat", "-c", "%U:%G", "/etc/kong/license.json"]).stdout.decode().split()
+        assert owner == ["kong:kong"]
+        assert restarts(h) == 1
+    converged(tmp_path)

@@ -1,7 +1,8 @@
 """The host scripts themselves (hyprov.hostscripts), run with /bin/sh the way the
-local connection runs them ($HYPROV_ROOT = a node directory): what they leave on
-disk, what they print, how many processes they start, and what a SIGKILL of the
-host's shell at each of its steps leaves behind."""
+transports run them (the script on stdin, framed by transports.base.stdin_script;
+$HYPROV_ROOT = a node directory): what they leave on disk, what they print, how
+many processes they start, and what a SIGKILL of the host's shell at each of its
+steps leaves behind."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from hyprov import hostscripts as hs
+from hyprov.transports.base import stdin_script
 
 TOOLS = ("sha256sum", "stat", "mkdir", "chown", "chgrp", "chmod", "sync", "ln", "mv", "rm", "base64",
          "cat", "cut", "dirname", "mktemp")
@@ -25,7 +27,8 @@ def run(root: Path, script: str, path: str | None = None) -> subprocess.Complete
     env = {**os.environ, "HYPROV_ROOT": str(root)}
     if path is not None:
         env["PATH"] = path
-    return subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, cwd=root, timeout=60)
+    return subprocess.run(["/bin/sh", "-s"], input=stdin_script(script), env=env, capture_output=True, cwd=root,
+                          timeout=60)
 
 
 def shims(tmp: Path, log: Path, kill_at: int | None = None) -> str:
@@ -89,6 +92,25 @@ def test_write_carries_any_bytes(tmp_path: Path, content: bytes) -> None:
     assert hs.parse_written(r.stdout) == {f.path: hashlib.sha256(content).hexdigest()}
     facts = hs.parse_read(run(tmp_path, hs.read_script([f.path])).stdout)
     assert facts[f.path].digest == hashlib.sha256(content).hexdigest() and facts[f.path].mode == "0640"
+
+
+def test_write_of_files_beyond_one_argument(tmp_path: Path) -> None:
+    """Files far beyond Linux's 128 KiB limit on one argument (a license, a CA bundle), text
+    and binary, in one batched write; the script fits no argument, it travels on stdin."""
+    big = 300 * 1024
+    text = ("it's \\ $HOME `x` \"q\"\n" * (big // 20)).encode()
+    binary = bytes(range(256)) * (big // 256)
+    fs = [hs.FileWrite("/etc/kong/license.json", text, "0640", None, None),
+          hs.FileWrite("/etc/kong/blob", binary, "0600", None, None), *files("v1")]
+    script = hs.write_script(fs, nonce="big1")
+    assert len(script.encode()) > 2 * big
+    r = run(tmp_path, script)
+    assert r.returncode == 0, r.stderr
+    assert hs.parse_written(r.stdout) == {f.path: hashlib.sha256(f.content).hexdigest() for f in fs}
+    for f in fs:
+        assert on(tmp_path, f.path).read_bytes() == f.content
+        assert stat.S_IMODE(on(tmp_path, f.path).stat().st_mode) == int(f.mode, 8)
+    assert not list(tmp_path.rglob(f"{hs.TMP_PREFIX}*"))
 
 
 def test_failed_write_changes_nothing_and_leaves_no_temp_files(tmp_path: Path) -> None:
