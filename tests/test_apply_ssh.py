@@ -267,3 +267,35 @@ def test_large_license_file_over_ssh(tmp_path: Path, ssh_hosts_factory: Any, bec
         assert owner == ["kong:kong"]
         assert restarts(h) == 1
     converged(tmp_path)
+
+
+def test_health_check_rollback_over_ssh_is_recorded(tmp_path: Path, ssh_hosts_factory: Any) -> None:
+    """A DP whose health check fails gets its previous files back and the state says so:
+    plan --no-refresh proposes them again; with the health command fixed, apply converges."""
+    hosts: SSHHosts = ssh_hosts_factory(3)
+    for h in hosts:
+        hosts.add_kong_user(h)
+    doc = ssh_topology(hosts, mtls="shared")
+    write(tmp_path, doc)
+    apply_ok(tmp_path)
+    dp1 = hosts.hosts[1]
+    old = on_host(dp1, "/etc/kong/kong.conf").read_text()
+    for d in doc["data_planes"]:
+        d["labels"] = {"v": "2"}
+    doc["data_planes"][0]["kong"] = {"health": "echo 'kong: not healthy' >&2; exit 1"}
+    write(tmp_path, doc)
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path)
+    assert r.returncode == 1 and "dp1: health check failed: put the previous files back" in r.stdout, r.stdout
+    assert on_host(dp1, "/etc/kong/kong.conf").read_text() == old
+    assert restarts(dp1) == 3, "restarted, then restarted again on the previous files"
+    r = hyprov("plan", "--no-refresh", "--detailed-exitcode", cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    changed = re.findall(r"^  (\S+) (\S+)\s+# (.*)$", r.stdout, re.M)
+    assert ("~", 'file.dp1["/etc/kong/kong.conf"]', "kong.conf: cluster_dp_labels changed") in changed, r.stdout
+    assert not any("file.dp2" in addr for _, addr, _ in changed), "dp2's new file is recorded"
+    del doc["data_planes"][0]["kong"]
+    write(tmp_path, doc)
+    apply_ok(tmp_path)
+    assert "v:2" in on_host(dp1, "/etc/kong/kong.conf").read_text()
+    converged(tmp_path)
+    assert hyprov("plan", "--no-refresh", "--detailed-exitcode", cwd=tmp_path).returncode == 0
