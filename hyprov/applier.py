@@ -86,6 +86,7 @@ class Applier:
         self.plan = plan
         self.backend = backend
         self.state = state
+        self.prior = state  # the state before this run: what a rolled-back file is again
         # the state as last written by this run (None: nothing stored yet), kept in memory
         # so a save never re-reads and re-parses the whole document
         self._written: State | None = state if plan.serial is not None else None
@@ -385,9 +386,10 @@ class Applier:
             outcome.status = "running"
             cert_change = next((c for c in changes if c.type == "cert" and c.action is not Action.DELETE), None)
             local_key: bytes | None = None
+            cert_record: ResourceState | None = None  # recorded only once its files have landed
             if cert_change is not None:
                 self.progress(name, "issuing its certificate")
-                local_key = self._issue_leaf(node, cert_change)
+                local_key, cert_record = self._issue_leaf(node, cert_change)
             writes: list[tuple[Change, hs.FileWrite]] = []
             on_node_keys: list[Change] = []
             for c in changes:
@@ -412,7 +414,11 @@ class Applier:
                                         res.stderr.decode(errors="replace"))
             rotation = self.rotations.pop(name, None)
             if rotation is not None:
-                mv = tr.run(hs.in_root(f'mv -f "$R"{_q(rotation[0])} "$R"{_q(rotation[1])}'))
+                # the live key is kept as .hyprov-prev like every written file, so that a failed
+                # health check puts back the previous key together with the previous certificate
+                pending, live = f'"$R"{_q(rotation[0])}', f'"$R"{_q(rotation[1])}'
+                prev = f'"$R"{_q(rotation[1] + hs.PREV_SUFFIX)}'
+                mv = tr.run(hs.in_root(f"if [ -e {live} ]; then ln -f {live} {prev}; fi\nmv -f {pending} {live}"))
                 if mv.exit_status != 0:
                     raise CommandFailed(name, "install the rotated key", mv.exit_status, mv.stderr.decode())
             for c, w in writes:
@@ -422,6 +428,12 @@ class Applier:
                 self._record_file(node, c, w.content)
                 self.emit(name, f"file {w.path} {'created' if c.action is Action.CREATE else 'updated'} "
                                 f"({_size(len(w.content))})")
+            if cert_record is not None and cert_change is not None:
+                # the certificate is on the node (and its key in place): only now is it the
+                # recorded one; a failure above keeps the prior record (none for a create), so
+                # the next plan issues it again instead of trusting files that never landed
+                self._put(cert_record)
+                self._count(cert_change)
             if on_node_keys:
                 facts = hs.parse_read(tr.run(hs.read_script([(c.after or {})["path"] for c in on_node_keys])).stdout)
                 for c in on_node_keys:
@@ -444,8 +456,9 @@ class Applier:
             self.emit(name, f"failed: {exc}")
             self._save(periodic=True)
 
-    def _issue_leaf(self, node: m.Node, c: Change) -> bytes | None:
-        """Issue the node's certificate; returns the key PEM when hyprov generated it."""
+    def _issue_leaf(self, node: m.Node, c: Change) -> tuple[bytes | None, ResourceState]:
+        """Issue the node's certificate: (the key PEM when hyprov generated it, the record
+        to put in the state once the certificate's files have been written)."""
         from . import pki
 
         after = c.after or {}
@@ -484,12 +497,11 @@ class Applier:
         pem = pki.chain_pem(cert, intermediates)
         self.issued[c.address] = pem
         info = pki.cert_info(cert)
-        self._put(ResourceState(
+        record = ResourceState(
             c.address, "cert", node.name, info.sha256,
-            {**after, **_cert_attrs(info), "pem": pem.decode(), **rootca.root_of(self, after["issuer"], signing_cert)}))
-        self._count(c)
+            {**after, **_cert_attrs(info), "pem": pem.decode(), **rootca.root_of(self, after["issuer"], signing_cert)})
         self.emit(node.name, f"{c.address} issued (expires {info.not_after})")
-        return key_pem
+        return key_pem, record
 
     def _content(self, node: m.Node, after: Mapping[str, Any], local_key: bytes | None) -> bytes:
         from . import pki
@@ -691,6 +703,7 @@ class Applier:
                     raise CommandFailed(name, str(restart), ran["restart"], steps.output("restart"))
                 if health and ran["health"] != 0:
                     self.emit(name, "health check failed: " + _restored(ran))
+                    self._rolled_back(name, {paths[i] for i in steps.restored if i < len(paths)})
                     raise CommandFailed(name, f"health check ({health})", ran["health"], steps.output("health"))
         except HyprovError as exc:
             outcome.status, outcome.detail = "failed", str(exc)
@@ -703,6 +716,23 @@ class Applier:
         outcome.status, outcome.restarted = "done", True
         self.emit(name, "restarted" if after.get("restart") else "no restart command configured")
         return True
+
+    def _rolled_back(self, name: str, restored: set[str]) -> None:
+        """The restore put ``restored`` (host paths) back to their ``.hyprov-prev``: record
+        what the node holds again, the prior record of each (none if there was none: a file
+        hyprov had not written yet), and the prior certificate when its file went back.
+        The next plan then proposes those changes again, with or without refresh; files
+        that had no previous version stay, and stay recorded as written."""
+        back = [c for c in self.by_node.get(name, []) if c.type == "file" and c.action is not Action.DELETE
+                and (c.after or {}).get("path") in restored]
+        if any((c.after or {}).get("source") == "leaf" for c in back):
+            back += [c for c in self.by_node[name] if c.type == "cert" and c.action is not Action.DELETE]
+        for c in back:
+            prior = self.prior.resources.get(c.address)
+            if prior is not None:
+                self._put(prior)
+            else:
+                self._drop(c.address)
 
     def _controller_deletes(self) -> None:
         for c in self.plan.actionable:

@@ -232,6 +232,7 @@ def in_root(command: str) -> str:
 
 STEP_MARK = "@@hyprov-step "
 RESULT_MARK = "@@hyprov-exit "
+RESTORED_MARK = "@@hyprov-restored "  # + the index in ``paths`` of a file the restore put back
 
 
 def restart_script(restart: str | None, health: str | None, paths: Sequence[str]) -> str:
@@ -241,11 +242,15 @@ def restart_script(restart: str | None, health: str | None, paths: Sequence[str]
     ``exit`` ends only itself) exactly as :func:`in_root` would run it; each step's exit
     status is printed on stdout, and its output is delimited on both streams by step
     marks, for :func:`parse_steps`. Steps: restart, health, drop, restore, restart-again.
+    The restore also names each file it put back (by its index in ``paths``; a file
+    without a ``.hyprov-prev``, i.e. new in this run, stays): the applier then records
+    the previous version of exactly those files.
     """
     out = [
         'R="${HYPROV_ROOT:-}"\n',
         f"hyprov_step() {{ printf '\\n{STEP_MARK}%s\\n' \"$1\"; printf '\\n{STEP_MARK}%s\\n' \"$1\" >&2; }}\n",
         f"hyprov_exit() {{ printf '\\n{RESULT_MARK}%s %s\\n' \"$1\" \"$2\"; }}\n",
+        f"hyprov_restored() {{ printf '\\n{RESTORED_MARK}%s\\n' \"$1\"; }}\n",
         "hyprov_restart() {\n  :\n",
     ]
     if restart:
@@ -254,8 +259,9 @@ def restart_script(restart: str | None, health: str | None, paths: Sequence[str]
     if health:
         out.append(f"  hyprov_step health\n  (\n{health}\n  )\n  rc=$?; hyprov_exit health $rc\n")
         out.append("  if [ $rc -ne 0 ]; then\n    hyprov_step restore\n    rc=0\n")
-        out += [f"    if [ -e {_rooted(p + PREV_SUFFIX)} ]; then mv -f {_rooted(p + PREV_SUFFIX)} {_rooted(p)} || rc=$?; fi\n"
-                for p in paths]
+        out += [f"    if [ -e {_rooted(p + PREV_SUFFIX)} ]; then\n"
+                f"      if mv -f {_rooted(p + PREV_SUFFIX)} {_rooted(p)}; then hyprov_restored {i}; else rc=$?; fi\n"
+                "    fi\n" for i, p in enumerate(paths)]
         out.append("    hyprov_exit restore $rc\n")
         if restart:
             out.append(f"    hyprov_step restart-again\n    (\n{restart}\n    )\n    hyprov_exit restart-again $?\n")
@@ -270,20 +276,23 @@ def restart_script(restart: str | None, health: str | None, paths: Sequence[str]
 
 @dataclass(frozen=True)
 class Steps:
-    """What :func:`restart_script` reported: exit status and output of each step run."""
+    """What :func:`restart_script` reported: exit status and output of each step run, and
+    the indices (in its ``paths``) of the files the restore put back."""
 
     status: Mapping[str, int]
     stdout: Mapping[str, str]
     stderr: Mapping[str, str]
+    restored: frozenset[int] = frozenset()
 
     def output(self, step: str) -> str:
         """The step's stderr, else its stdout (what a failure message shows)."""
         return self.stderr.get(step, "").strip() or self.stdout.get(step, "").strip()
 
 
-def _segments(text: str, with_results: bool) -> tuple[dict[str, str], dict[str, int]]:
+def _segments(text: str, with_results: bool) -> tuple[dict[str, str], dict[str, int], frozenset[int]]:
     parts: dict[str, list[str]] = {}
     status: dict[str, int] = {}
+    restored: set[int] = set()
     current = ""
     for line in text.split("\n"):
         if line.startswith(STEP_MARK):
@@ -294,11 +303,16 @@ def _segments(text: str, with_results: bool) -> tuple[dict[str, str], dict[str, 
             if code.strip().lstrip("-").isdigit():
                 status[step] = int(code)
             continue
+        if with_results and current == "restore" and line.startswith(RESTORED_MARK):
+            index = line[len(RESTORED_MARK):].strip()
+            if index.isdigit():
+                restored.add(int(index))
+            continue
         parts.setdefault(current, []).append(line)
-    return {k: "\n".join(v).strip("\n") for k, v in parts.items()}, status
+    return {k: "\n".join(v).strip("\n") for k, v in parts.items()}, status, frozenset(restored)
 
 
 def parse_steps(stdout: bytes, stderr: bytes) -> Steps:
-    out, status = _segments(stdout.decode(errors="replace"), True)
-    err, _ = _segments(stderr.decode(errors="replace"), False)
-    return Steps(status, out, err)
+    out, status, restored = _segments(stdout.decode(errors="replace"), True)
+    err, _, _ = _segments(stderr.decode(errors="replace"), False)
+    return Steps(status, out, err, restored)

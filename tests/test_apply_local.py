@@ -7,9 +7,11 @@ graph, planner, applier, atomic writes, state, locking) with no host.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -18,6 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from topo import ENV, hyprov, local_topology, write
 
 DASHES = "-" * 5  # PEM armour built at run time: no key-like text in the repository
@@ -324,3 +328,149 @@ def test_sigkill_during_apply_never_leaves_partial_files_or_loses_restarts(tmp_p
         for n in ("dp1", "dp6"):
             assert f"round:{i}" in host_file(tmp_path, n, "/etc/kong/kong.conf").read_text()
             assert restarts(tmp_path, n) >= before[n] + 1, "a restart was lost"
+
+
+def failing_sync(tmp: Path, node: str) -> dict[str, str]:
+    """An environment whose ``sync`` fails on ``node`` only: that node's batched write
+    stops before any rename (its temp files are removed), every other node is untouched."""
+    shim = tmp / "shims"
+    shim.mkdir(exist_ok=True)
+    real = shutil.which("sync")
+    assert real is not None
+    (shim / "sync").write_text(
+        "#!/bin/sh\n"
+        f'case "${{HYPROV_ROOT:-}}" in */{node}) echo "sync: Input/output error" >&2; exit 1;; esac\n'
+        f'exec {real} "$@"\n')
+    (shim / "sync").chmod(0o755)
+    return {"PATH": f"{shim}:{os.environ['PATH']}"}
+
+
+def key_matches_cert(tmp: Path, node: str) -> bool:
+    cert = x509.load_pem_x509_certificate(host_file(tmp, node, "/etc/kong/cluster/cluster.crt").read_bytes())
+    key = serialization.load_pem_private_key(
+        host_file(tmp, node, "/etc/kong/cluster/cluster.key").read_bytes(), None)
+    pub = serialization.PublicFormat.SubjectPublicKeyInfo
+    return bool(cert.public_key().public_bytes(serialization.Encoding.DER, pub)
+                == key.public_key().public_bytes(serialization.Encoding.DER, pub))
+
+
+@pytest.mark.parametrize("case", ["create", "replace"])
+def test_failed_write_never_records_the_new_certificate(tmp_path: Path, case: str) -> None:
+    """A certificate whose file did not land keeps its prior record (or none), so the next
+    plan, even without refresh, issues it again; the rerun converges with key and cert paired."""
+    doc = local_topology(mtls="pki")
+    write(tmp_path, doc)
+    apply_ok(tmp_path)
+    state = json.loads((tmp_path / "hyprov.state.json").read_text())
+    if case == "create":  # a certificate hyprov no longer knows: issued (and its key rotated) anew
+        node = "dp1"
+        assert hyprov("state", "rm", "cert.dp1", cwd=tmp_path).returncode == 0
+    else:  # new SANs: the CP's certificate is replaced (its key kept)
+        node = "cp1"
+        doc["control_planes"][0]["server_names"] = ["cp.test.internal", "cp-new.test.internal"]
+        write(tmp_path, doc)
+    old_crt = host_file(tmp_path, node, "/etc/kong/cluster/cluster.crt").read_bytes()
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path, env=failing_sync(tmp_path, node))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"{node}: failed" in r.stderr and "atomic write" in r.stderr
+    assert host_file(tmp_path, node, "/etc/kong/cluster/cluster.crt").read_bytes() == old_crt
+    after = json.loads((tmp_path / "hyprov.state.json").read_text())
+    if case == "create":
+        assert f"cert.{node}" not in after["resources"], "a certificate that never landed is not recorded"
+    else:
+        assert after["resources"][f"cert.{node}"] == state["resources"][f"cert.{node}"], "prior record kept"
+    r = hyprov("plan", "--no-refresh", "--detailed-exitcode", cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert re.search(rf"^  (\+|-/\+) cert\.{node} ", r.stdout, re.M), r.stdout
+    assert f'file.{node}["/etc/kong/cluster/cluster.crt"]' in r.stdout
+    apply_ok(tmp_path)
+    assert host_file(tmp_path, node, "/etc/kong/cluster/cluster.crt").read_bytes() != old_crt
+    assert key_matches_cert(tmp_path, node)
+    assert_converged(tmp_path)
+
+
+def test_health_check_rollback_is_recorded_and_planned_again(tmp_path: Path) -> None:
+    """After a failed health check puts the previous files back, the state records those
+    (the prior records), so even a plan without refresh proposes the update again."""
+    health = 'test "$(basename "$R")" != dp1 || test ! -e "$R/etc/kong/break"'
+    doc = local_topology(dps=2, health=health)
+    write(tmp_path, doc)
+    apply_ok(tmp_path)
+    before = json.loads((tmp_path / "hyprov.state.json").read_text())["resources"]
+    host_file(tmp_path, "dp1", "/etc/kong/break").write_text("x")
+    doc["data_planes"] = [{**d, "labels": {"v": "2"}} for d in doc["data_planes"]]
+    write(tmp_path, doc)
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path)
+    assert r.returncode == 1 and "health check failed: put the previous files back" in r.stdout, r.stdout
+    assert "v:2" not in host_file(tmp_path, "dp1", "/etc/kong/kong.conf").read_text()
+    state = json.loads((tmp_path / "hyprov.state.json").read_text())
+    conf1, conf2 = 'file.dp1["/etc/kong/kong.conf"]', 'file.dp2["/etc/kong/kong.conf"]'
+    assert state["resources"][conf1] == before[conf1], "the state records the file the host has again"
+    assert state["resources"][conf2] != before[conf2], "dp2 got (and keeps) its new file"
+    # dp1 still owes a restart; dp2 (the next batch) was never restarted
+    assert state["nodes"]["dp1"]["pending_restart"] is True and state["nodes"]["dp2"]["pending_restart"] is True
+    for refresh in ("--no-refresh", "--refresh"):
+        r = hyprov("plan", refresh, "--detailed-exitcode", cwd=tmp_path)
+        assert r.returncode == 2, r.stdout + r.stderr
+        changed = re.findall(r"^  (\S+) (\S+)\s+# (.*)$", r.stdout, re.M)
+        assert changed == [("~", conf1, "kong.conf: cluster_dp_labels changed"),
+                           ("~", "service.dp1", "restart: /etc/kong/kong.conf changed"),
+                           ("~", "service.dp2", "restart left pending by an interrupted or failed run")], r.stdout
+        assert "+cluster_dp_labels = v:2" in r.stdout
+    host_file(tmp_path, "dp1", "/etc/kong/break").unlink()
+    apply_ok(tmp_path)
+    assert "v:2" in host_file(tmp_path, "dp1", "/etc/kong/kong.conf").read_text()
+    assert_converged(tmp_path)
+    assert hyprov("plan", "--no-refresh", "--detailed-exitcode", cwd=tmp_path).returncode == 0
+
+
+def test_health_check_rollback_puts_back_certificate_and_key_together(tmp_path: Path) -> None:
+    """A new certificate with a new on-node key, then a failed health check: the node gets
+    its previous certificate and key back (a pair), and the state forgets the new one."""
+    health = 'test "$(basename "$R")" != dp1 || test ! -e "$R/etc/kong/break"'
+    write(tmp_path, local_topology(mtls="pki", health=health))
+    apply_ok(tmp_path)
+    paths = ("/etc/kong/cluster/cluster.crt", "/etc/kong/cluster/cluster.key")
+
+    def digests() -> dict[str, str]:  # never key material in an assertion message
+        return {p: hashlib.sha256(host_file(tmp_path, "dp1", p).read_bytes()).hexdigest() for p in paths}
+
+    old = digests()
+    assert hyprov("state", "rm", "cert.dp1", cwd=tmp_path).returncode == 0
+    host_file(tmp_path, "dp1", "/etc/kong/break").write_text("x")
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path)
+    assert r.returncode == 1 and "health check failed: put the previous files back" in r.stdout, r.stdout
+    assert digests() == old, "certificate and key put back together"
+    assert key_matches_cert(tmp_path, "dp1")
+    state = json.loads((tmp_path / "hyprov.state.json").read_text())
+    assert "cert.dp1" not in state["resources"]
+    r = hyprov("plan", "--no-refresh", "--detailed-exitcode", cwd=tmp_path)
+    assert r.returncode == 2 and re.search(r"^  \+ cert\.dp1 ", r.stdout, re.M), r.stdout
+    host_file(tmp_path, "dp1", "/etc/kong/break").unlink()
+    apply_ok(tmp_path)
+    assert digests()[paths[0]] != old[paths[0]]
+    assert key_matches_cert(tmp_path, "dp1")
+    assert_converged(tmp_path)
+
+
+def big_license(path: Path, size: int = 256 * 1024) -> bytes:
+    """A license file far beyond one command-line argument (Linux: 128 KiB), with the
+    characters a shell quote must carry (quotes, backslashes, $, newlines)."""
+    line = '{"license": {"payload": {"customer": "it\'s \\\\ $HOME `x`"}, "signature": "%064x"}}\n'
+    text = "".join(line % i for i in range(size // len(line % 0) + 1)).encode()
+    path.write_bytes(text)
+    assert 256 * 1024 <= len(text) < 257 * 1024
+    return text
+
+
+def test_large_license_file_is_installed(tmp_path: Path) -> None:
+    content = big_license(tmp_path / "license.json")
+    doc = local_topology()
+    doc["defaults"]["kong"]["license_file"] = "license.json"
+    write(tmp_path, doc)
+    r = apply_ok(tmp_path)
+    assert "file /etc/kong/license.json created (256." in r.stdout, r.stdout
+    for node in ("cp1", "dp1", "dp2"):
+        assert host_file(tmp_path, node, "/etc/kong/license.json").read_bytes() == content
+        assert not list(host_file(tmp_path, node, "/etc/kong").rglob(".hyprov-tmp*"))
+    assert_converged(tmp_path)

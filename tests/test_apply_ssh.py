@@ -239,3 +239,63 @@ def test_sigkill_at_random_points_never_leaves_partial_files(tmp_path: Path, hos
         for h in hosts5.hosts[1:]:
             assert f"round:{i}" in on_host(h, "/etc/kong/kong.conf").read_text()
             assert restarts(h) >= before[h.name] + 1, f"restart lost on {h.name}"
+
+
+@pytest.mark.parametrize("become", ["none", "sudo"])
+def test_large_license_file_over_ssh(tmp_path: Path, ssh_hosts_factory: Any, become: str) -> None:
+    """A node's files beyond one command-line argument (Linux: 128 KiB) are installed in one
+    batched write, as root and through sudo, with owner, mode and an empty re-plan."""
+    hosts: SSHHosts = ssh_hosts_factory(2)
+    for h in hosts:
+        hosts.add_kong_user(h)
+        hosts.add_deploy_user(h)
+    line = '{"license": {"payload": {"customer": "it\'s \\\\ $HOME `x`"}, "signature": "%064x"}}\n'
+    content = "".join(line % i for i in range(256 * 1024 // len(line % 0) + 1)).encode()
+    assert len(content) > 256 * 1024
+    (tmp_path / "license.json").write_bytes(content)
+    doc = ssh_topology(hosts, mtls="shared")
+    doc["defaults"]["kong"]["license_file"] = "license.json"
+    if become == "sudo":
+        doc["defaults"]["connection"].update(user="deploy", become="sudo")
+    write(tmp_path, doc)
+    apply_ok(tmp_path)
+    for h in hosts:
+        lic = on_host(h, "/etc/kong/license.json")
+        assert lic.read_bytes() == content
+        assert stat.S_IMODE(lic.stat().st_mode) == 0o640
+        owner = hosts.nsenter_run(h, ["stat", "-c", "%U:%G", "/etc/kong/license.json"]).stdout.decode().split()
+        assert owner == ["kong:kong"]
+        assert restarts(h) == 1
+    converged(tmp_path)
+
+
+def test_health_check_rollback_over_ssh_is_recorded(tmp_path: Path, ssh_hosts_factory: Any) -> None:
+    """A DP whose health check fails gets its previous files back and the state says so:
+    plan --no-refresh proposes them again; with the health command fixed, apply converges."""
+    hosts: SSHHosts = ssh_hosts_factory(3)
+    for h in hosts:
+        hosts.add_kong_user(h)
+    doc = ssh_topology(hosts, mtls="shared")
+    write(tmp_path, doc)
+    apply_ok(tmp_path)
+    dp1 = hosts.hosts[1]
+    old = on_host(dp1, "/etc/kong/kong.conf").read_text()
+    for d in doc["data_planes"]:
+        d["labels"] = {"v": "2"}
+    doc["data_planes"][0]["kong"] = {"health": "echo 'kong: not healthy' >&2; exit 1"}
+    write(tmp_path, doc)
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path)
+    assert r.returncode == 1 and "dp1: health check failed: put the previous files back" in r.stdout, r.stdout
+    assert on_host(dp1, "/etc/kong/kong.conf").read_text() == old
+    assert restarts(dp1) == 3, "restarted, then restarted again on the previous files"
+    r = hyprov("plan", "--no-refresh", "--detailed-exitcode", cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    changed = re.findall(r"^  (\S+) (\S+)\s+# (.*)$", r.stdout, re.M)
+    assert ("~", 'file.dp1["/etc/kong/kong.conf"]', "kong.conf: cluster_dp_labels changed") in changed, r.stdout
+    assert not any("file.dp2" in addr for _, addr, _ in changed), "dp2's new file is recorded"
+    del doc["data_planes"][0]["kong"]
+    write(tmp_path, doc)
+    apply_ok(tmp_path)
+    assert "v:2" in on_host(dp1, "/etc/kong/kong.conf").read_text()
+    converged(tmp_path)
+    assert hyprov("plan", "--no-refresh", "--detailed-exitcode", cwd=tmp_path).returncode == 0

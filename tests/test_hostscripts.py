@@ -1,7 +1,8 @@
 """The host scripts themselves (hyprov.hostscripts), run with /bin/sh the way the
-local connection runs them ($HYPROV_ROOT = a node directory): what they leave on
-disk, what they print, how many processes they start, and what a SIGKILL of the
-host's shell at each of its steps leaves behind."""
+transports run them (the script on stdin, framed by transports.base.stdin_script;
+$HYPROV_ROOT = a node directory): what they leave on disk, what they print, how
+many processes they start, and what a SIGKILL of the host's shell at each of its
+steps leaves behind."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from hyprov import hostscripts as hs
+from hyprov.transports.base import stdin_script
 
 TOOLS = ("sha256sum", "stat", "mkdir", "chown", "chgrp", "chmod", "sync", "ln", "mv", "rm", "base64",
          "cat", "cut", "dirname", "mktemp")
@@ -25,7 +27,8 @@ def run(root: Path, script: str, path: str | None = None) -> subprocess.Complete
     env = {**os.environ, "HYPROV_ROOT": str(root)}
     if path is not None:
         env["PATH"] = path
-    return subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, cwd=root, timeout=60)
+    return subprocess.run(["/bin/sh", "-s"], input=stdin_script(script), env=env, capture_output=True, cwd=root,
+                          timeout=60)
 
 
 def shims(tmp: Path, log: Path, kill_at: int | None = None) -> str:
@@ -89,6 +92,25 @@ def test_write_carries_any_bytes(tmp_path: Path, content: bytes) -> None:
     assert hs.parse_written(r.stdout) == {f.path: hashlib.sha256(content).hexdigest()}
     facts = hs.parse_read(run(tmp_path, hs.read_script([f.path])).stdout)
     assert facts[f.path].digest == hashlib.sha256(content).hexdigest() and facts[f.path].mode == "0640"
+
+
+def test_write_of_files_beyond_one_argument(tmp_path: Path) -> None:
+    """Files far beyond Linux's 128 KiB limit on one argument (a license, a CA bundle), text
+    and binary, in one batched write; the script fits no argument, it travels on stdin."""
+    big = 300 * 1024
+    text = ("it's \\ $HOME `x` \"q\"\n" * (big // 20)).encode()
+    binary = bytes(range(256)) * (big // 256)
+    fs = [hs.FileWrite("/etc/kong/license.json", text, "0640", None, None),
+          hs.FileWrite("/etc/kong/blob", binary, "0600", None, None), *files("v1")]
+    script = hs.write_script(fs, nonce="big1")
+    assert len(script.encode()) > 2 * big
+    r = run(tmp_path, script)
+    assert r.returncode == 0, r.stderr
+    assert hs.parse_written(r.stdout) == {f.path: hashlib.sha256(f.content).hexdigest() for f in fs}
+    for f in fs:
+        assert on(tmp_path, f.path).read_bytes() == f.content
+        assert stat.S_IMODE(on(tmp_path, f.path).stat().st_mode) == int(f.mode, 8)
+    assert not list(tmp_path.rglob(f"{hs.TMP_PREFIX}*"))
 
 
 def test_failed_write_changes_nothing_and_leaves_no_temp_files(tmp_path: Path) -> None:
@@ -177,6 +199,7 @@ def test_restart_script_unhealthy_restores_and_restarts_again(tmp_path: Path) ->
     steps = restart(tmp_path, "echo not yet; echo 'kong: unhealthy' >&2\nexit 3  # a comment")
     assert steps.status == {"restart": 0, "health": 3, "restore": 0, "restart-again": 0}
     assert steps.output("health") == "kong: unhealthy"
+    assert steps.restored == {0} and steps.stdout.get("restore", "") == ""
     assert on(tmp_path, CONF).read_bytes() == files("v1")[0].content
     assert (tmp_path / "restarts").read_text() == "\n\n"
 
@@ -188,3 +211,18 @@ def test_restart_script_failed_restart_stops_there(tmp_path: Path) -> None:
     steps = hs.parse_steps(r.stdout, r.stderr)
     assert steps.status == {"restart": 7} and steps.output("restart") == "boom"
     assert on(tmp_path, CONF + hs.PREV_SUFFIX).exists(), "kept: the node is not healthy"
+
+
+def test_restore_names_exactly_the_files_it_put_back(tmp_path: Path) -> None:
+    """A file new in this run has no .hyprov-prev: it stays, and is not reported as restored
+    (the applier keeps recording it as written); the others are, by their index."""
+    new = hs.FileWrite("/etc/kong/license.json", b"{}\n", "0640", None, None)
+    assert run(tmp_path, hs.write_script(files("v1"))).returncode == 0
+    assert run(tmp_path, hs.write_script([*files("v2"), new])).returncode == 0
+    paths = [new.path, CONF, CRT, KEY]
+    r = run(tmp_path, hs.restart_script(None, f"echo '{hs.RESTORED_MARK}0'; exit 1", paths))
+    steps = hs.parse_steps(r.stdout, r.stderr)
+    assert steps.status == {"health": 1, "restore": 0}
+    assert steps.restored == {1, 2, 3}, "the health command's own output is not a restore report"
+    assert on(tmp_path, new.path).read_bytes() == b"{}\n"
+    assert [on(tmp_path, f.path).read_bytes() for f in files("v1")] == [f.content for f in files("v1")]

@@ -654,6 +654,48 @@ def test_compare_and_set_conflicts(state_path: Path) -> None:
         ours.write(mine, 0)
 
 
+def test_writes_parse_only_documents_they_did_not_write(state_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A save re-reads the file (compare-and-set, .backup) but parses it only when it is not
+    byte for byte what this backend last read or wrote; any other bytes are parsed, so a
+    change by another run or by hand is still seen. A newer serial needs no content compare."""
+    import hyprov.backends.local as local_mod
+
+    parsed: list[str] = []
+    compared: list[int] = []
+    real_parse, real_equal = local_mod.from_json, State.content_equal
+    monkeypatch.setattr(local_mod, "from_json", lambda text, name: parsed.append(text) or real_parse(text, name))
+    monkeypatch.setattr(State, "content_equal", lambda a, b: compared.append(1) or real_equal(a, b))
+    ours, theirs = LocalBackend(state_path), LocalBackend(state_path)
+    s0 = new_state(LINEAGE)
+    ours.write(s0, None)
+    s1 = sample_state(serial=1)
+    ours.write(s1, 0)
+    s2 = s1.with_node(NodeState("dp1")).bump_serial_if_changed(s1)
+    compared.clear()
+    ours.write(s2, 1)
+    assert ours.read() == s2 and parsed == [] and compared == [], "our own document is never parsed again"
+    assert state_path.read_text() == to_json(s2) and ours.backup_path.read_text() == to_json(s1)
+    ours.write(s2, 2)  # unchanged: compared, nothing written
+    assert compared and parsed == []
+
+    # the same length, another lineage: a cache trusted on anything but the bytes would miss it
+    text = state_path.read_text()
+    other = LINEAGE[:-1] + ("0" if LINEAGE[-1] != "0" else "1")
+    state_path.write_text(text.replace(LINEAGE, other))
+    with pytest.raises(StaleState, match="lineage"):
+        ours.write(s2.with_node(NodeState("dp2")).bump_serial_if_changed(s2), 2)
+    assert len(parsed) == 1
+    state_path.write_text(text)
+    parsed.clear()
+
+    theirs_state = theirs.read()  # another run (its own backend) moves the state on
+    assert theirs_state == s2 and len(parsed) == 1
+    theirs.write(s2.with_node(NodeState("dp9")).bump_serial_if_changed(s2), 2)
+    with pytest.raises(StaleState, match="stored serial is 3, this run read 2"):
+        ours.write(s2.with_node(NodeState("dp2")).bump_serial_if_changed(s2), 2)
+    assert len(parsed) == 2, "their bytes were parsed"
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

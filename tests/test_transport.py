@@ -21,6 +21,7 @@ import sshhosts
 from sshhosts import SSHHost, SSHHosts
 
 from hyprov.errors import ConnectError, HostKeyError, TransportError
+from hyprov.transports.base import CommandResult
 from hyprov.transports.local import LocalTransport
 from hyprov.transports.ssh import KnownHosts, SSHParams, SSHTransport, fingerprint
 
@@ -54,7 +55,39 @@ def t1(ssh_hosts: SSHHosts) -> Iterator[SSHTransport]:
     t.close()
 
 
+Run = Callable[..., CommandResult]
+SCRIPT_BIG = 300 * 1024  # a script beyond Linux's limit on one argument (MAX_ARG_STRLEN, 128 KiB)
+
+
+def check_script_size_and_stdin(run: Run) -> None:
+    """A script far beyond one argument runs whole; a command in it that reads stdin gets
+    an empty one (never the rest of the script); HYPROV_ROOT is set as for any script."""
+    for size in (10, SCRIPT_BIG):
+        script = f"v='{'x' * size}'\nprintf %s \"$v\" | wc -c\ncat\necho \"end:${{HYPROV_ROOT+set}}\"\n"
+        r = run(script)
+        assert (r.exit_status, r.stdout, r.stderr) == (0, f"{size}\nend:set\n".encode(), b""), (r.exit_status, r.stderr)
+    r = run("exit 3\n# " + "y" * SCRIPT_BIG)
+    assert r.exit_status == 3
+    with pytest.raises(TransportError, match="too large to pass with stdin"):
+        run("# " + "z" * SCRIPT_BIG, stdin=b"data")
+
+
+def check_script_not_in_any_command_line(run: Run) -> None:
+    """The script (file contents: keys, the database password) is in no process's command
+    line on the host: ``ps`` shows it to every user, and sudo logs its command line."""
+    marker = "hyprov-secret-" + os.urandom(6).hex()
+    r = run(f": {marker}\ncat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '\n")
+    assert r.exit_status == 0 and b"/proc/" in r.stdout, r  # cat's own command line at least
+    assert marker.encode() not in r.stdout
+
+
 # --------------------------------------------------------------------------- local
+
+
+def test_local_script_of_any_size_travels_on_stdin(tmp_path: Path) -> None:
+    t = LocalTransport("n1", tmp_path / "n1")
+    check_script_size_and_stdin(t.run)
+    check_script_not_in_any_command_line(t.run)
 
 
 def test_local_run_results_env_and_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,6 +159,11 @@ def test_large_stdin_stdout_stderr_without_deadlock(t1: SSHTransport) -> None:
     assert r.exit_status == 0
     assert len(r.stdout) == BIG and r.stdout == data
     assert r.stderr == b"\0" * 3_000_000
+
+
+def test_script_of_any_size_travels_on_stdin(t1: SSHTransport) -> None:
+    check_script_size_and_stdin(t1.run)
+    check_script_not_in_any_command_line(t1.run)
 
 
 def test_small_stdin_and_early_exit(t1: SSHTransport) -> None:
@@ -511,6 +549,9 @@ def test_become_sudo_with_nopasswd(ssh_hosts: SSHHosts, users: SSHHost) -> None:
         r = sudo.run('id -un; echo "${HYPROV_ROOT+set}[$HYPROV_ROOT]"; cat', stdin=b"in\n")
         assert (r.exit_status, r.stdout) == (0, b"root\nset[]\nin\n")
         assert sudo.run("exit 5").exit_status == 5  # plain failures are still returned
+        check_script_size_and_stdin(sudo.run)
+        check_script_not_in_any_command_line(sudo.run)
+        assert sudo.run("id -un\n# " + "x" * SCRIPT_BIG).stdout == b"root\n"
     finally:
         plain.close()
         sudo.close()

@@ -138,13 +138,14 @@ def check_cas(stored: State | None, state: State, prior_serial: int | None, wher
         raise StaleState(f"{where}: stored lineage {stored.lineage} is not {state.lineage}", hint=lineage_hint)
     if stored.serial != prior_serial:
         raise StaleState(f"{where}: stored serial is {stored.serial}, this run read {prior_serial}", hint=hint)
-    same = state.content_equal(stored)
+    if state.serial > stored.serial:
+        return True  # a newer serial is written whatever its content: no need to compare it
+    same = state.content_equal(stored)  # serialises both states: only when the answer depends on it
     if same and state.serial == stored.serial:
         return False
-    if state.serial < stored.serial or (not same and state.serial == stored.serial):
-        raise StateError(
-            f"{where}: refusing to write serial {state.serial} over serial "
-            f"{stored.serial}" + ("" if same else " with changed content"),
-            hint="internal error: the caller must use State.bump_serial_if_changed",
-        )
-    return True
+    # a serial going backwards, or changed content without a bump
+    raise StateError(
+        f"{where}: refusing to write serial {state.serial} over serial "
+        f"{stored.serial}" + ("" if same else " with changed content"),
+        hint="internal error: the caller must use State.bump_serial_if_changed",
+    )

@@ -17,6 +17,12 @@ Every write is temp file in the same directory -> fsync -> rename -> fsync
 directory, so a crash at any instant leaves either the old or the new
 document, never a torn one (Terraform rewrote local state in place). A
 corrupt file is reported and left exactly as it was.
+
+Each write still reads the stored document (for the compare-and-set and the
+``.backup``), but parses it only when it is not byte for byte the document
+this backend last read or wrote: then the State kept from that read or write
+is the one those bytes hold (parsing is a pure function of the bytes). An
+apply saves many times; parsing a 2,000-DP state costs ~0.25 s per save.
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ class LocalBackend:
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.poll_interval = poll_interval
         self._lock_fd: int | None = None
+        # the document this backend last read or wrote, and the State it holds
+        self._known: tuple[bytes, State] | None = None
 
     def describe(self) -> str:
         return f"local state file {self.path}"
@@ -60,7 +68,7 @@ class LocalBackend:
     def read(self) -> State | None:
         """The stored state, or ``None`` when the file does not exist."""
         data = self._read_bytes()
-        return None if data is None else self._parse(data)
+        return None if data is None else self._stored(data)
 
     def _read_bytes(self) -> bytes | None:
         try:
@@ -69,6 +77,16 @@ class LocalBackend:
             return None
         except OSError as exc:
             raise StateError(f"cannot read state {self.path}: {exc.strerror or exc}") from exc
+
+    def _stored(self, data: bytes) -> State:
+        """The State ``data`` holds: the one kept when it is the document last read or
+        written (compared byte for byte), else parsed (and kept)."""
+        known = self._known
+        if known is not None and known[0] == data:
+            return known[1]
+        state = self._parse(data)
+        self._known = (data, state)
+        return state
 
     def _parse(self, data: bytes) -> State:
         try:
@@ -92,7 +110,7 @@ class LocalBackend:
 
     def _write_locked(self, state: State, prior_serial: int | None) -> None:
         old = self._read_bytes()
-        stored = None if old is None else self._parse(old)
+        stored = None if old is None else self._stored(old)
         if not check_cas(stored, state, prior_serial, str(self.path), "this is a different state; check the state path"):
             return  # nothing changed: keep the file and its .backup as they are
         data = to_json(state).encode("utf-8")
@@ -107,6 +125,9 @@ class LocalBackend:
                 f"cannot write state {self.path}: {exc.strerror or exc}",
                 hint="the previous state file is intact",
             ) from exc
+        # from_json(to_json(state)) is state (lineage, serial, content: tests/test_state.py), and
+        # the State is immutable: it stands for these bytes until the file holds other bytes
+        self._known = (data, state)
 
     def _replace(self, target: Path, data: bytes) -> None:
         """Atomically put ``data`` at ``target`` (mode 0600), durable once the dir is synced."""

@@ -1,6 +1,6 @@
 """The ``local`` connection: node N is the directory ``ROOT/N`` on this machine.
 
-Scripts run with ``/bin/sh`` exactly as they would over SSH, except that
+Scripts run with ``/bin/sh`` exactly as they would over SSH (on stdin), except that
 ``$HYPROV_ROOT`` is the node's directory instead of ``""``, so every path a
 script builds as ``"$HYPROV_ROOT/etc/kong"`` lands under ``ROOT/N``. This makes
 the whole applier testable (and demonstrable) without any host.
@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 from hyprov.errors import TransportError
-from hyprov.transports.base import CommandResult
+from hyprov.transports.base import ARG_LIMIT, CommandResult, stdin_script
 
 __all__ = ["LocalTransport"]
 
@@ -47,7 +47,18 @@ class LocalTransport:
             self._ready = True
 
     def run(self, script: str, stdin: bytes = b"", timeout: float | None = None) -> CommandResult:
-        """Run ``script`` with ``/bin/sh -c`` in the node directory; non-zero exits are returned."""
+        """Run ``script`` with ``/bin/sh`` in the node directory; non-zero exits are returned.
+
+        The script goes on stdin (``sh -s``) unless the caller has stdin of its own
+        (then ``sh -c``): see :mod:`hyprov.transports.base`.
+        """
+        if stdin:
+            if len(script.encode()) > ARG_LIMIT:
+                raise TransportError(self.host, f"a script of {len(script.encode())} bytes is too large to pass "
+                                                f"with stdin of its own (at most {ARG_LIMIT} bytes)")
+            argv, data = ["/bin/sh", "-c", script], stdin
+        else:
+            argv, data = ["/bin/sh", "-s"], stdin_script(script)
         self.connect()
         env = dict(os.environ)
         env["HYPROV_ROOT"] = str(self.root)
@@ -55,7 +66,7 @@ class LocalTransport:
             # A new session so a timeout can kill the whole process group,
             # including background children that would keep the pipes open.
             proc = subprocess.Popen(
-                ["/bin/sh", "-c", script],
+                argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -66,7 +77,7 @@ class LocalTransport:
         except OSError as exc:
             raise TransportError(self.host, f"cannot start /bin/sh: {exc.strerror}") from exc
         try:
-            stdout, stderr = proc.communicate(input=stdin, timeout=timeout)
+            stdout, stderr = proc.communicate(input=data, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             _kill_group(proc)
             raise TransportError(

@@ -68,7 +68,7 @@ finally:
         del sys.modules["invoke"]
 
 from hyprov.errors import ConnectError, HostKeyError, TransportError  # noqa: E402
-from hyprov.transports.base import CommandResult  # noqa: E402
+from hyprov.transports.base import ARG_LIMIT, CommandResult, stdin_script  # noqa: E402
 
 __all__ = ["KnownHosts", "SSHParams", "SSHTransport", "fingerprint"]
 
@@ -727,12 +727,19 @@ class SSHTransport:
 
     # -- commands ----------------------------------------------------------------------
 
-    def _command(self, script: str) -> str:
-        """``sh -c`` with HYPROV_ROOT="" defined, wrapped in ``sudo -n`` for become: sudo."""
+    def _command(self, script: str, stdin: bytes) -> tuple[str, bytes]:
+        """The command line and its stdin: ``sh -s`` reading the script (HYPROV_ROOT=""
+        defined first) from stdin, or ``sh -c SCRIPT`` when the caller has stdin of its
+        own; wrapped in ``sudo -n`` for become: sudo. See :mod:`hyprov.transports.base`."""
         inner = "HYPROV_ROOT=; export HYPROV_ROOT; " + script
-        if self.params.become == "sudo":
-            return "sudo -n sh -c " + shlex.quote(inner)
-        return "sh -c " + shlex.quote(inner)
+        sudo = "sudo -n " if self.params.become == "sudo" else ""
+        if not stdin:
+            return sudo + "sh -s", stdin_script(inner)
+        command = sudo + "sh -c " + shlex.quote(inner)
+        if len(command.encode()) > ARG_LIMIT:
+            raise TransportError(self.host, f"a script of {len(command.encode())} bytes is too large to pass "
+                                            f"with stdin of its own (at most {ARG_LIMIT} bytes)")
+        return command, stdin
 
     def _open_channel(self) -> tuple[paramiko.Transport, paramiko.Channel]:
         """A session channel, with at most one more attempt (see the retry rule).
@@ -768,9 +775,10 @@ class SSHTransport:
 
     def run(self, script: str, stdin: bytes = b"", timeout: float | None = None) -> CommandResult:
         """Run ``script`` on a new channel; see the module docstring for the retry rule."""
+        command, data = self._command(script, stdin)
         t, chan = self._open_channel()
         try:
-            result = self._exchange(t, chan, self._command(script), stdin, timeout)
+            result = self._exchange(t, chan, command, data, timeout)
         finally:
             with contextlib.suppress(paramiko.SSHException, EOFError, OSError):
                 chan.close()  # fails only if the connection is gone, reported above
