@@ -25,7 +25,7 @@ from . import hostscripts as hs
 from . import kongconf, rootca
 from . import model as m
 from .backends import StateBackend
-from .errors import CommandFailed, HyprovError, PKIError, TransportError
+from .errors import CommandFailed, HyprovError, PKIError, StaleState, TransportError
 from .plan import Action, Change, Plan
 from .resources import sha256
 from .state import NodeState, ResourceState, State
@@ -530,9 +530,13 @@ class Applier:
             return bytes(pki.key_pem(self.secrets.read_key("shared")))
         if source.startswith("license:"):
             try:
-                return Path(source[8:]).read_bytes()
+                content = Path(source[8:]).read_bytes()
             except OSError as exc:
                 raise HyprovError(f"cannot read license file {source[8:]}: {exc.strerror}") from exc
+            if after.get("content_digest") and sha256(content) != after["content_digest"]:
+                raise StaleState(f"license file {source[8:]} changed since the plan was made",
+                                 "make a new plan: apply installs exactly what the plan showed")
+            return content
         raise HyprovError(f"unknown file source {source!r}")  # pragma: no cover
 
     def _record_file(self, node: m.Node, c: Change, content: bytes) -> None:

@@ -13,7 +13,7 @@ import ipaddress
 import itertools
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from functools import cache
 from importlib import resources as importlib_resources
 from pathlib import Path
@@ -110,7 +110,8 @@ def parse_topology(raw: bytes, path: Path, gate: Gate | None = None) -> m.Topolo
     # problem is reported at once, but not again where the YAML problem already points
     _normalize(doc)
     problems = list(_schema_problems(doc, gate))
-    problems += _Semantics(doc).check()
+    semantics = _Semantics(doc, path.resolve().parent)
+    problems += semantics.check()
     if doc.odd_text is not False:  # the fast loader saw no odd text: nothing to find
         problems += _text_problems(doc)
     if yaml_problems:
@@ -119,7 +120,7 @@ def parse_topology(raw: bytes, path: Path, gate: Gate | None = None) -> m.Topolo
     if problems:
         problems.sort(key=lambda p: (p.line, p.col))
         raise ConfigError(_clean(_dedupe(problems)))
-    return _build(doc.data, path.resolve(), hashlib.sha256(raw).hexdigest())
+    return _build(doc.data, path.resolve(), hashlib.sha256(raw).hexdigest(), semantics.license_digests)
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:
@@ -485,10 +486,12 @@ def listens_of(value: Any) -> list[m.Listen]:
 class _Semantics:
     """Kong's rules (kong-facts.md), applied defensively to possibly malformed data."""
 
-    def __init__(self, doc: Document) -> None:
+    def __init__(self, doc: Document, base: Path) -> None:
         self.doc = doc
         self.d: dict[str, Any] = doc.data
+        self.base = base  # relative paths in the file are relative to its directory
         self.problems: list[Problem] = []
+        self.license_digests: dict[Path, str] = {}  # license_file -> sha256 of what it holds now
 
     def err(self, path: Path_, message: str, hint: str | None = None, *, key: bool = False) -> None:
         self.problems.append(self.doc.problem(path, message, hint, key=key))
@@ -518,7 +521,39 @@ class _Semantics:
         self._database(cps)
         self._connections(cps, dps)
         self._firewall()
+        self._license_files(cps, dps)
         return self.problems
+
+    def _license_files(self, cps: list[tuple[int, dict[str, Any]]], dps: list[tuple[int, dict[str, Any]]]) -> None:
+        """Kong Enterprise reads license.json at start: a missing or broken file shows here, and
+        its digest makes a renewed license an update of every node's copy."""
+        sources: list[tuple[Path_, Any]] = [
+            (("defaults", "kong", "license_file"), self._dict("defaults", "kong").get("license_file"))]
+        for section, nodes in (("control_planes", cps), ("data_planes", dps)):
+            for i, n in nodes:
+                kong = n.get("kong")
+                if isinstance(kong, dict) and "license_file" in kong:
+                    sources.append(((section, i, "kong", "license_file"), kong["license_file"]))
+        for p, value in sources:
+            if not isinstance(value, str):
+                continue
+            path = _path(self.base, value)
+            assert path is not None
+            if path in self.license_digests:
+                continue
+            try:
+                raw = path.read_bytes()
+            except OSError as exc:
+                self.err(p, f"license_file {value}: cannot read it: {exc.strerror}",
+                         "point it at the license.json Kong gave you (relative paths start at this file)")
+                continue
+            try:
+                json.loads(raw)
+            except ValueError:
+                self.err(p, f"license_file {value}: not a JSON document, and Kong reads its license as JSON",
+                         "use the license.json file as Kong delivered it")
+                continue
+            self.license_digests[path] = hashlib.sha256(raw).hexdigest()
 
     def _names(self, cps: list[tuple[int, dict[str, Any]]], dps: list[tuple[int, dict[str, Any]]]) -> None:
         seen: dict[str, Path_] = {}
@@ -885,7 +920,8 @@ def _connection(base: Path, defaults: dict[str, Any], own: dict[str, Any]) -> m.
     )
 
 
-def _kong(base: Path, defaults: dict[str, Any], own: dict[str, Any], conn: m.Connection) -> m.KongOptions:
+def _kong(base: Path, defaults: dict[str, Any], own: dict[str, Any], conn: m.Connection,
+          license_digests: Mapping[Path, str]) -> m.KongOptions:
     k = {**defaults, **own}
     mig = {**defaults.get("migrations", {}), **own.get("migrations", {})}
     dflt = m.KongOptions()
@@ -899,7 +935,8 @@ def _kong(base: Path, defaults: dict[str, Any], own: dict[str, Any], conn: m.Con
         group=group,
         restart=k["restart"] if "restart" in k else f"kong restart -c {conf_path}",
         health=k.get("health", dflt.health),
-        license_file=_path(base, k.get("license_file")),
+        license_file=(license := _path(base, k.get("license_file"))),
+        license_digest=license_digests.get(license) if license else None,
         migrations=m.Migrations(**{key: mig.get(key, getattr(m.Migrations(), key))
                                    for key in ("list", "bootstrap", "up", "finish")}),
     )
@@ -909,7 +946,7 @@ def _listens(node: dict[str, Any], key: str, default: m.Listens) -> m.Listens:
     return tuple(listens_of(node[key])) if key in node else default
 
 
-def _build(d: dict[str, Any], source: Path, digest: str) -> m.Topology:
+def _build(d: dict[str, Any], source: Path, digest: str, license_digests: Mapping[Path, str]) -> m.Topology:
     base = source.parent
     cl = d["cluster"]
     defaults = d.get("defaults", {})
@@ -927,9 +964,9 @@ def _build(d: dict[str, Any], source: Path, digest: str) -> m.Topology:
         else:
             conn = shared.get("connection") or shared.setdefault("connection", _connection(base, dconn, {}))
         if "kong" in n or conn is not shared.get("connection"):
-            kong = _kong(base, dkong, n.get("kong", {}), conn)
+            kong = _kong(base, dkong, n.get("kong", {}), conn, license_digests)
         else:
-            kong = shared.get("kong") or shared.setdefault("kong", _kong(base, dkong, {}, conn))
+            kong = shared.get("kong") or shared.setdefault("kong", _kong(base, dkong, {}, conn, license_digests))
         if "settings" in n:
             settings = _setting_pairs(dset, n["settings"])
         else:

@@ -103,6 +103,7 @@ class KongOptions:
     restart: str | None = "kong restart -c /etc/kong/kong.conf"
     health: str | None = "kong health"
     license_file: Path | None = None
+    license_digest: str | None = None  # sha256 of license_file, read when the topology is validated
     migrations: Migrations = field(default_factory=Migrations)
 
 

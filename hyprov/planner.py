@@ -187,6 +187,9 @@ def plan(
             action, reason = rot.certificate(r, recorded, action, reason, keys)  # phases; never a CA you brought
         elif r.type == "file":
             keys = _changed_keys(r.attrs, recorded)
+            if ("content_digest" in keys and recorded.get("content_digest") is None
+                    and recorded.get("host_digest") == r.attrs["content_digest"]):
+                keys.remove("content_digest")  # recorded before hyprov kept the license's digest: same bytes
             source = _dep_changed(r, reissued)
             secret = facts.secret_fingerprints.get(addr)
             if "content_digest" in keys and r.content is not None:
@@ -195,6 +198,8 @@ def plan(
                 reason = "kong.conf: " + (", ".join(changed) + " changed" if changed else "content changed")
                 diff = conf_diff(r.attrs["path"], old, r.content)
                 action = Action.UPDATE
+            elif keys == ["content_digest"] and str(r.attrs.get("source", "")).startswith("license:"):
+                action, reason = Action.UPDATE, "license file changed"
             elif keys:
                 action = Action.UPDATE
                 reason = ", ".join(f"{k} {recorded.get(k)} -> {r.attrs[k]}" for k in keys)

@@ -159,7 +159,8 @@ def _node_resources(topology: m.Topology, node: m.Node, cp_services: list[str], 
              tuple(a for a in file_addrs), content=conf,
              extra={"secret_env": topology.database.password_env if has_password and topology.database else None})
     if node.kong.license_file is not None:
-        add_file(LICENSE_PATH, LICENSE_MODE, f"license:{node.kong.license_file}", ())
+        add_file(LICENSE_PATH, LICENSE_MODE, f"license:{node.kong.license_file}", (),
+                 extra={"content_digest": node.kong.license_digest})  # a renewed license is an update
     deps = tuple(file_addrs)
     if isinstance(node, m.DataPlane):
         deps += tuple(cp_services)  # Kong: control planes first

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from topo import ENV, hyprov, local_topology, write
+from topo import ENV, hyprov, license_text, local_topology, write
 
 DASHES = "-" * 5  # PEM armour built at run time: no key-like text in the repository
 
@@ -453,13 +453,9 @@ def test_health_check_rollback_puts_back_certificate_and_key_together(tmp_path: 
     assert_converged(tmp_path)
 
 
-def big_license(path: Path, size: int = 256 * 1024) -> bytes:
-    """A license file far beyond one command-line argument (Linux: 128 KiB), with the
-    characters a shell quote must carry (quotes, backslashes, $, newlines)."""
-    line = '{"license": {"payload": {"customer": "it\'s \\\\ $HOME `x`"}, "signature": "%064x"}}\n'
-    text = "".join(line % i for i in range(size // len(line % 0) + 1)).encode()
+def big_license(path: Path) -> bytes:
+    text = license_text()
     path.write_bytes(text)
-    assert 256 * 1024 <= len(text) < 257 * 1024
     return text
 
 
@@ -473,4 +469,67 @@ def test_large_license_file_is_installed(tmp_path: Path) -> None:
     for node in ("cp1", "dp1", "dp2"):
         assert host_file(tmp_path, node, "/etc/kong/license.json").read_bytes() == content
         assert not list(host_file(tmp_path, node, "/etc/kong").rglob(".hyprov-tmp*"))
+    assert_converged(tmp_path)
+
+
+def test_a_renewed_license_updates_every_node_and_restarts_it(tmp_path: Path) -> None:
+    """Kong Enterprise licenses are renewed every year: a new license.json is an update of
+    every node's copy (and a restart), not silently ignored because its path is the same."""
+    lic = tmp_path / "license.json"
+    lic.write_text('{"license": {"payload": {"expires": "2026-12-31"}, "signature": "00"}}')
+    doc = local_topology()
+    doc["defaults"]["kong"]["license_file"] = "license.json"
+    write(tmp_path, doc)
+    apply_ok(tmp_path)
+    assert_converged(tmp_path)
+    before = {n: restarts(tmp_path, n) for n in ("cp1", "dp1", "dp2")}
+    lic.write_text('{"license": {"payload": {"expires": "2027-12-31"}, "signature": "01"}}')
+    r = hyprov("plan", "--no-refresh", "--detailed-exitcode", cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    for node in ("cp1", "dp1", "dp2"):
+        assert re.search(rf'^  ~ file\.{node}\["/etc/kong/license\.json"\] +# license file changed$', r.stdout, re.M), r.stdout
+    assert "Plan: 0 to add, 3 to change, 0 to replace, 0 to destroy." in r.stdout, r.stdout
+    apply_ok(tmp_path)
+    for node in ("cp1", "dp1", "dp2"):
+        assert host_file(tmp_path, node, "/etc/kong/license.json").read_bytes() == lic.read_bytes()
+        assert restarts(tmp_path, node) == before[node] + 1
+    assert_converged(tmp_path)
+
+
+def test_a_state_recorded_without_the_license_digest_plans_nothing(tmp_path: Path) -> None:
+    """States written before hyprov kept the license's digest hold the digest of what was
+    installed (host_digest): the same bytes are no change, so an upgrade restarts nothing."""
+    (tmp_path / "license.json").write_text('{"license": {}}')
+    doc = local_topology()
+    doc["defaults"]["kong"]["license_file"] = "license.json"
+    write(tmp_path, doc)
+    apply_ok(tmp_path)
+    path = tmp_path / "hyprov.state.json"
+    state = json.loads(path.read_text())
+    licenses = [r for a, r in state["resources"].items() if a.endswith('["/etc/kong/license.json"]')]
+    assert len(licenses) == 3 and all(r["attributes"].pop("content_digest") for r in licenses)
+    path.write_text(json.dumps(state, indent=2, sort_keys=True))
+    assert_converged(tmp_path)
+    (tmp_path / "license.json").write_text('{"license": {"renewed": true}}')
+    r = hyprov("plan", "--no-refresh", "--detailed-exitcode", cwd=tmp_path)
+    assert r.returncode == 2 and r.stdout.count("# license file changed") == 3, r.stdout
+
+
+def test_a_license_changed_after_the_plan_is_not_installed(tmp_path: Path) -> None:
+    """apply PLANFILE installs what the plan showed: a license edited in between is refused."""
+    lic = tmp_path / "license.json"
+    lic.write_text('{"license": {"v": 1}}')
+    doc = local_topology(dps=1)
+    doc["defaults"]["kong"]["license_file"] = "license.json"
+    write(tmp_path, doc)
+    r = hyprov("plan", "--out", "p.plan", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lic.write_text('{"license": {"v": 2}}')
+    r = hyprov("apply", "p.plan", cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "license file" in r.stdout + r.stderr and "changed since the plan was made" in r.stdout + r.stderr
+    for node in ("cp1", "dp1"):
+        assert not host_file(tmp_path, node, "/etc/kong/license.json").exists()
+    apply_ok(tmp_path)
+    assert host_file(tmp_path, "dp1", "/etc/kong/license.json").read_bytes() == lic.read_bytes()
     assert_converged(tmp_path)

@@ -23,7 +23,7 @@ import pytest
 import sshhosts
 from sshhosts import SSHHost, SSHHosts
 from tlshelpers import cp_server, dp_connect
-from topo import ENV, hyprov, write
+from topo import ENV, hyprov, license_text, write
 
 DASHES = "-" * 5  # PEM armour built at run time: no key-like text in the repository
 
@@ -249,9 +249,7 @@ def test_large_license_file_over_ssh(tmp_path: Path, ssh_hosts_factory: Any, bec
     for h in hosts:
         hosts.add_kong_user(h)
         hosts.add_deploy_user(h)
-    line = '{"license": {"payload": {"customer": "it\'s \\\\ $HOME `x`"}, "signature": "%064x"}}\n'
-    content = "".join(line % i for i in range(256 * 1024 // len(line % 0) + 1)).encode()
-    assert len(content) > 256 * 1024
+    content = license_text()
     (tmp_path / "license.json").write_bytes(content)
     doc = ssh_topology(hosts, mtls="shared")
     doc["defaults"]["kong"]["license_file"] = "license.json"

@@ -600,6 +600,8 @@ control_planes:
   - name: cp1
     address: 127.0.0.1
 """)
+    (site / "lic").mkdir()
+    (site / "lic/license.json").write_text('{"license": {}}')
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -611,6 +613,40 @@ control_planes:
     cp = t.control_planes[0]
     assert cp.connection.root == base / "hosts"
     assert cp.kong.license_file == base / "lic/license.json"
+
+
+def test_license_file_is_read_at_validation(tmp_path: Path) -> None:
+    """Kong Enterprise reads license.json when it starts: a missing or broken one is reported
+    here, at the key that names it, and the digest of a good one is in the model."""
+    (tmp_path / "hyprov.yaml").write_text("""\
+version: 1
+cluster: {name: c1}
+database: {host: pg}
+defaults:
+  connection: {type: local}
+  kong: {license_file: missing.json}
+control_planes:
+  - name: cp1
+    address: 127.0.0.1
+    kong: {license_file: broken.json}
+  - name: cp2
+    address: 127.0.0.2
+    kong: {license_file: good.json}
+""")
+    (tmp_path / "broken.json").write_text("license: not json")
+    (tmp_path / "good.json").write_text('{"license": {"payload": {}, "signature": "00"}}')
+    errors = assert_clean_failure(hyprov("validate", "-f", str(tmp_path / "hyprov.yaml")))
+    found = [(int(e["line"]), int(e["col"]), e["message"]) for e in errors]
+    assert [(ln, col) for ln, col, _ in found] == [(6, 24), (10, 26)], found  # at each value
+    assert "missing.json: cannot read it: No such file or directory" in found[0][2]
+    assert "broken.json: not a JSON document" in found[1][2]
+    (tmp_path / "missing.json").write_bytes(b"{}")
+    (tmp_path / "broken.json").write_bytes(b"[]")
+    t = load_topology(tmp_path / "hyprov.yaml")
+    import hashlib
+
+    assert t.control_planes[1].kong.license_digest == hashlib.sha256((tmp_path / "good.json").read_bytes()).hexdigest()
+    assert t.control_planes[0].kong.license_digest == hashlib.sha256(b"[]").hexdigest()
 
 
 def test_default_paths_are_next_to_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -63,3 +64,15 @@ def hyprov(*args: str | Path, cwd: Path, env: dict[str, str] | None = None, inpu
     full_env.pop("HYPROV_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "hyprov", *map(str, args)], cwd=cwd, env=full_env,
                           capture_output=True, text=True, input=input, timeout=300)
+
+
+def license_text(size: int = 256 * 1024) -> bytes:
+    """A Kong license (one JSON document) far beyond one command-line argument (Linux:
+    128 KiB), with the characters a shell quote must carry (quotes, backslashes, $, newlines)."""
+    note = '    "it\'s \\\\ $HOME `x` %064x"'
+    count = size // (len(note % 0) + 2) + 1  # each note is followed by ",\n"
+    text = ('{"license": {"payload": {"customer": "it\'s \\\\ $HOME `x`"}, "signature": "00",\n  "notes": [\n'
+            + ",\n".join(note % i for i in range(count)) + "\n]}}\n").encode()
+    json.loads(text)
+    assert size <= len(text) < size + 2048
+    return text
