@@ -429,6 +429,32 @@ def test_future_version_is_refused_with_upgrade_hint() -> None:
             '{"version": 1, "lineage": "x", "serial": 0, "nodes": {}, "resources": {"cert.cp1": {"type": "file", "attributes": {}}}}',
             "address type",
         ),
+        # the shapes to_json writes, one field off: the fast paths must not take them
+        (
+            '{"version": 1, "lineage": "x", "serial": 0, "nodes": {}, "resources": {"cert.cp1": '
+            '{"type": "cert", "node": null, "digest": null, "x": {}}}}',
+            "lacks attributes",
+        ),
+        (
+            '{"version": 1, "lineage": "x", "serial": 0, "nodes": {}, "resources": {"cert.cp1": '
+            '{"attributes": {}, "node": null, "digest": null, "x": "cert"}}}',
+            "lacks type",
+        ),
+        (
+            '{"version": 1, "lineage": "x", "serial": 0, "resources": {}, "nodes": {"cp1": '
+            '{"pending_restart": false, "migrations_done": false, "x": null}}}',
+            "unknown field",
+        ),
+        (
+            '{"version": 1, "lineage": "x", "serial": 0, "resources": {}, "nodes": {"c p1": '
+            '{"pending_restart": false, "migrations_done": false, "kong_version": null}}}',
+            "invalid node name",
+        ),
+        (
+            '{"version": 1, "lineage": "x", "serial": 0, "resources": {}, "nodes": {"cp1": '
+            '{"pending_restart": false, "migrations_done": false, "kong_version": 3}}}',
+            "bad kong_version",
+        ),
     ],
 )
 def test_corrupt_documents_name_the_file(text: str, where: str) -> None:
