@@ -30,6 +30,16 @@ class Resource:
     # the desired content when it is known at plan time (kong.conf, masked); not in state or plans
     content: str | None = field(default=None, repr=False, compare=False)
 
+    @classmethod
+    def of(cls, address: str, type: str, node: str | None, attrs: dict[str, Any],
+           depends_on: tuple[str, ...] = (), content: str | None = None) -> Resource:
+        """The constructor without the frozen dataclass's per-field setattr: a 10,000-DP
+        topology makes 60,000 resources on every plan."""
+        obj = object.__new__(cls)
+        obj.__dict__.update(address=address, type=type, node=node, attrs=attrs, depends_on=depends_on,
+                            content=content)
+        return obj
+
 
 def file_address(node: str, path: str) -> str:
     return f'file.{node}["{path}"]'
@@ -126,7 +136,7 @@ def _node_resources(topology: m.Topology, node: m.Node, cp_services: list[str], 
         if content is not None:
             attrs["content_digest"] = _text_digest(content)
         attrs.update(extra or {})
-        out.append(Resource(addr, "file", node.name, attrs, deps, content))
+        out.append(Resource.of(addr, "file", node.name, attrs, deps, content))
         file_addrs.append(addr)
 
     if pki is not None:
@@ -138,7 +148,7 @@ def _node_resources(topology: m.Topology, node: m.Node, cp_services: list[str], 
             sans = list(node.server_names)
             if topology.server_name not in sans:
                 sans.append(topology.server_name)
-        out.append(Resource(cert_addr, "cert", node.name, {
+        out.append(Resource.of(cert_addr, "cert", node.name, {
             "role": node.role, "common_name": sans[0] if is_cp else node.name, "sans": tuple(sans),
             "key_type": pki.key_type, "validity_days": pki.leaf_validity_days,
             "renew_before_days": pki.renew_before_days, "key_generation": pki.key_generation,
@@ -164,7 +174,7 @@ def _node_resources(topology: m.Topology, node: m.Node, cp_services: list[str], 
     deps = tuple(file_addrs)
     if isinstance(node, m.DataPlane):
         deps += tuple(cp_services)  # Kong: control planes first
-    out.append(Resource(f"service.{node.name}", "service", node.name, {
+    out.append(Resource.of(f"service.{node.name}", "service", node.name, {
         "role": node.role, "restart": node.kong.restart, "health": node.kong.health,
         "kong_version": str(node.kong_version) if node.kong_version else None,
         "connection": node.connection.type, "address": node.address,
