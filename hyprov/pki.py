@@ -22,7 +22,6 @@ to :class:`~hyprov.errors.PKIError` here.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
@@ -30,8 +29,7 @@ import itertools
 import os
 import re
 import shlex
-import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -43,9 +41,10 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     PrivateKeyTypes,
 )
-from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import AttributeOID, ExtendedKeyUsageOID, NameOID
 
+from hyprov.certchain import load_certs, path_to_root
+from hyprov.certchain import tolerate_serial_zero as _tolerate_serial_zero
 from hyprov.errors import PKIError
 
 __all__ = [
@@ -270,22 +269,6 @@ def _der_time(t: dt.datetime) -> bytes:
 
 _ECDSA_SHA256: Final = _der(0x30, bytes.fromhex("06082a8648ce3d040302"))
 _RSA_SHA256: Final = _der(0x30, bytes.fromhex("06092a864886f70d01010b0500"))
-
-
-@contextlib.contextmanager
-def _tolerate_serial_zero() -> Iterator[None]:
-    """Silence cryptography's warning for a non-positive serial, scoped to one parse.
-
-    Certificates made by ``kong hybrid gen_cert`` have serial 0; hyprov must
-    still read them (adopting an existing cluster).
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore",
-            message=".*serial number which wasn't positive",
-            category=CryptographyDeprecationWarning,
-        )
-        yield
 
 
 def _v1_self_signed(
@@ -957,18 +940,6 @@ def chain_pem(leaf: x509.Certificate, intermediates: Sequence[x509.Certificate])
     return b"".join(cert_pem(c) for c in chain)
 
 
-def load_certs(data: bytes) -> list[x509.Certificate]:
-    """All certificates in a PEM bundle (at least one)."""
-    try:
-        with _tolerate_serial_zero():
-            certs = x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
-        raise PKIError(f"not a PEM certificate: {exc}") from exc
-    if not certs:
-        raise PKIError("no PEM certificate found")
-    return certs
-
-
 def load_cert(data: bytes) -> x509.Certificate:
     """The first certificate of a PEM file (the one Kong digests and presents)."""
     return load_certs(data)[0]
@@ -1048,36 +1019,6 @@ def _read(path: str | os.PathLike[str], what: str) -> bytes:
         raise PKIError(f"cannot read {what} {os.fspath(path)}: {exc.strerror}") from exc
 
 
-def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
-    if child.issuer != parent.subject:
-        return False
-    try:
-        child.verify_directly_issued_by(parent)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        return False
-    return True
-
-
-def _path_to_root(
-    start: x509.Certificate, pool: Iterable[x509.Certificate]
-) -> list[x509.Certificate]:
-    candidates = list(pool)
-    path: list[x509.Certificate] = []
-    current = start
-    while current.issuer != current.subject or not _issued_by(current, current):
-        parent = next((c for c in candidates if c not in path and _issued_by(current, c)), None)
-        if parent is None:
-            raise PKIError(
-                f"no issuer for {current.subject.rfc4514_string()} in the chain file",
-                hint="give chain_file with every intermediate up to and including the root",
-            )
-        path.append(parent)
-        if len(path) > 8:
-            raise PKIError("CA chain is longer than 8 certificates")
-        current = parent
-    return path
-
-
 def check_room_below(ca: x509.Certificate, intermediates: int) -> None:
     """Refuse ``intermediates`` CAs in a row below ``ca`` when its pathLenConstraint forbids
     them (OpenSSL would refuse every chain through them: "path length constraint exceeded")."""
@@ -1131,4 +1072,4 @@ def load_external_ca(
             raise PKIError(f"{who} has keyUsage without keyCertSign and cannot sign certificates")
     except x509.ExtensionNotFound:
         pass
-    return ExternalCA(cert=cert, key=key, chain=tuple(_path_to_root(cert, pool)))
+    return ExternalCA(cert=cert, key=key, chain=tuple(path_to_root(cert, pool)))

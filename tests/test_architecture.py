@@ -14,7 +14,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "hyprov"
 PURE = ["model", "config", "yamlmarks", "kongconf", "resources", "graph", "state", "plan", "planner", "render",
-        "firewall", "hostscripts", "nftables", "errors", "rotation"]
+        "firewall", "hostscripts", "nftables", "errors", "rotation", "certchain"]
 FORBIDDEN = {"paramiko", "socket", "subprocess", "time", "random", "uuid", "psycopg", "secrets", "os"}
 SHELL = {"applier", "shell", "commands", "cli", "transports", "backends", "pki", "rootca", "secrets"}
 
