@@ -3,6 +3,10 @@
 Every problem is collected (never the first one only) and located at the line
 of what is wrong. Nothing here reads the environment, key files, DNS or hosts:
 ``validate`` and ``render`` must run anywhere, e.g. in a pull-request check.
+Read besides the file itself: each ``license_file`` (its digest), and the
+certificates of a CA you bring (``cert_file``, ``chain_file``; public
+certificates, never ``key_file``), whose chain up to your root decides the DPs'
+``lua_ssl_verify_depth``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import model as m
-from .errors import ConfigError, HyprovError, Problem
+from .errors import ConfigError, HyprovError, PKIError, Problem
 from .yamlmarks import Document, Path_, load
 
 # kong.conf keys hyprov writes itself, and the topology field to use instead
@@ -45,7 +49,7 @@ MANAGED: dict[str, str] = {
     "cluster_dp_labels": "the DP's labels",
     "admin_listen": "the CP's admin_listen",
     "proxy_listen": "the DP's proxy_listen",
-    "lua_ssl_verify_depth": "pki.intermediates (hyprov derives the depth)",
+    "lua_ssl_verify_depth": "pki.intermediates and the chain of a CA you bring (hyprov derives the depth)",
 }
 
 # keys that exist on the other role: a precise message beats "did you mean"
@@ -112,6 +116,8 @@ def parse_topology(raw: bytes, path: Path, gate: Gate | None = None) -> m.Topolo
     problems = list(_schema_problems(doc, gate))
     semantics = _Semantics(doc, path.resolve().parent)
     problems += semantics.check()
+    chains, chain_problems = _ca_chains(doc, path.resolve().parent)
+    problems += chain_problems
     if doc.odd_text is not False:  # the fast loader saw no odd text: nothing to find
         problems += _text_problems(doc)
     if yaml_problems:
@@ -120,7 +126,7 @@ def parse_topology(raw: bytes, path: Path, gate: Gate | None = None) -> m.Topolo
     if problems:
         problems.sort(key=lambda p: (p.line, p.col))
         raise ConfigError(_clean(_dedupe(problems)))
-    return _build(doc.data, path.resolve(), hashlib.sha256(raw).hexdigest(), semantics.license_digests)
+    return _build(doc.data, path.resolve(), hashlib.sha256(raw).hexdigest(), semantics.license_digests, chains)
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:
@@ -886,6 +892,90 @@ def _plugin_set(value: Any) -> str:
     return ",".join(sorted(p.strip() for p in text.split(",") if p.strip()))
 
 
+# ------------------------------------------------------------ the CAs you bring
+
+# CA certificates Kong takes between a leaf and the root in cluster_ca_cert: its CP verifies a
+# DP's chain with nginx's ssl_verify_depth 4, and Kong's docs allow at most 3 (kong-facts.md);
+# pki.intermediates already stops at 3 (the schema), the chain of a CA you bring counts too
+MAX_CHAIN_DEPTH = 3
+
+
+def _ca_chains(doc: Document, base: Path) -> tuple[dict[Path_, int], list[Problem]]:
+    """Read each CA you bring (its cert_file and chain_file: certificates, never the key) and
+    follow it up to its self-signed root: {the CA's path in the file: the CA certificates it
+    puts in every leaf's chain} (hyprov.model.CAConfig.chain_certs), and the problems: a file
+    that cannot be read or holds no usable chain, or a whole chain longer than Kong accepts."""
+    d = doc.data
+    pki = d.get("pki")
+    cluster = d.get("cluster")
+    if not isinstance(pki, dict) or not isinstance(cluster, dict) or cluster.get("mtls") != "pki":
+        return {}, []
+    inters = pki.get("intermediates")
+    inters = inters if isinstance(inters, list) else []
+    cas: list[tuple[Path_, Any]] = [(("pki", "root"), pki.get("root"))]
+    cas += [(("pki", "intermediates", j), x) for j, x in enumerate(inters)]
+    chains: dict[Path_, int] = {}
+    problems: list[Problem] = []
+    for at, ca in cas:
+        if not isinstance(ca, dict) or not isinstance(ca.get("cert_file"), str):
+            continue
+        chain_file = ca.get("chain_file")
+        count = _chain_certs(doc, base, at, ca["cert_file"], chain_file if isinstance(chain_file, str) else None,
+                             problems)
+        if count is not None:
+            chains[at] = count
+    signing_at, signing = cas[-1]
+    root_at = ("pki", "root")
+    if isinstance(signing, dict) and "cert_file" in signing:  # your CA signs the leaves
+        mine, yours, at = 0, chains.get(signing_at), signing_at
+    else:
+        mine, yours, at = len(inters), chains.get(root_at), root_at
+    if yours is not None and mine + yours > MAX_CHAIN_DEPTH:
+        ca = pki.get("root") if at == root_at else inters[-1]
+        key = "chain_file" if isinstance(ca, dict) and "chain_file" in ca else "cert_file"
+        parts = ([f"{mine} in pki.intermediates"] if mine else []) + [f"{yours} of your CA's chain"]
+        problems.append(doc.problem(
+            (*at, key), f"every node's certificate chain would hold {mine + yours} CA certificates between its "
+            f"leaf and your root ({', '.join(parts)}); Kong accepts at most {MAX_CHAIN_DEPTH}",
+            "list fewer pki.intermediates, or bring a CA nearer your root" if mine else
+            "bring a CA nearer your root: Kong's control plane refuses a longer chain from a data plane"))
+    return chains, problems
+
+
+def _chain_certs(doc: Document, base: Path, at: Path_, cert_file: str, chain_file: str | None,
+                 problems: list[Problem]) -> int | None:
+    """The CA certificates a CA you bring puts between a leaf and the root (None: a problem)."""
+    from . import certchain  # lazy: cryptography only for a topology that brings a CA
+
+    data: dict[str, bytes] = {}
+    for key, name in (("cert_file", cert_file), ("chain_file", chain_file)):
+        if name is None:
+            continue
+        p = _path(base, name)
+        assert p is not None
+        try:
+            data[key] = p.read_bytes()
+        except OSError as exc:
+            problems.append(doc.problem((*at, key), f"cannot read {key} {name}: {exc.strerror}",
+                                        "a CA you bring is read when the topology is loaded (its key only at apply)"))
+    if len(data) < (2 if chain_file is not None else 1):
+        return None
+    for key in data:
+        try:
+            certchain.load_certs(data[key])
+        except PKIError as exc:
+            problems.append(doc.problem((*at, key), f"{key} {cert_file if key == 'cert_file' else chain_file}: {exc}",
+                                        "give the certificates in PEM form"))
+            return None
+    try:
+        _, issuers = certchain.ca_chain(data["cert_file"], data.get("chain_file"))
+    except PKIError as exc:
+        problems.append(doc.problem((*at, "chain_file" if chain_file is not None else "cert_file"),
+                                    f"{_where(at)}: {exc}", exc.hint))
+        return None
+    return len(issuers)
+
+
 # ------------------------------------------------------------------------- build
 
 
@@ -946,7 +1036,8 @@ def _listens(node: dict[str, Any], key: str, default: m.Listens) -> m.Listens:
     return tuple(listens_of(node[key])) if key in node else default
 
 
-def _build(d: dict[str, Any], source: Path, digest: str, license_digests: Mapping[Path, str]) -> m.Topology:
+def _build(d: dict[str, Any], source: Path, digest: str, license_digests: Mapping[Path, str],
+           chains: Mapping[Path_, int]) -> m.Topology:
     base = source.parent
     cl = d["cluster"]
     defaults = d.get("defaults", {})
@@ -1014,7 +1105,7 @@ def _build(d: dict[str, Any], source: Path, digest: str, license_digests: Mappin
     if cl.get("mtls", "shared") == "pki":
         p = d.get("pki", {})
 
-        def ca(c: dict[str, Any], dflt_cn: str, dflt_days: int) -> m.CAConfig:
+        def ca(c: dict[str, Any], dflt_cn: str, dflt_days: int, at: Path_) -> m.CAConfig:
             return m.CAConfig(
                 common_name=c.get("common_name", dflt_cn),
                 organization=c.get("organization"),
@@ -1022,12 +1113,14 @@ def _build(d: dict[str, Any], source: Path, digest: str, license_digests: Mappin
                 cert_file=_path(base, c.get("cert_file")),
                 key_file=_path(base, c.get("key_file")),
                 chain_file=_path(base, c.get("chain_file")),
+                chain_certs=chains.get(at, 0),
             )
 
         pki = m.PKIConfig(
             key_type=p.get("key_type", "ec-p256"),
-            root=ca({"organization": "Kong Inc.", **p.get("root", {})}, "Hybrid Root CA", 3650),
-            intermediates=tuple(ca(x, "Hybrid Intermediate CA", 1825) for x in p.get("intermediates", [])),
+            root=ca({"organization": "Kong Inc.", **p.get("root", {})}, "Hybrid Root CA", 3650, ("pki", "root")),
+            intermediates=tuple(ca(x, "Hybrid Intermediate CA", 1825, ("pki", "intermediates", j))
+                                for j, x in enumerate(p.get("intermediates", []))),
             leaf_validity_days=p.get("leaf_validity_days", 90),
             renew_before_days=p.get("renew_before_days", 30),
             key_generation=p.get("key_generation", "on_node"),

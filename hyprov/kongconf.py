@@ -3,7 +3,10 @@
 What is rendered is what Kong's conf_loader accepts for the node's role
 (kong-facts.md), including the seed document's errata: DPs trust
 ``system,<cluster file>`` rather than replacing the system bundle, and
-``lua_ssl_verify_depth`` follows the number of intermediates.
+``lua_ssl_verify_depth`` counts every CA certificate between a CP's leaf and
+the root in ``cluster_ca_cert``: hyprov's intermediates and those of a CA you
+bring (read and checked when the topology is loaded, see
+:attr:`hyprov.model.Topology.chain_depth`).
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ def settings(topology: m.Topology, node: m.Node, password: str | None = None) ->
         user_trusted = extra.pop("lua_ssl_trusted_certificate", None)
         out.append(("lua_ssl_trusted_certificate",
                     f"{trusted},{value_text(user_trusted)}" if user_trusted is not None else f"system,{trusted}"))
-        out.append(("lua_ssl_verify_depth", str(max(1, topology.intermediates_count))))
+        out.append(("lua_ssl_verify_depth", str(max(1, topology.chain_depth))))
     out += [(k, value_text(v)) for k, v in extra.items()]
     return out
 

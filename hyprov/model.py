@@ -147,6 +147,10 @@ class CAConfig:
     cert_file: Path | None = None  # bring your own CA
     key_file: Path | None = None
     chain_file: Path | None = None
+    # a CA you bring: the CA certificates a leaf's file carries for it, from this CA up to
+    # (not including) the self-signed root cluster_ca_cert holds: 0 for that root itself.
+    # Read from cert_file and chain_file when the topology is loaded (hyprov.certchain).
+    chain_certs: int = 0
 
     @property
     def external(self) -> bool:
@@ -254,6 +258,19 @@ class Topology:
     @property
     def intermediates_count(self) -> int:
         return len(self.pki.intermediates) if self.pki else 0
+
+    @property
+    def chain_depth(self) -> int:
+        """The CA certificates between a node's leaf and the trust anchor in cluster_ca_cert
+        (what a DP's lua_ssl_verify_depth must allow): hyprov's intermediates, then the chain
+        of a CA you bring (the same certificates the applier puts after the leaf)."""
+        if self.pki is None:
+            return 0
+        signing = (self.pki.root, *self.pki.intermediates)[-1]
+        if signing.external:  # your CA signs the leaves: its own chain is the whole chain
+            return signing.chain_certs
+        root = self.pki.root
+        return len(self.pki.intermediates) + (root.chain_certs if root.external else 0)
 
     @property
     def server_name(self) -> str:

@@ -12,6 +12,7 @@ import pytest
 from cryptography import x509
 from tlshelpers import cp_server, dp_connect
 from topo import hyprov, local_topology, write
+from util import assert_clean_failure
 
 from hyprov import pki
 
@@ -182,3 +183,121 @@ def test_your_own_issuing_ca_as_root_with_intermediates_hyprov_makes(tmp_path: P
     assert chain[1:] == [inter, corp]
     for child, parent in itertools.pairwise([*chain, top]):
         child.verify_directly_issued_by(parent)
+
+
+def _corp_cas(tmp_path: Path, below_top: int) -> tuple[x509.Certificate, list[x509.Certificate]]:
+    """Your PKI: a self-signed top root and ``below_top`` CAs in a row under it; the lowest one's
+    files (corp.crt, corp.key) and its chain up to and including the top (corp-chain.crt) are
+    written next to hyprov.yaml. Returns (top, the CAs below it, bottom-up)."""
+    now = datetime.now(UTC)
+    key = pki.generate_key("ec-p256")
+    top = pki.issue_root(key, common_name="Corp Top", validity_days=3650, now=now)
+    cas: list[x509.Certificate] = []
+    for i in range(below_top):
+        child_key = pki.generate_key("ec-p256")
+        cas.insert(0, pki.issue_intermediate(child_key.public_key(), cas[0] if cas else top, key,
+                                             common_name=f"Corp CA {i + 1}", validity_days=3000 - i, now=now))
+        key = child_key
+    (tmp_path / "corp.crt").write_bytes(pki.cert_pem(cas[0] if cas else top))
+    (tmp_path / "corp.key").write_bytes(pki.key_pem(key))
+    (tmp_path / "corp-chain.crt").write_bytes(b"".join(pki.cert_pem(c) for c in [*cas[1:], top]))
+    return top, cas
+
+
+YOURS = {"cert_file": "corp.crt", "key_file": "corp.key", "chain_file": "corp-chain.crt"}
+
+
+@pytest.mark.parametrize(("where", "below_top", "intermediates", "depth"), [
+    ("root", 1, 1, 2),   # your issuing CA as pki.root, one intermediate of hyprov's below it
+    ("root", 2, 0, 2),   # your issuing CA two below your top root signs the leaves itself
+    ("root", 1, 2, 3),
+    ("intermediate", 2, 1, 2),  # your own last intermediate, with a chain of its own above it
+], ids=["issuing-root+1", "issuing-root-2-deep", "issuing-root+2", "own-intermediate-2-deep"])
+def test_verify_depth_counts_the_chain_you_bring(tmp_path: Path, where: str, below_top: int, intermediates: int,
+                                                depth: int) -> None:
+    """lua_ssl_verify_depth counts every CA certificate between the CP's leaf and the root in
+    cluster_ca_cert, yours included: the DP (openssl at that depth, like OpenResty) accepts the
+    CP's chain, and one less fails with Kong's "certificate chain too long"."""
+    top, cas = _corp_cas(tmp_path, below_top)
+    doc = local_topology(mtls="pki", intermediates=intermediates, dps=1)
+    if where == "root":
+        doc["pki"]["root"] = dict(YOURS)
+    else:
+        doc["pki"]["intermediates"] = [dict(YOURS)]
+    write(tmp_path, doc)
+    r = hyprov("render", "dp1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"lua_ssl_verify_depth = {depth}\n" in r.stdout
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    hosts, base = tmp_path / ".hyprov/hosts", "etc/kong/cluster/"
+    assert (hosts / "dp1" / (base + "cluster-ca.crt")).read_bytes() == pki.cert_pem(top)
+    chain = x509.load_pem_x509_certificates((hosts / "cp1" / (base + "cluster.crt")).read_bytes())
+    assert len(chain) - 1 == depth and chain[-len(cas):] == cas, "the CAs between the CP's leaf and your top root"
+    d = _conf(hosts, "dp1")
+    assert d["lua_ssl_verify_depth"] == str(depth)
+    with cp_server(hosts / "cp1" / (base + "cluster.crt"), hosts / "cp1" / (base + "cluster.key"), "pki",
+                   hosts / "cp1" / (base + "cluster-ca.crt")) as server:
+        results = {n: dp_connect(server.host, server.port, hosts / "dp1" / (base + "cluster.crt"),
+                                 hosts / "dp1" / (base + "cluster.key"), hosts / "dp1" / (base + "cluster-ca.crt"),
+                                 n, d["cluster_server_name"]) for n in (depth, depth - 1)}
+    assert results[depth].ok, results[depth]
+    assert not results[depth - 1].ok and results[depth - 1].error == "certificate chain too long", results[depth - 1]
+    assert hyprov("plan", "--detailed-exitcode", cwd=tmp_path).returncode == 0
+
+
+def _located(tmp_path: Path, key: str) -> str:
+    """``hyprov.yaml:LINE:COL`` of the value of ``key`` in the written topology (the default file)."""
+    lines = (tmp_path / "hyprov.yaml").read_text().splitlines()
+    n, line = next((n, line) for n, line in enumerate(lines, 1) if line.lstrip(" -").startswith(f"{key}:"))
+    return f"hyprov.yaml:{n}:{len(line) - len(line.lstrip(' -')) + 1 + len(key) + 2}"
+
+
+@pytest.mark.parametrize(("where", "below_top", "intermediates", "hint"), [
+    ("root", 2, 2, "list fewer pki.intermediates, or bring a CA nearer your root"),
+    ("intermediate", 4, 1, "bring a CA nearer your root: Kong's control plane refuses a longer chain"),
+], ids=["issuing-root+2", "own-intermediate-4-deep"])
+def test_a_chain_longer_than_kong_accepts_is_refused_at_validation(tmp_path: Path, where: str, below_top: int,
+                                                                   intermediates: int, hint: str) -> None:
+    """Four CA certificates between leaf and root: hyprov validate says so at the chain_file,
+    before anything is made (Kong's CP would refuse every DP: "certificate chain too long")."""
+    _corp_cas(tmp_path, below_top)
+    doc = local_topology(mtls="pki", intermediates=intermediates, dps=1)
+    if where == "root":
+        doc["pki"]["root"] = dict(YOURS)
+    else:
+        doc["pki"]["intermediates"] = [dict(YOURS)]
+    write(tmp_path, doc)
+    for command in ("validate", "plan"):
+        r = hyprov(command, cwd=tmp_path)
+        problems = assert_clean_failure(r)
+        assert len(problems) == 1, r.stderr
+        assert r.stderr.startswith(f"{_located(tmp_path, 'chain_file')}: error: every node's certificate chain "
+                                   "would hold 4 CA certificates between its leaf and your root"), r.stderr
+        assert "Kong accepts at most 3" in r.stderr and f"(hint: {hint}" in r.stderr
+    assert not (tmp_path / ".hyprov").exists() and not (tmp_path / "hyprov.state.json").exists()
+
+
+def test_a_ca_you_bring_is_read_and_checked_at_validation(tmp_path: Path) -> None:
+    """The chain decides kong.conf, so the certificates are read when the topology is loaded:
+    an unreadable cert_file, or a chain_file without the issuer, is a located problem."""
+    top, _ = _corp_cas(tmp_path, 2)
+    doc = local_topology(mtls="pki", dps=1)
+    doc["pki"]["root"] = {**YOURS, "cert_file": "missing.crt"}
+    write(tmp_path, doc)
+    r = hyprov("validate", cwd=tmp_path)
+    assert_clean_failure(r)
+    assert r.stderr.startswith(f"{_located(tmp_path, 'cert_file')}: error: cannot read cert_file missing.crt: "
+                               "No such file or directory"), r.stderr
+    (tmp_path / "corp-chain.crt").write_bytes(pki.cert_pem(top))  # the CA between yours and the top is missing
+    doc["pki"]["root"] = dict(YOURS)
+    write(tmp_path, doc)
+    r = hyprov("validate", cwd=tmp_path)
+    assert_clean_failure(r)
+    assert r.stderr.startswith(f"{_located(tmp_path, 'chain_file')}: error: pki.root: no issuer for "
+                               "CN=Corp CA 2 in the chain file"), r.stderr
+    assert "(hint: give chain_file with every intermediate up to and including the root)" in r.stderr
+    (tmp_path / "corp-chain.crt").write_text("not a certificate\n")
+    r = hyprov("validate", cwd=tmp_path)
+    assert_clean_failure(r)
+    assert r.stderr.startswith(f"{_located(tmp_path, 'chain_file')}: error: chain_file corp-chain.crt: "), r.stderr

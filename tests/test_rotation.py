@@ -45,8 +45,8 @@ BUNDLE = '/etc/kong/cluster/cluster-ca.crt'
 # --------------------------------------------------------------------------- planner tables
 
 
-def topo(doc: dict[str, Any]) -> Topology:
-    return parse_topology(yaml.safe_dump(doc).encode(), Path("/tmp/x/hyprov.yaml"))
+def topo(doc: dict[str, Any], base: Path = Path("/tmp/x")) -> Topology:
+    return parse_topology(yaml.safe_dump(doc).encode(), base / "hyprov.yaml")
 
 
 def iso(t: dt.datetime) -> str:
@@ -257,9 +257,14 @@ def test_phase_headline_in_text_and_stable_json_field() -> None:
 
 
 def test_a_ca_you_brought_is_never_rotated_and_the_plan_says_so(tmp_path: Path) -> None:
+    from hyprov import pki
+
+    key = pki.generate_key("ec-p256")  # read when the topology is loaded (its chain sizes kong.conf)
+    (tmp_path / "corp.crt").write_bytes(pki.cert_pem(pki.issue_root(key, common_name="Corp Root", validity_days=3650,
+                                                                    now=NOW)))
     doc = json.loads(json.dumps(BASE))
     doc["pki"]["root"] = {"cert_file": "corp.crt", "key_file": "corp.key"}
-    t = topo(doc)
+    t = topo(doc, tmp_path)
     p = make_plan(t, recorded(t, SOON))
     assert not p.has_changes
     assert p.root_rotation is not None and p.root_rotation["name"] == "external"
