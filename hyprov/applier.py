@@ -259,7 +259,9 @@ class Applier:
                 self.secrets.write_key("shared", key)
                 self.secrets.write_cert("shared", cert)
             elif after.get("external"):
-                cert = self._external_ca().cert
+                ext = self._external_ca()
+                # the root cluster_ca_cert holds: the planner checks every bundle against it
+                cert, chain = ext.cert, {"anchor_fingerprint": pki.cert_info(ext.root).sha256}
             else:
                 key = pki.generate_key(after["key_type"])
                 name = rootca.secret_name(self, c.address)
@@ -553,6 +555,8 @@ class Applier:
             after["host_digest"] = digest
             if after.get("source") == "ca_bundle":
                 after["roots"] = rootca.fingerprints(content)  # which roots the node trusts (hyprov.rotation)
+            elif after.get("source") == "leaf":  # which certificate the node holds (hyprov.planner)
+                after["cert_fingerprint"] = rootca.fingerprints(content)[0]
         self._put(ResourceState(c.address, "file", node.name, after.get(
             "content_digest", digest), after))
         self._count(c)

@@ -9,7 +9,7 @@ hooks and follows the plan's ``root_rotation`` field:
 * :func:`secret_name`: which root signs (the new one from phase 2 on);
 * :func:`bundle`: the ``cluster_ca_cert`` content (every trusted root);
 * :func:`root_of`, :func:`fingerprints`: what the state records so the next
-  plan knows which root every chain and bundle depends on;
+  plan knows which root (and which issuer) every chain and bundle depends on;
 * :func:`fresh`: the generation (``secrets_dir`` name) of a root created or replaced at once;
 * :func:`forget_unused`: keys and certificates of CAs nothing uses any more (the retired
   root, a root replaced at once, the new root of a rotation that replacement overtook, a
@@ -200,14 +200,18 @@ def bundle(a: Applier) -> bytes:
 
 
 def root_of(a: Applier, issuer: str, issuer_cert: Any) -> dict[str, Any]:
-    """``root_fingerprint`` for a certificate signed by ``issuer`` (an address) with ``issuer_cert``."""
+    """What the state records about the chain of a certificate signed by ``issuer`` (an address)
+    with ``issuer_cert``: ``root_fingerprint``, the root it ends at (hyprov.rotation), and
+    ``issuer_fingerprint``, the CA that signed it (the planner reissues a certificate whose
+    issuer the state no longer records: a CA replaced, then the apply stopped before the nodes)."""
     from . import pki
 
+    signed_by = pki.cert_info(issuer_cert).sha256
     if issuer == "ca.root":
-        return {"root_fingerprint": pki.cert_info(issuer_cert).sha256}
+        return {"root_fingerprint": signed_by, "issuer_fingerprint": signed_by}
     rec = a.state.resources.get(issuer)
     fp = (rec.attrs.get("root_fingerprint") if rec else None) or _root_attrs(a).get("fingerprint")
-    return {"root_fingerprint": fp} if fp else {}
+    return {**({"root_fingerprint": fp} if fp else {}), "issuer_fingerprint": signed_by}
 
 
 def fingerprints(content: bytes) -> list[str]:
