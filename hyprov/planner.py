@@ -17,7 +17,7 @@ from . import graph as graphmod
 from . import rotation
 from .errors import HyprovError
 from .plan import Action, Change, Plan
-from .resources import Resource
+from .resources import Resource, sha256
 from .state import State, thaw
 
 if TYPE_CHECKING:
@@ -125,6 +125,108 @@ def _dep_changed(r: Resource, reissued: set[str]) -> str | None:
     return next(d for d in r.depends_on if d in reissued)
 
 
+@dataclass
+class _Sources:
+    """Was each recorded certificate signed by the CA the state records now, and does each node's
+    cluster.crt and cluster-ca.crt hold what the state records?
+
+    A CA replaced at once (expired, restructured, an intermediate changed, a CA you bring) is
+    recorded before any node gets its new chain; an apply that stops in between (killed, or a
+    node failing) leaves certificates from the old CA and files with the old chain, and nothing
+    else would make the next plan finish the job. What each record was made from:
+    ``issuer_fingerprint`` on certificates and intermediates, ``cert_fingerprint`` on cluster.crt,
+    ``roots`` on cluster-ca.crt, and ``anchor_fingerprint`` (the root in cluster_ca_cert) on a CA
+    you bring. Records written before hyprov kept those are judged by what they already hold
+    (dates, ``root_fingerprint``, the file's digest, ``roots``) and are never reissued just for
+    lacking them. During a root CA rotation the phases own bundles and installs (hyprov.rotation).
+    """
+
+    desired: Mapping[str, Resource]
+    prior: Mapping[str, Any]  # address -> ResourceState
+    _anchors: frozenset[str] | None = field(default=None, init=False)
+    _anchors_known: bool = field(default=False, init=False)
+    _leaf_files: dict[str, str] | None = field(default=None, init=False)
+
+    def certificate(self, r: Resource, recorded: Mapping[str, Any], rotating: bool) -> str | None:
+        """Why ``r`` (a certificate or an intermediate hyprov makes) must be reissued, or None."""
+        if r.type == "ca" and (r.address == "ca.root" or r.attrs.get("external")):
+            return None
+        issuer = r.depends_on[0] if r.depends_on else None
+        issuer_rec = self.prior.get(issuer) if issuer else None
+        if issuer is not None and issuer_rec is not None:
+            ia = issuer_rec.attributes
+            signed_by = recorded.get("issuer_fingerprint")
+            if signed_by is not None:
+                stale = signed_by not in (rotation.trusted_roots(ia) if issuer == "ca.root" else [ia.get("fingerprint")])
+            else:
+                stale = self._predates(recorded, ia)
+            if stale:
+                return f"issuer {issuer} was replaced after this certificate was issued (interrupted apply)"
+        if r.type == "cert" and not rotating:  # a rotation installs reissued leaves itself
+            leaf = self.prior.get(self._leaf_file(r.node or ""))
+            if leaf is not None and not self._holds(leaf.attributes, recorded):
+                return (f"{leaf.attributes.get('path', 'cluster.crt').rsplit('/', 1)[-1]} on the node holds "
+                        "another certificate than the one recorded (interrupted apply)")
+        return None
+
+    def bundle(self, r: Resource, recorded: Mapping[str, Any]) -> str | None:
+        """Why a cluster_ca_cert file must be rewritten: it holds other roots than the CA recorded."""
+        roots = recorded.get("roots")
+        anchors = self._trust_anchors()
+        if not roots or anchors is None or {str(x) for x in roots} == anchors:
+            return None
+        return f"{str(r.attrs.get('path', 'cluster-ca.crt')).rsplit('/', 1)[-1]} holds an older root (interrupted apply)"
+
+    def _predates(self, recorded: Mapping[str, Any], issuer: Mapping[str, Any]) -> bool:
+        """A record without ``issuer_fingerprint``: issued before its issuer existed (hyprov makes
+        a CA before anything it signs; a CA you bring may be older than its leaves), or under
+        another root than the one recorded now."""
+        if not issuer.get("external"):
+            own, theirs = recorded.get("not_before"), issuer.get("not_before")
+            if isinstance(own, str) and isinstance(theirs, str) and \
+                    datetime.fromisoformat(own) < datetime.fromisoformat(theirs):
+                return True
+        root_rec = self.prior.get("ca.root")
+        root = root_rec.attributes if root_rec is not None else {}
+        chain_root = recorded.get("root_fingerprint")
+        if not chain_root or not root.get("fingerprint") or isinstance(root.get("rotation"), Mapping):
+            return False
+        return chain_root not in rotation.trusted_roots(root)
+
+    def _holds(self, leaf_file: Mapping[str, Any], cert: Mapping[str, Any]) -> bool:
+        """cluster.crt holds the recorded certificate (by fingerprint; before hyprov recorded it,
+        by the file's digest against the recorded PEM)."""
+        held = leaf_file.get("cert_fingerprint")
+        if held is not None:
+            return held == cert.get("fingerprint") or not cert.get("fingerprint")
+        pem, digest = cert.get("pem"), leaf_file.get("host_digest")
+        return not (isinstance(pem, str) and isinstance(digest, str)) or digest == sha256(pem)
+
+    def _leaf_file(self, node: str) -> str:
+        if self._leaf_files is None:
+            self._leaf_files = {r.node: a for a, r in self.desired.items()
+                                if r.node and r.type == "file" and r.attrs.get("source") == "leaf"}
+        return self._leaf_files.get(node, "")
+
+    def _trust_anchors(self) -> frozenset[str] | None:
+        """The roots every cluster_ca_cert should hold: the recorded root's (hyprov made it), or
+        the root above a CA you bring (the one that signs, as the applier picks it). None: unknown
+        (a CA you brought recorded before hyprov kept its root)."""
+        if not self._anchors_known:
+            self._anchors_known = True
+            cas = [r for a in ("ca.root", *(f"ca.intermediate[{i}]" for i in range(8)))
+                   if (r := self.desired.get(a)) is not None]
+            yours = [r for r in cas if r.attrs.get("external")]
+            rec = self.prior.get(yours[-1].address if yours else "ca.root")
+            attrs = rec.attributes if rec is not None else {}
+            if yours:
+                anchor = attrs.get("anchor_fingerprint")
+                self._anchors = frozenset({str(anchor)}) if anchor else None
+            elif attrs.get("fingerprint"):
+                self._anchors = frozenset(rotation.trusted_roots(attrs))
+        return self._anchors
+
+
 def plan(
     resources: Sequence[Resource],
     g: nx.DiGraph | None,
@@ -148,6 +250,7 @@ def plan(
     reissued: set[str] = set()  # addresses created or replaced so far (graph order: dependencies first)
     errors: list[str] = []
     rot = rotation.Tracker(desired, prior, prior_nodes, facts.drift)  # root CA rotation phases (hyprov.rotation)
+    sources = _Sources(desired, prior)  # what each certificate and cert file was made from
 
     unknown = [t for t in targets if t not in desired and t not in prior and (g is None or t not in g)]
     if unknown:
@@ -176,10 +279,14 @@ def plan(
             keys = [k for k in keys if k not in settings]
             issuer = _dep_changed(r, reissued)
             renew = _renewal_reason(r.attrs, recorded, now, ca=r.type == "ca")
+            stale = None if keys or issuer or r.type == "shared_cert" else \
+                sources.certificate(r, recorded, rot.phase is not None)
             if keys:
                 action, reason = Action.REPLACE, "changed: " + ", ".join(f"{k}" for k in keys)
             elif issuer:
                 action, reason = Action.REPLACE, f"issuer {issuer} is replaced"
+            elif stale:
+                action, reason = Action.REPLACE, stale
             elif renew:
                 action, reason = Action.REPLACE, renew
             elif settings:
@@ -210,6 +317,8 @@ def plan(
                 action, reason = Action.UPDATE, f"{source} is (re)issued"
             elif secret is not None and recorded.get("secret_fingerprint") != secret:
                 action, reason = Action.UPDATE, "kong.conf: pg_password changed"
+            elif r.attrs.get("source") == "ca_bundle" and rot.phase is None and (old_root := sources.bundle(r, recorded)):
+                action, reason = Action.UPDATE, old_root
             elif addr in facts.drift:
                 action, reason = Action.UPDATE, f"drift: {facts.drift[addr]}"
             action, reason = rot.file(r, recorded if rec else None, action, reason)

@@ -14,9 +14,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import re
 import shutil
+import signal
 import stat
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +31,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from tlshelpers import cp_server, dp_connect, openssl_available
-from topo import hyprov, local_topology, write
+from topo import ENV, hyprov, local_topology, write
 
 from hyprov import graph, planner, render, resources
 from hyprov.config import parse_topology
@@ -678,3 +683,211 @@ def test_secrets_dir_remove(tmp_path: Path) -> None:
     s.write_cert("old", pki.issue_root(key, common_name="R", validity_days=10, now=dt.datetime.now(dt.UTC)))
     assert s.remove("old") and not s.has_key("old") and not s.has_cert("old")
     assert not s.remove("old")
+
+
+# --------------------------------------------------------------------------- one-shot replacement, interrupted
+
+LATER = iso(NOW + dt.timedelta(hours=1))
+INT = "ca.intermediate[0]"
+CRT = "/etc/kong/cluster/cluster.crt"
+
+
+def _fp(address: str) -> str:
+    return hashlib.sha256(address.encode()).hexdigest()  # recorded()'s fingerprint of a CA or leaf
+
+
+def stamped(s: State) -> State:
+    """The same state as this hyprov writes it: what each record was made from."""
+    s = edit(s, INT, issuer_fingerprint=OLD)
+    for node in ("cp1", "dp1", "dp2"):
+        s = edit(s, f"cert.{node}", issuer_fingerprint=_fp(INT))
+        s = edit(s, f'file.{node}["{CRT}"]', cert_fingerprint=_fp(f"cert.{node}"))
+    return s
+
+
+def replaced_at_once(s: State, *, root: bool) -> State:
+    """The controller step of a one-shot replacement (of the root and its intermediate, or of the
+    intermediate alone) was saved, and nothing after it: no certificate, no node file."""
+    if root:
+        s = edit(s, "ca.root", serial="02", fingerprint=NEW, not_before=LATER)
+    return edit(s, INT, serial="03", fingerprint="0c" * 32, not_before=LATER, root_fingerprint=NEW if root else OLD,
+                issuer_fingerprint=NEW if root else OLD)
+
+
+NODES = ("cp1", "dp1", "dp2")
+ISSUER_GONE = "issuer ca.intermediate[0] was replaced after this certificate was issued (interrupted apply)"
+OLDER_ROOT = "cluster-ca.crt holds an older root (interrupted apply)"
+OTHER_CERT = "cluster.crt on the node holds another certificate than the one recorded (interrupted apply)"
+
+
+@pytest.mark.parametrize("written_by", ["this-hyprov", "older-hyprov"])
+@pytest.mark.parametrize(("case", "make", "expected"), [
+    ("consistent", lambda s: s, {}),
+    ("root-replaced", lambda s: replaced_at_once(s, root=True),
+     {**{f"cert.{n}": ("-/+", ISSUER_GONE) for n in NODES},
+      **{f'file.{n}["{CRT}"]': ("~", f"cert.{n} is (re)issued") for n in NODES},
+      **{f'file.{n}["{BUNDLE}"]': ("~", OLDER_ROOT) for n in NODES}}),
+    ("intermediate-replaced", lambda s: replaced_at_once(s, root=False),
+     {**{f"cert.{n}": ("-/+", ISSUER_GONE) for n in NODES},
+      **{f'file.{n}["{CRT}"]': ("~", f"cert.{n} is (re)issued") for n in NODES}}),
+    ("leaf-recorded-never-installed", lambda s: edit(s, "cert.dp1", fingerprint="0d" * 32, pem="new\n"),
+     {"cert.dp1": ("-/+", OTHER_CERT), f'file.dp1["{CRT}"]': ("~", "cert.dp1 is (re)issued")}),
+    ("bundle-with-the-old-root", lambda s: edit(s, f'file.dp2["{BUNDLE}"]', roots=["0e" * 32]),
+     {f'file.dp2["{BUNDLE}"]': ("~", OLDER_ROOT)}),
+])
+def test_what_a_record_was_made_from_is_checked(written_by: str, case: str, make: Callable[[State], State],
+                                                expected: dict[str, tuple[str, str]]) -> None:
+    """A recorded certificate from a CA the state no longer records, or a node file holding
+    another certificate or root than the state records, is planned again, whether the records
+    carry what they were made from (this hyprov) or not (a state an older hyprov wrote: judged by
+    dates, root_fingerprint, the file digest and roots, and a consistent one plans nothing)."""
+    s = recorded(T) if written_by == "older-hyprov" else stamped(recorded(T))
+    p = make_plan(T, make(s))
+    got = {a: c for a, c in actions(p).items() if not a.startswith("service.")}
+    assert got == expected
+    assert p.root_rotation is None
+
+
+
+
+@pytest.mark.parametrize(("anchor", "in_bundles", "planned"), [
+    (None, "0f" * 32, False),  # recorded before hyprov kept your root: unknown, so never a mass update
+    ("0f" * 32, "0f" * 32, False),
+    ("0f" * 32, OLD, True),  # the bundles still hold the root of the CA you brought before
+], ids=["root-not-recorded", "same-root", "older-root"])
+def test_bundles_under_a_ca_you_bring_are_checked_against_its_root(tmp_path: Path, anchor: str | None,
+                                                                  in_bundles: str, planned: bool) -> None:
+    from hyprov import pki
+
+    key = pki.generate_key("ec-p256")
+    (tmp_path / "corp.crt").write_bytes(pki.cert_pem(pki.issue_root(key, common_name="Corp Root",
+                                                                    validity_days=3650, now=NOW)))
+    doc = json.loads(json.dumps(BASE))
+    doc["pki"]["root"] = {"cert_file": "corp.crt", "key_file": "corp.key"}
+    t = topo(doc, tmp_path)
+    s = recorded(t)
+    if anchor is not None:
+        s = edit(s, "ca.root", anchor_fingerprint=anchor)
+    for node in NODES:
+        s = edit(s, f'file.{node}["{BUNDLE}"]', roots=[in_bundles])
+    got = actions(make_plan(t, s))
+    assert got == ({**{f'file.{n}["{BUNDLE}"]': ("~", OLDER_ROOT) for n in NODES},
+                    **{f"service.{n}": ("~", f"restart: {BUNDLE} changed") for n in NODES}} if planned else {})
+
+
+def interrupting(tmp: Path, mode: str) -> tuple[dict[str, str], Path]:
+    """(an environment, a marker file) that stops apply on the nodes, after the controller has
+    recorded the new CAs: ``openssl`` there (the on-node key and CSR, the first node step) fails
+    (``fail``) or waits until hyprov is gone (``kill``: the test SIGKILLs hyprov once the marker
+    exists, the shims then end by themselves); or ``sync`` there fails (``write``: the batched
+    write of every node stops before its renames). The controller's own commands are untouched."""
+    command = "sync" if mode == "write" else "openssl"
+    real = shutil.which(command)
+    assert real is not None
+    shim, marker = tmp / "shims", tmp / "interrupted"
+    shim.mkdir(exist_ok=True)
+    wait = ('hyprov_pid=$(cut -d" " -f4 "/proc/$PPID/stat")\n'  # the node script's parent: hyprov
+            'while kill -0 "$hyprov_pid" 2>/dev/null; do sleep 0.05; done\n') if mode == "kill" else ""
+    (shim / command).write_text(
+        "#!/bin/sh\n"
+        f'[ -n "${{HYPROV_ROOT:-}}" ] || exec {real} "$@"\n'
+        f": > {marker}\n{wait}"
+        f'echo "{command}: interrupted" >&2; exit 1\n')
+    (shim / command).chmod(0o755)
+    return {"PATH": f"{shim}:{os.environ['PATH']}"}, marker
+
+
+def interrupted_apply(tmp: Path, mode: str) -> None:
+    env, marker = interrupting(tmp, mode)
+    if mode != "kill":
+        r = hyprov("apply", "--auto-approve", cwd=tmp, env=env)
+        assert r.returncode == 1 and ": interrupted" in r.stdout + r.stderr, r.stdout + r.stderr
+        return
+    p = subprocess.Popen([sys.executable, "-m", "hyprov", "apply", "--auto-approve"], cwd=tmp,
+                         env={**os.environ, **ENV, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert p.poll() is None and time.monotonic() < deadline, "apply never reached the nodes"
+            time.sleep(0.02)
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+
+
+def one_shot_change(tmp: Path, change: str, keygen: str) -> None:
+    """Make the next apply replace a CA at once (no phases)."""
+    doc = local_topology(cps=1, dps=2, mtls="pki", intermediates=1, key_generation=keygen)
+    if change == "expired-root":  # an expired root is replaced at once (the state says it expired)
+        into_renewal_window(tmp, days=-1)
+    elif change == "restructure":  # one more intermediate: the root and every intermediate are replaced
+        doc["pki"]["intermediates"].append({"common_name": "Int 1", "validity_days": 1700})
+    elif change == "intermediate":  # the intermediate alone is replaced
+        doc["pki"]["intermediates"][0]["common_name"] = "Int 0 (new)"
+    else:  # a root you bring (an issuing CA below your top root)
+        from hyprov import pki
+
+        now = dt.datetime.now(dt.UTC)
+        top_key, corp_key = pki.generate_key("ec-p256"), pki.generate_key("ec-p256")
+        top = pki.issue_root(top_key, common_name="Corp Top", validity_days=3650, now=now)
+        corp = pki.issue_intermediate(corp_key.public_key(), top, top_key, common_name="Corp Issuing",
+                                      validity_days=3000, now=now)
+        (tmp / "corp.crt").write_bytes(pki.cert_pem(corp))
+        (tmp / "corp.key").write_bytes(pki.key_pem(corp_key))
+        (tmp / "corp-chain.crt").write_bytes(pki.cert_pem(top))
+        doc["pki"]["root"] = {"cert_file": "corp.crt", "key_file": "corp.key", "chain_file": "corp-chain.crt"}
+    write(tmp, doc)
+
+
+INTERRUPTIONS = [(change, mode, "on_node") for mode in ("fail", "kill", "write")
+                 for change in ("expired-root", "restructure", "intermediate", "your-root")]
+# keys made by hyprov are never kept: a certificate that did not land is reissued with a new key
+INTERRUPTIONS += [("expired-root", "write", "local"), ("intermediate", "write", "local")]
+
+
+@needs_openssl
+@pytest.mark.parametrize(("change", "mode", "keygen"), [
+    pytest.param(*row, id="-".join(row)) for row in INTERRUPTIONS])
+def test_an_interrupted_one_shot_replacement_is_planned_again_until_the_nodes_have_it(
+        tmp_path: Path, change: str, mode: str, keygen: str) -> None:
+    """A CA replaced at once, then the apply stops after the state recorded the new CA and before
+    any node file was written (a node step fails, hyprov is killed, or every batched write fails):
+    the next plan (with or without refresh) reissues every certificate
+    and rewrites every cluster.crt, and cluster-ca.crt where the root changed; the rerun converges
+    and every DP's handshake with the CP passes."""
+    nodes = ["cp1", "dp1", "dp2"]
+    write(tmp_path, local_topology(cps=1, dps=2, mtls="pki", intermediates=1, key_generation=keygen))
+    assert hyprov("apply", "--auto-approve", cwd=tmp_path).returncode == 0
+    before = snapshot(tmp_path, "before", nodes)
+    cas = {a: r["attributes"]["fingerprint"] for a, r in state(tmp_path)["resources"].items() if a.startswith("ca.")}
+    one_shot_change(tmp_path, change, keygen)
+    interrupted_apply(tmp_path, mode)
+    now = {a: r["attributes"]["fingerprint"] for a, r in state(tmp_path)["resources"].items() if a.startswith("ca.")}
+    replaced = {"ca.intermediate[0]"} | ({"ca.intermediate[1]"} if change == "restructure" else set()) | (
+        {"ca.root"} if change != "intermediate" else set())
+    assert {a for a in now if now[a] != cas.get(a)} == replaced, "the state records the new CAs"
+    assert _tree(before) == _tree(snapshot(tmp_path, "interrupted", nodes)), "no node file was written"
+
+    bundle_reason = "cluster-ca.crt holds an older root (interrupted apply)"
+    for refresh in ("--no-refresh", "--refresh"):
+        r = hyprov("plan", "--json", refresh, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        got = {c["address"]: ("-".join(c["actions"]), c["action_reason"])
+               for c in json.loads(r.stdout)["resource_changes"]}
+        for node in nodes:  # (a certificate whose files did not land was never recorded: bb69e8d)
+            assert got[f"cert.{node}"] == ("delete-create", "changed: issuer" if change == "restructure" else
+                                           ISSUER_GONE), got
+            assert got[f'file.{node}["/etc/kong/cluster/cluster.crt"]'] == ("update", f"cert.{node} is (re)issued")
+            bundle = got.get(f'file.{node}["{BUNDLE}"]')
+            assert bundle == (None if change == "intermediate" else ("update", bundle_reason)), got
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert hyprov("plan", "--detailed-exitcode", cwd=tmp_path).returncode == 0
+    after = snapshot(tmp_path, "after", nodes)
+    for node in nodes:
+        assert (after / node / "cluster_cert").read_bytes() != (before / node / "cluster_cert").read_bytes()
+    for dp in ("dp1", "dp2"):
+        result = handshake(tmp_path, "cp1", after, dp, after)
+        assert result.ok, (dp, result)
+    if change != "intermediate":  # the check can fail: a DP left on the old root refuses the CP
+        assert not handshake(tmp_path, "cp1", after, "dp1", before).dp_accepted
