@@ -207,6 +207,19 @@ def _corp_cas(tmp_path: Path, below_top: int) -> tuple[x509.Certificate, list[x5
 YOURS = {"cert_file": "corp.crt", "key_file": "corp.key", "chain_file": "corp-chain.crt"}
 
 
+def _bring_your_ca(tmp_path: Path, where: str, below_top: int, intermediates: int) -> tuple[x509.Certificate, list[x509.Certificate]]:
+    """Write a one-DP pki topology whose root (``where="root"``) or last intermediate is a CA of
+    yours ``below_top`` levels under your self-signed root; returns that root and your CAs."""
+    top, cas = _corp_cas(tmp_path, below_top)
+    doc = local_topology(mtls="pki", intermediates=intermediates, dps=1)
+    if where == "root":
+        doc["pki"]["root"] = dict(YOURS)
+    else:
+        doc["pki"]["intermediates"] = [dict(YOURS)]
+    write(tmp_path, doc)
+    return top, cas
+
+
 @pytest.mark.parametrize(("where", "below_top", "intermediates", "depth"), [
     ("root", 1, 1, 2),   # your issuing CA as pki.root, one intermediate of hyprov's below it
     ("root", 2, 0, 2),   # your issuing CA two below your top root signs the leaves itself
@@ -218,13 +231,7 @@ def test_verify_depth_counts_the_chain_you_bring(tmp_path: Path, where: str, bel
     """lua_ssl_verify_depth counts every CA certificate between the CP's leaf and the root in
     cluster_ca_cert, yours included: the DP (openssl at that depth, like OpenResty) accepts the
     CP's chain, and one less fails with Kong's "certificate chain too long"."""
-    top, cas = _corp_cas(tmp_path, below_top)
-    doc = local_topology(mtls="pki", intermediates=intermediates, dps=1)
-    if where == "root":
-        doc["pki"]["root"] = dict(YOURS)
-    else:
-        doc["pki"]["intermediates"] = [dict(YOURS)]
-    write(tmp_path, doc)
+    top, cas = _bring_your_ca(tmp_path, where, below_top, intermediates)
     r = hyprov("render", "dp1", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"lua_ssl_verify_depth = {depth}\n" in r.stdout
@@ -261,13 +268,7 @@ def test_a_chain_longer_than_kong_accepts_is_refused_at_validation(tmp_path: Pat
                                                                    intermediates: int, hint: str) -> None:
     """Four CA certificates between leaf and root: hyprov validate says so at the chain_file,
     before anything is made (Kong's CP would refuse every DP: "certificate chain too long")."""
-    _corp_cas(tmp_path, below_top)
-    doc = local_topology(mtls="pki", intermediates=intermediates, dps=1)
-    if where == "root":
-        doc["pki"]["root"] = dict(YOURS)
-    else:
-        doc["pki"]["intermediates"] = [dict(YOURS)]
-    write(tmp_path, doc)
+    _bring_your_ca(tmp_path, where, below_top, intermediates)
     for command in ("validate", "plan"):
         r = hyprov(command, cwd=tmp_path)
         problems = assert_clean_failure(r)
