@@ -17,7 +17,7 @@ from . import graph as graphmod
 from . import rotation
 from .errors import HyprovError
 from .plan import Action, Change, Plan
-from .resources import Resource, sha256
+from .resources import Resource
 from .state import State, thaw
 
 if TYPE_CHECKING:
@@ -199,8 +199,7 @@ class _Sources:
         held = leaf_file.get("cert_fingerprint")
         if held is not None:
             return held == cert.get("fingerprint") or not cert.get("fingerprint")
-        pem, digest = cert.get("pem"), leaf_file.get("host_digest")
-        return not (isinstance(pem, str) and isinstance(digest, str)) or digest == sha256(pem)
+        return rotation.file_holds_pem(leaf_file, cert)
 
     def _leaf_file(self, node: str) -> str:
         if self._leaf_files is None:
@@ -214,8 +213,7 @@ class _Sources:
         (a CA you brought recorded before hyprov kept its root)."""
         if not self._anchors_known:
             self._anchors_known = True
-            cas = [r for a in ("ca.root", *(f"ca.intermediate[{i}]" for i in range(8)))
-                   if (r := self.desired.get(a)) is not None]
+            cas = rotation.desired_cas(self.desired)
             yours = [r for r in cas if r.attrs.get("external")]
             rec = self.prior.get(yours[-1].address if yours else "ca.root")
             attrs = rec.attributes if rec is not None else {}

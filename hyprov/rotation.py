@@ -50,7 +50,8 @@ from .plan import Action
 from .resources import Resource
 from .state import NodeState, ResourceState
 
-__all__ = ["PHASES", "Tracker", "chain_root", "root_generation", "root_secret_name", "trusted_roots"]
+__all__ = ["PHASES", "Tracker", "chain_root", "desired_cas", "file_holds_pem", "root_generation", "root_secret_name",
+           "trusted_roots"]
 
 PHASES = ("trust", "reissue", "retire")
 _NEXT = {"trust": "phase 2 (reissue)", "reissue": "phase 3 (retire)"}
@@ -75,6 +76,20 @@ def trusted_roots(root_attrs: Mapping[str, Any]) -> list[str]:
     if isinstance(rot, Mapping) and isinstance(rot.get("new"), Mapping):
         out.append(str(rot["new"].get("fingerprint")))
     return out
+
+
+def desired_cas(desired: Mapping[str, Resource]) -> list[Resource]:
+    """The desired CA resources, root first, then the intermediates in chain order."""
+    return [r for a in ("ca.root", *(f"ca.intermediate[{i}]" for i in range(8))) if (r := desired.get(a)) is not None]
+
+
+def file_holds_pem(leaf_file: Mapping[str, Any], cert: Mapping[str, Any]) -> bool:
+    """The recorded leaf file's digest is that of the certificate's recorded PEM (True when
+    either is not recorded: nothing to tell them apart by)."""
+    pem, digest = cert.get("pem"), leaf_file.get("host_digest")
+    if not isinstance(pem, str) or not isinstance(digest, str):
+        return True
+    return digest == hashlib.sha256(pem.encode()).hexdigest()
 
 
 def chain_root(attrs: Mapping[str, Any], root_attrs: Mapping[str, Any]) -> str:
@@ -185,7 +200,7 @@ class Tracker:
 
     def _root(self, recorded: Mapping[str, Any], action: Action, reason: str | None, keys: list[str]
               ) -> tuple[Action, str | None]:
-        cas = [r for a in ("ca.root", *(f"ca.intermediate[{i}]" for i in range(8))) if (r := self.desired.get(a))]
+        cas = desired_cas(self.desired)
         if not recorded or not recorded.get("fingerprint") or any(r.attrs.get("external") for r in cas):
             return action, reason
         if "path_length" in keys:
@@ -251,11 +266,7 @@ class Tracker:
             self._leaf_files = {rec.node: rec.attributes for rec in self.prior.values()
                                 if rec.node and rec.type == "file" and rec.attributes.get("source") == "leaf"}
         cert = self.prior.get(f"cert.{node}")
-        pem = cert.attributes.get("pem") if cert is not None else None
-        digest = (self._leaf_files.get(node) or {}).get("host_digest")
-        if not isinstance(pem, str) or not isinstance(digest, str):
-            return True
-        return digest == hashlib.sha256(pem.encode()).hexdigest()
+        return file_holds_pem(self._leaf_files.get(node) or {}, cert.attributes if cert is not None else {})
 
     def _progress(self, root: Mapping[str, Any]) -> tuple[Action, str | None]:
         """A rotation is recorded: which phase is next, from what the state says was done."""
