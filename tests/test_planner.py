@@ -18,7 +18,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from topo import local_topology
+from topo import applied_state, local_topology
 
 from hyprov import graph, planner, resources
 from hyprov.config import parse_topology
@@ -26,7 +26,8 @@ from hyprov.errors import GraphError, HyprovError
 from hyprov.model import Topology
 from hyprov.plan import Action, Plan
 from hyprov.planner import Facts
-from hyprov.state import NodeState, ResourceState, State, from_json, new_state, to_json
+from hyprov.resources import Resource
+from hyprov.state import NodeState, ResourceState, State, from_json, to_json
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 GOLDEN = Path(__file__).parent / "golden" / "plan"
@@ -38,18 +39,12 @@ def topo(doc: dict[str, Any]) -> Topology:
 
 def recorded(t: Topology, *, not_after: datetime = NOW + timedelta(days=80)) -> State:
     """The state a successful apply of ``t`` leaves behind."""
-    s = new_state("11111111-2222-3333-4444-555555555555")
-    for r in resources.build(t):
-        attrs = dict(r.attrs)
+    def record(r: Resource, attrs: dict[str, Any]) -> None:
         if r.type in ("ca", "cert", "shared_cert"):
             attrs.update(serial="01", fingerprint="ab" * 32, not_before=NOW.isoformat(),
                          not_after=(not_after + timedelta(days=3000 if r.type == "ca" else 0)).isoformat())
-        if r.content is not None:
-            attrs["content"] = r.content
-        s = s.with_resource(ResourceState(r.address, r.type, r.node, attrs.get("content_digest"), attrs))
-    for n in t.nodes:
-        s = s.with_node(NodeState(n.name, False, str(n.kong_version) if n.kong_version else None))
-    return s
+
+    return applied_state(t, record)
 
 
 def make_plan(t: Topology, s: State | None, facts: Facts | None = None, targets: tuple[str, ...] = (),

@@ -31,14 +31,15 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from tlshelpers import cp_server, dp_connect, openssl_available
-from topo import ENV, hyprov, local_topology, write
+from topo import ENV, applied_state, hyprov, local_topology, write
 
 from hyprov import graph, planner, render, resources
 from hyprov.config import parse_topology
 from hyprov.model import Topology
 from hyprov.plan import Plan
 from hyprov.planner import Facts
-from hyprov.state import NodeState, ResourceState, State, from_json, new_state
+from hyprov.resources import Resource
+from hyprov.state import NodeState, ResourceState, State, from_json
 
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 OLD, NEW = "0a" * 32, "0b" * 32  # root fingerprints
@@ -60,9 +61,7 @@ def iso(t: dt.datetime) -> str:
 
 def recorded(t: Topology, root_days: int = 3000) -> State:
     """The state a successful apply of ``t`` leaves behind, with the fields the rotation reads."""
-    s = new_state("11111111-2222-3333-4444-555555555555")
-    for r in resources.build(t):
-        attrs = dict(r.attrs)
+    def record(r: Resource, attrs: dict[str, Any]) -> None:
         if r.type in ("ca", "cert"):
             days = root_days if r.address == "ca.root" else 1500 if r.type == "ca" else 80
             attrs.update(serial="01", fingerprint=OLD if r.address == "ca.root" else hashlib.sha256(
@@ -75,12 +74,8 @@ def recorded(t: Topology, root_days: int = 3000) -> State:
             attrs.update(roots=[OLD], host_digest="aa" * 32)
         if r.type == "file" and r.attrs["source"] == "leaf":
             attrs["host_digest"] = hashlib.sha256(f"certificate of {r.node}\n".encode()).hexdigest()
-        if r.content is not None:
-            attrs["content"] = r.content
-        s = s.with_resource(ResourceState(r.address, r.type, r.node, attrs.get("content_digest"), attrs))
-    for n in t.nodes:
-        s = s.with_node(NodeState(n.name, False, str(n.kong_version) if n.kong_version else None))
-    return s
+
+    return applied_state(t, record)
 
 
 def edit(s: State, address: str, **changes: Any) -> State:

@@ -6,10 +6,16 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from hyprov import resources
+from hyprov.model import Topology
+from hyprov.resources import Resource
+from hyprov.state import NodeState, ResourceState, State, new_state
 
 
 def local_topology(
@@ -76,3 +82,19 @@ def license_text(size: int = 256 * 1024) -> bytes:
     json.loads(text)
     assert size <= len(text) < size + 2048
     return text
+
+
+def applied_state(t: Topology, record: Callable[[Resource, dict[str, Any]], None]) -> State:
+    """The state a successful apply of ``t`` leaves behind: each resource's desired
+    attributes, what ``record`` adds to them (serials, fingerprints, dates: what apply
+    learns), and the rendered content; every node on its version, no restart pending."""
+    s = new_state("11111111-2222-3333-4444-555555555555")
+    for r in resources.build(t):
+        attrs = dict(r.attrs)
+        record(r, attrs)
+        if r.content is not None:
+            attrs["content"] = r.content
+        s = s.with_resource(ResourceState(r.address, r.type, r.node, attrs.get("content_digest"), attrs))
+    for n in t.nodes:
+        s = s.with_node(NodeState(n.name, False, str(n.kong_version) if n.kong_version else None))
+    return s
