@@ -46,15 +46,6 @@ class Change:
     diff: str | None = None  # unified diff of a text file (secrets masked)
     error: str | None = None  # refresh could not read this resource's host
 
-    @classmethod
-    def noop(cls, address: str, type: str, node: str | None) -> Change:
-        """A no-op change, built without the frozen dataclass's per-field setattr:
-        a 10,000-DP plan makes 60,000 of them."""
-        obj = object.__new__(cls)
-        obj.__dict__.update(address=address, type=type, node=node, action=Action.NOOP, reason=None,
-                            before=None, after=None, diff=None, error=None)
-        return obj
-
     def to_json(self) -> dict[str, Any]:
         return {
             "address": self.address,
@@ -81,7 +72,7 @@ class Plan:
     topology_digest: str
     lineage: str | None  # None: no state yet
     serial: int | None
-    changes: tuple[Change, ...]
+    changes: tuple[Change, ...]  # what changes or could not be read; unchanged resources are not listed
     targets: tuple[str, ...] = ()
     destroy: bool = False
     errors: tuple[str, ...] = ()

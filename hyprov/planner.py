@@ -330,8 +330,7 @@ def plan(
             elif addr in facts.drift:
                 action, reason = Action.UPDATE, f"drift: {facts.drift[addr]}"
         elif r.type == "service":
-            changed_files = [d for d in r.depends_on if d in changes and changes[d].action is not Action.NOOP
-                             and changes[d].type == "file"]
+            changed_files = [d for d in r.depends_on if d in changes and changes[d].type == "file"]
             node_state = prior_nodes.get(r.node or "")
             keys = _changed_keys(r.attrs, recorded)
             if changed_files:
@@ -352,8 +351,7 @@ def plan(
             elif keys:
                 action, reason = Action.UPDATE, "changed: " + ", ".join(keys)
 
-        if action is Action.NOOP:  # nothing to show: skip building before/after (10,000-node plans)
-            changes[addr] = Change.noop(addr, r.type, r.node)
+        if action is Action.NOOP:  # a plan holds what changes only: 60,000 no-ops in a 10,000-DP plan
             continue
         if action is Action.CREATE or action is Action.REPLACE:
             reissued.add(addr)
