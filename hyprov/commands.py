@@ -55,6 +55,12 @@ def _make_plan(t: Topology, backend: StateBackend, args: argparse.Namespace, *, 
         starter.shutdown(wait=False)  # the thread ends with the refresh
     elif connector is not None and refresh is None and not destroy:
         connector.connect_early(t.nodes, getattr(args, "parallelism", 64))
+    fingerprints: Future[dict[str, str]] | None = None
+    if pending is None and state is not None and pw is not None:
+        # the slow password fingerprints (PBKDF2 runs without the GIL) while the resources are built
+        fingerprinter = ThreadPoolExecutor(1, thread_name_prefix="hyprov-fingerprint")
+        fingerprints = fingerprinter.submit(shell.secret_fingerprints, state, pw)
+        fingerprinter.shutdown(wait=False)
     try:
         from . import planner, resources
         from .planner import Facts
@@ -72,8 +78,8 @@ def _make_plan(t: Topology, backend: StateBackend, args: argparse.Namespace, *, 
             print("hyprov: warning: no node is reachable: planning from the recorded state only "
                   "(--refresh makes this an error)", file=sys.stderr)
             facts = Facts(secret_fingerprints=facts.secret_fingerprints)
-    elif state is not None:
-        facts = Facts(secret_fingerprints=shell.secret_fingerprints(state, pw))
+    elif fingerprints is not None:
+        facts = Facts(secret_fingerprints=fingerprints.result())
     p = planner.plan(res, None, state, shell.now(), topology_digest=t.digest, facts=facts,
                      targets=tuple(getattr(args, "target", None) or ()), destroy=destroy)
     return p, state, transports
