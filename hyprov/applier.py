@@ -304,7 +304,11 @@ class Applier:
         assert pk is not None
         ca = pk.intermediates[-1] if pk.intermediates and pk.intermediates[-1].external else pk.root
         assert ca.cert_file is not None and ca.key_file is not None
-        return pki.load_external_ca(ca.cert_file, ca.key_file, ca.chain_file, self.passphrase)
+        ext = pki.load_external_ca(ca.cert_file, ca.key_file, ca.chain_file, self.passphrase)
+        if ca.fingerprint is not None and pki.cert_info(ext.cert).sha256 != ca.fingerprint:
+            raise StaleState(f"{ca.cert_file} changed since the plan was made",
+                             "make a new plan: apply installs exactly what the plan showed")
+        return ext
 
     def _ca(self, address: str) -> tuple[Any, Any]:
         pk = self.t.pki

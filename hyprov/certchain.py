@@ -14,11 +14,12 @@ from collections.abc import Iterable, Iterator
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
 from cryptography.utils import CryptographyDeprecationWarning
 
 from .errors import PKIError
 
-__all__ = ["MAX_PATH", "ca_chain", "issued_by", "load_certs", "path_to_root", "tolerate_serial_zero"]
+__all__ = ["MAX_PATH", "ca_chain", "fingerprint", "issued_by", "load_certs", "path_to_root", "tolerate_serial_zero"]
 
 MAX_PATH = 8  # issuers followed before giving up (a loop, or a chain no TLS stack would take)
 
@@ -49,6 +50,11 @@ def load_certs(data: bytes) -> list[x509.Certificate]:
     if not certs:
         raise PKIError("no PEM certificate found")
     return certs
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 of the certificate's DER, in hex (as hyprov.pki.cert_info records it)."""
+    return cert.fingerprint(hashes.SHA256()).hex()
 
 
 def issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:

@@ -126,7 +126,17 @@ def parse_topology(raw: bytes, path: Path, gate: Gate | None = None) -> m.Topolo
     if problems:
         problems.sort(key=lambda p: (p.line, p.col))
         raise ConfigError(_clean(_dedupe(problems)))
-    return _build(doc.data, path.resolve(), hashlib.sha256(raw).hexdigest(), semantics.license_digests, chains)
+    return _build(doc.data, path.resolve(), _digest(raw, semantics.license_digests, chains),
+                  semantics.license_digests, chains)
+
+
+def _digest(raw: bytes, license_digests: Mapping[Path, str], chains: Mapping[Path_, tuple[int, str]]) -> str:
+    """The topology file's SHA-256, and with it what the files it names hold (licenses, CAs you
+    bring): a saved plan is stale when any of them changed since it was made."""
+    h = hashlib.sha256(raw)
+    for part in sorted(license_digests.values()) + sorted(fp for _, fp in chains.values()):
+        h.update(b"\0" + part.encode())
+    return h.hexdigest()
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:
@@ -900,11 +910,12 @@ def _plugin_set(value: Any) -> str:
 MAX_CHAIN_DEPTH = 3
 
 
-def _ca_chains(doc: Document, base: Path) -> tuple[dict[Path_, int], list[Problem]]:
+def _ca_chains(doc: Document, base: Path) -> tuple[dict[Path_, tuple[int, str]], list[Problem]]:
     """Read each CA you bring (its cert_file and chain_file: certificates, never the key) and
-    follow it up to its self-signed root: {the CA's path in the file: the CA certificates it
-    puts in every leaf's chain} (hyprov.model.CAConfig.chain_certs), and the problems: a file
-    that cannot be read or holds no usable chain, or a whole chain longer than Kong accepts."""
+    follow it up to its self-signed root: {the CA's path in the file: (the CA certificates it
+    puts in every leaf's chain, the SHA-256 fingerprint of its certificate)}
+    (hyprov.model.CAConfig.chain_certs and .fingerprint), and the problems: a file that cannot
+    be read or holds no usable chain, or a whole chain longer than Kong accepts."""
     d = doc.data
     pki = d.get("pki")
     cluster = d.get("cluster")
@@ -914,22 +925,22 @@ def _ca_chains(doc: Document, base: Path) -> tuple[dict[Path_, int], list[Proble
     inters = inters if isinstance(inters, list) else []
     cas: list[tuple[Path_, Any]] = [(("pki", "root"), pki.get("root"))]
     cas += [(("pki", "intermediates", j), x) for j, x in enumerate(inters)]
-    chains: dict[Path_, int] = {}
+    chains: dict[Path_, tuple[int, str]] = {}
     problems: list[Problem] = []
     for at, ca in cas:
         if not isinstance(ca, dict) or not isinstance(ca.get("cert_file"), str):
             continue
         chain_file = ca.get("chain_file")
-        count = _chain_certs(doc, base, at, ca["cert_file"], chain_file if isinstance(chain_file, str) else None,
+        found = _chain_certs(doc, base, at, ca["cert_file"], chain_file if isinstance(chain_file, str) else None,
                              problems)
-        if count is not None:
-            chains[at] = count
+        if found is not None:
+            chains[at] = found
     signing_at, signing = cas[-1]
     root_at = ("pki", "root")
     if isinstance(signing, dict) and "cert_file" in signing:  # your CA signs the leaves
-        mine, yours, at = 0, chains.get(signing_at), signing_at
+        mine, yours, at = 0, chains[signing_at][0] if signing_at in chains else None, signing_at
     else:
-        mine, yours, at = len(inters), chains.get(root_at), root_at
+        mine, yours, at = len(inters), chains[root_at][0] if root_at in chains else None, root_at
     if yours is not None and mine + yours > MAX_CHAIN_DEPTH:
         ca = pki.get("root") if at == root_at else inters[-1]
         key = "chain_file" if isinstance(ca, dict) and "chain_file" in ca else "cert_file"
@@ -943,8 +954,9 @@ def _ca_chains(doc: Document, base: Path) -> tuple[dict[Path_, int], list[Proble
 
 
 def _chain_certs(doc: Document, base: Path, at: Path_, cert_file: str, chain_file: str | None,
-                 problems: list[Problem]) -> int | None:
-    """The CA certificates a CA you bring puts between a leaf and the root (None: a problem)."""
+                 problems: list[Problem]) -> tuple[int, str] | None:
+    """The CA certificates a CA you bring puts between a leaf and the root, and the fingerprint
+    of its certificate (None: a problem)."""
     from . import certchain  # lazy: cryptography only for a topology that brings a CA
 
     data: dict[str, bytes] = {}
@@ -968,12 +980,12 @@ def _chain_certs(doc: Document, base: Path, at: Path_, cert_file: str, chain_fil
                                         "give the certificates in PEM form"))
             return None
     try:
-        _, issuers = certchain.ca_chain(data["cert_file"], data.get("chain_file"))
+        cert, issuers = certchain.ca_chain(data["cert_file"], data.get("chain_file"))
     except PKIError as exc:
         problems.append(doc.problem((*at, "chain_file" if chain_file is not None else "cert_file"),
                                     f"{_where(at)}: {exc}", exc.hint))
         return None
-    return len(issuers)
+    return len(issuers), certchain.fingerprint(cert)
 
 
 # ------------------------------------------------------------------------- build
@@ -1037,7 +1049,7 @@ def _listens(node: dict[str, Any], key: str, default: m.Listens) -> m.Listens:
 
 
 def _build(d: dict[str, Any], source: Path, digest: str, license_digests: Mapping[Path, str],
-           chains: Mapping[Path_, int]) -> m.Topology:
+           chains: Mapping[Path_, tuple[int, str]]) -> m.Topology:
     base = source.parent
     cl = d["cluster"]
     defaults = d.get("defaults", {})
@@ -1113,7 +1125,8 @@ def _build(d: dict[str, Any], source: Path, digest: str, license_digests: Mappin
                 cert_file=_path(base, c.get("cert_file")),
                 key_file=_path(base, c.get("key_file")),
                 chain_file=_path(base, c.get("chain_file")),
-                chain_certs=chains.get(at, 0),
+                chain_certs=chains[at][0] if at in chains else 0,
+                fingerprint=chains[at][1] if at in chains else None,
             )
 
         pki = m.PKIConfig(

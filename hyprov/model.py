@@ -151,6 +151,7 @@ class CAConfig:
     # (not including) the self-signed root cluster_ca_cert holds: 0 for that root itself.
     # Read from cert_file and chain_file when the topology is loaded (hyprov.certchain).
     chain_certs: int = 0
+    fingerprint: str | None = None  # a CA you bring: SHA-256 of its certificate, read with chain_certs
 
     @property
     def external(self) -> bool:
@@ -225,7 +226,7 @@ class Cluster:
 @dataclass(frozen=True)
 class Topology:
     source: Path  # the topology file
-    digest: str  # sha256 of the file's bytes: saved plans are tied to it
+    digest: str  # sha256 of the file's bytes and of the licenses and CAs it names: saved plans are tied to it
     cluster: Cluster
     state: StateConfig
     secrets_dir: Path

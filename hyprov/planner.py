@@ -96,6 +96,19 @@ def _changed_keys(desired: Mapping[str, Any], recorded: Mapping[str, Any]) -> li
                   and thaw(recorded.get(k)) != desired[k])
 
 
+def _brought_ca_changed(attrs: Mapping[str, Any], recorded: Mapping[str, Any], *, own_record: bool) -> str | None:
+    """Why a CA you bring is replaced: its cert_file holds another certificate than the one
+    recorded (renewed in place). A record made before hyprov kept ``cert_file_fingerprint`` is
+    judged by the certificate it recorded (``fingerprint``) when that is this CA's own
+    (``own_record``), and otherwise by nothing: no replacement just for upgrading hyprov."""
+    now = attrs.get("cert_file_fingerprint")
+    before = recorded.get("cert_file_fingerprint") if "cert_file_fingerprint" in recorded else \
+        recorded.get("fingerprint") if own_record else None
+    if before == now or not (before and now):
+        return None
+    return f"{attrs.get('cert_file')} holds another certificate ({str(before)[:16]}... -> {str(now)[:16]}...)"
+
+
 def _conf_keys_changed(old: str, new: str) -> list[str]:
     def parse(text: str) -> dict[str, str]:
         out = {}
@@ -249,6 +262,8 @@ def plan(
     errors: list[str] = []
     rot = rotation.Tracker(desired, prior, prior_nodes, facts.drift)  # root CA rotation phases (hyprov.rotation)
     sources = _Sources(desired, prior)  # what each certificate and cert file was made from
+    # an intermediate you bring signs: ca.root's record then holds that CA's fingerprint, not its own
+    yours_signs = any(r.type == "ca" and r.address != "ca.root" and r.attrs.get("external") for r in resources)
 
     unknown = [t for t in targets if t not in desired and t not in prior and (g is None or t not in g)]
     if unknown:
@@ -271,6 +286,10 @@ def plan(
                 reason = "kong migrations list, then bootstrap if the database is new"
         elif r.type in ("ca", "shared_cert", "cert"):
             keys = _changed_keys(r.attrs, recorded)
+            brought = "cert_file_fingerprint" in keys and _brought_ca_changed(
+                r.attrs, recorded, own_record=not (r.address == "ca.root" and yours_signs))
+            if "cert_file_fingerprint" in keys and not brought:
+                keys.remove("cert_file_fingerprint")
             if r.attrs.get("role") == "data_plane":
                 keys = [k for k in keys if k != "common_name"]  # Kong never checks a DP's CN: a rename keeps it
             settings = [k for k in keys if k in RENEWAL_SETTINGS[r.type]]
@@ -279,7 +298,9 @@ def plan(
             renew = _renewal_reason(r.attrs, recorded, now, ca=r.type == "ca")
             stale = None if keys or issuer or r.type == "shared_cert" else \
                 sources.certificate(r, recorded, rot.phase is not None)
-            if keys:
+            if keys == ["cert_file_fingerprint"] and brought:
+                action, reason = Action.REPLACE, brought
+            elif keys:
                 action, reason = Action.REPLACE, "changed: " + ", ".join(f"{k}" for k in keys)
             elif issuer:
                 action, reason = Action.REPLACE, f"issuer {issuer} is replaced"

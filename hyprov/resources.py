@@ -79,6 +79,7 @@ def build(topology: m.Topology) -> list[Resource]:
                 "validity_days": ca.validity_days, "key_type": pki.key_type,
                 "path_length": path_length, "external": ca.external,
                 "cert_file": str(ca.cert_file) if ca.cert_file else None,
+                "cert_file_fingerprint": ca.fingerprint,  # a CA you bring renewed in place is replaced
                 "leaf_validity_days": pki.leaf_validity_days, "renew_before_days": pki.renew_before_days,
             }, (parent,) if parent else ()))
             parent = addr
@@ -158,7 +159,10 @@ def _node_resources(topology: m.Topology, node: m.Node, cp_services: list[str], 
         add_file(files.key, KEY_MODE, "key" if pki.key_generation == "local" else "on_node",
                  (cert_addr,))
         assert files.ca is not None
-        add_file(files.ca, CERT_MODE, "ca_bundle", ("ca.root",))
+        # cluster_ca_cert holds the root above the CA that signs: with a CA of yours signing, that
+        # CA's own chain names it, so replacing your CA (renewed in place) rewrites the bundle too
+        yours_signs = issuer != "ca.root" and (pki.root, *pki.intermediates)[-1].external
+        add_file(files.ca, CERT_MODE, "ca_bundle", ("ca.root", issuer) if yours_signs else ("ca.root",))
     else:
         add_file(files.cert, CERT_MODE, "shared_cert", ("shared_cert",))
         add_file(files.key, KEY_MODE, "shared_key", ("shared_cert",))

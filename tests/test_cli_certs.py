@@ -302,3 +302,44 @@ def test_a_ca_you_bring_is_read_and_checked_at_validation(tmp_path: Path) -> Non
     r = hyprov("validate", cwd=tmp_path)
     assert_clean_failure(r)
     assert r.stderr.startswith(f"{_located(tmp_path, 'chain_file')}: error: chain_file corp-chain.crt: "), r.stderr
+
+
+@pytest.mark.parametrize("where", ["root", "intermediate"])
+def test_a_ca_you_bring_renewed_in_place_is_replaced_everywhere(tmp_path: Path, where: str) -> None:
+    """New certificate and key in the same cert_file/key_file (your CA renewed): the plan replaces
+    that CA and reissues every leaf under it, a saved plan made before the renewal is refused as
+    stale, and after apply every DP completes Kong's handshake with the CP on the new chain."""
+    _bring_your_ca(tmp_path, where, below_top=1, intermediates=0 if where == "root" else 1)
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert hyprov("plan", "--detailed-exitcode", cwd=tmp_path).returncode == 0
+    r = hyprov("plan", "--out", "before.plan", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    hosts, base = tmp_path / ".hyprov/hosts", "etc/kong/cluster/"
+    old_leaf = (hosts / "dp1" / (base + "cluster.crt")).read_bytes()
+
+    top, cas = _corp_cas(tmp_path, 1)  # the same paths, a new top root and a new CA under it
+    address = "ca.root" if where == "root" else "ca.intermediate[0]"
+    r = hyprov("plan", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    got = {c["address"]: ("-".join(c["actions"]), c["action_reason"]) for c in json.loads(r.stdout)["resource_changes"]}
+    assert got[address][0] == "delete-create" and "corp.crt holds another certificate" in got[address][1], got
+    for node in ("cp1", "dp1"):
+        assert got[f"cert.{node}"] == ("delete-create", f"issuer {address} is replaced"), got
+    r = hyprov("apply", "before.plan", cwd=tmp_path)
+    assert r.returncode == 1 and "stale" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert (hosts / "dp1" / (base + "cluster.crt")).read_bytes() == old_leaf, "a stale plan changes nothing"
+
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert hyprov("plan", "--detailed-exitcode", cwd=tmp_path).returncode == 0
+    assert (hosts / "dp1" / (base + "cluster-ca.crt")).read_bytes() == pki.cert_pem(top)
+    chain = x509.load_pem_x509_certificates((hosts / "cp1" / (base + "cluster.crt")).read_bytes())
+    assert chain[-1] == cas[0], "the leaves carry the renewed CA"
+    d = _conf(hosts, "dp1")
+    with cp_server(hosts / "cp1" / (base + "cluster.crt"), hosts / "cp1" / (base + "cluster.key"), "pki",
+                   hosts / "cp1" / (base + "cluster-ca.crt")) as server:
+        res = dp_connect(server.host, server.port, hosts / "dp1" / (base + "cluster.crt"),
+                         hosts / "dp1" / (base + "cluster.key"), hosts / "dp1" / (base + "cluster-ca.crt"),
+                         int(d["lua_ssl_verify_depth"]), d["cluster_server_name"])
+    assert res.ok, res

@@ -886,3 +886,54 @@ def test_an_interrupted_one_shot_replacement_is_planned_again_until_the_nodes_ha
         assert result.ok, (dp, result)
     if change != "intermediate":  # the check can fail: a DP left on the old root refuses the CP
         assert not handshake(tmp_path, "cp1", after, "dp1", before).dp_accepted
+
+
+def _rooted(s: State, fingerprint: str, *, legacy: bool) -> State:
+    """``s`` with the recorded root's fingerprint ``fingerprint`` everywhere it is named (the
+    root's own record, each chain's root, each bundle's roots); ``legacy``: ca.root recorded
+    before hyprov kept ``cert_file_fingerprint``."""
+    for address, rec in s.resources.items():
+        attrs = {k: [fingerprint if x == OLD else x for x in v] if k == "roots" else fingerprint if v == OLD else v
+                 for k, v in rec.attrs.items() if not (legacy and address == "ca.root" and k == "cert_file_fingerprint")}
+        s = s.with_resource(ResourceState(address, rec.type, rec.node, rec.digest, attrs))
+    return s
+
+
+@pytest.mark.parametrize(("record", "intermediate_yours", "planned"), [
+    ("current", False, False),
+    ("current-other", False, True),  # cert_file renewed in place since the apply
+    ("legacy-same", False, False),  # recorded before cert_file_fingerprint: judged by fingerprint
+    ("legacy-other", False, True),
+    ("legacy-other", True, False),  # ca.root's record holds the signing CA's fingerprint: no judgement
+], ids=["current", "current-renewed", "legacy-same", "legacy-renewed", "legacy-root-above-your-signing-ca"])
+def test_a_ca_you_bring_is_judged_by_the_certificate_in_its_file(tmp_path: Path, record: str,
+                                                                intermediate_yours: bool, planned: bool) -> None:
+    from hyprov import pki
+
+    key = pki.generate_key("ec-p256")
+    root = pki.issue_root(key, common_name="Corp Root", validity_days=3650, now=NOW)
+    (tmp_path / "corp.crt").write_bytes(pki.cert_pem(root))
+    doc = json.loads(json.dumps(BASE))
+    doc["pki"]["root"] = {"cert_file": "corp.crt", "key_file": "corp.key"}
+    if intermediate_yours:
+        inter_key = pki.generate_key("ec-p256")
+        inter = pki.issue_intermediate(inter_key.public_key(), root, key, common_name="Corp Issuing",
+                                       validity_days=3000, now=NOW)
+        (tmp_path / "issuing.crt").write_bytes(pki.cert_pem(inter))
+        doc["pki"]["intermediates"] = [{"cert_file": "issuing.crt", "key_file": "issuing.key",
+                                        "chain_file": "corp.crt"}]
+    t = topo(doc, tmp_path)
+    mine = pki.cert_info(root).sha256
+    assert t.pki is not None and t.pki.root.fingerprint == mine
+    s = recorded(t)
+    if record == "current-other":
+        s = edit(s, "ca.root", cert_file_fingerprint="0c" * 32)
+    if record.startswith("legacy"):
+        s = _rooted(s, mine if record == "legacy-same" else "0c" * 32, legacy=True)
+    got = actions(make_plan(t, s))
+    if not planned:
+        assert got == {}, got
+        return
+    assert got["ca.root"] == ("-/+", f"{tmp_path / 'corp.crt'} holds another certificate "
+                                     f"({'0c' * 8}... -> {mine[:16]}...)"), got
+    assert got["cert.dp1"] == ("-/+", "issuer ca.intermediate[0] is replaced"), got
