@@ -195,9 +195,9 @@ class Applier:
         hashing = self._start_fingerprints()
         try:
             self._controller_phase()
-            self._save()
-            rootca.forget_unused(self)  # CA keys nothing uses go once the saved state no longer names them
             self._intents()
+            self._save()  # the CAs and the intent record, in one write before any node's first write
+            rootca.forget_unused(self)  # CA keys nothing uses go once the saved state no longer names them
             self._rollout()  # files, migrations before, restarts: pipelined; every node's files recorded
             self._migrations("after")
             self._controller_deletes()
@@ -373,8 +373,9 @@ class Applier:
     # ----------------------------------------------------------------- nodes
 
     def _intents(self) -> None:
-        """The intent record: every node that will restart says so before any write."""
-        changed = False
+        """The intent record: every node that will restart says so before any write (the
+        caller saves it, with the controller phase's records: one whole-state write fewer
+        on the path to the first file)."""
         for name, changes in self.by_node.items():
             if any(c.type == "service" and c.action in (Action.CREATE, Action.UPDATE) for c in changes):
                 prior = self.state.nodes.get(name)
@@ -382,9 +383,6 @@ class Applier:
                     self._put_node(NodeState(
                         name, True, prior.kong_version if prior else None,
                         prior.migrations_done if prior else False))
-                    changed = True
-        if changed:
-            self._save()
 
     def _rollout(self) -> None:
         """Files and restarts, pipelined: the files step runs in its own thread (every node in
@@ -779,15 +777,17 @@ class Applier:
             return self._restart_one(name, svc[name])
 
         batches = [dps[i:i + batch] for i in range(0, len(dps), batch)]
-        for i, group in enumerate([] if stopped else batches):
-            with ThreadPoolExecutor(max_workers=min(self.parallelism, len(group))) as pool:
-                ok = list(pool.map(restart_dp, group))
-            # coalesced like the file saves (a restart not yet recorded only runs again);
-            # the last batch and a failed one are always written
-            self._save(periodic=i < len(batches) - 1 and all(ok))
-            if not all(ok):
-                stopped = True
-                break
+        if batches and not stopped:
+            with ThreadPoolExecutor(max_workers=min(self.parallelism, batch),
+                                    thread_name_prefix="hyprov-restart") as pool:  # one pool for every batch
+                for i, group in enumerate(batches):
+                    ok = list(pool.map(restart_dp, group))
+                    # coalesced like the file saves (a restart not yet recorded only runs again);
+                    # the last batch and a failed one are always written
+                    self._save(periodic=i < len(batches) - 1 and all(ok))
+                    if not all(ok):
+                        stopped = True
+                        break
         if stopped:
             self.emit("hyprov", "rollout stopped: later batches were not restarted (their restart stays pending)")
             return cps + dps
