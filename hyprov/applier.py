@@ -420,7 +420,9 @@ class Applier:
         try:
             self._node_files_phase(names)
         except BaseException as exc:  # handed to the rollout thread, which raises it
-            self._files_error = exc
+            with self.lock:
+                if self._files_error is None:  # else the node's own step already handed it over
+                    self._files_error = exc
         finally:
             for ev in self._landed.values():
                 ev.set()  # nobody waits for a step that will never end
