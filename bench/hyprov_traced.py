@@ -1,5 +1,6 @@
 """Run the hyprov CLI with its SSH transport counted: per host, connections, commands
-(one SSH channel each) and the time spent in each; state saves; wall time of each phase.
+(one SSH channel each) and the time spent in each; state saves; wall time of each phase;
+and a timeline (when each connection, command and save started and ended: the rollout's overlap).
 
     BENCH_TRACE_OUT=trace.json python bench/hyprov_traced.py apply --auto-approve
 
@@ -22,7 +23,7 @@ _lock = threading.Lock()
 trace: dict[str, Any] = {"hosts": defaultdict(lambda: {"connects": 0, "connect_s": 0.0, "runs": 0,
                                                         "run_s": 0.0, "scripts": []}),
                          "saves": 0, "save_s": 0.0, "backend_reads": 0, "read_s": 0.0,
-                         "marks": []}
+                         "marks": [], "timeline": []}  # timeline: [host, what, start s, end s]
 
 
 def _mark(what: str) -> None:
@@ -40,17 +41,20 @@ def _install() -> None:
         try:
             return orig_open(self)
         finally:
+            t1 = time.perf_counter()
             with _lock:
                 h = trace["hosts"][self.host]
                 h["connects"] += 1
-                h["connect_s"] += time.perf_counter() - t0
+                h["connect_s"] += t1 - t0
+                trace["timeline"].append([self.host, "connect", round(t0 - T0, 4), round(t1 - T0, 4)])
 
     def run(self: Any, script: str, *a: Any, **kw: Any) -> Any:
         t0 = time.perf_counter()
         try:
             return orig_run(self, script, *a, **kw)
         finally:
-            dt = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            dt = t1 - t0
             with _lock:
                 h = trace["hosts"][self.host]
                 h["runs"] += 1
@@ -58,6 +62,7 @@ def _install() -> None:
                 first = next((ln for ln in script.splitlines()
                               if ln.strip() and not ln.startswith(("set ", "umask", "R=", "HYPROV"))), "")
                 h["scripts"].append((first[:60], round(dt, 4)))
+                trace["timeline"].append([self.host, first[:60], round(t0 - T0, 4), round(t1 - T0, 4)])
 
     ssh.SSHTransport._open = _open  # type: ignore[method-assign]
     ssh.SSHTransport.run = run  # type: ignore[method-assign]
@@ -72,9 +77,11 @@ def _install() -> None:
         try:
             return orig_write(self, *a, **kw)
         finally:
+            t1 = time.perf_counter()
             with _lock:
                 trace["saves"] += 1
-                trace["save_s"] += time.perf_counter() - t0
+                trace["save_s"] += t1 - t0
+                trace["timeline"].append(["hyprov", "state save", round(t0 - T0, 4), round(t1 - T0, 4)])
 
     def read(self: Any, *a: Any, **kw: Any) -> Any:
         t0 = time.perf_counter()
@@ -87,6 +94,22 @@ def _install() -> None:
 
     local.LocalBackend.write = write  # type: ignore[method-assign]
     local.LocalBackend.read = read  # type: ignore[method-assign]
+
+    from hyprov import applier
+
+    for name in ("_node_files", "_restart_one"):  # per node: its files step, its restart step
+        orig_step = getattr(applier.Applier, name)
+
+        def step(self: Any, node: str, *a: Any, _orig: Any = orig_step, _name: str = name, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return _orig(self, node, *a, **kw)
+            finally:
+                t1 = time.perf_counter()
+                with _lock:
+                    trace["timeline"].append([node, _name, round(t0 - T0, 4), round(t1 - T0, 4)])
+
+        setattr(applier.Applier, name, step)
 
     from hyprov import planner, shell
 

@@ -1,11 +1,16 @@
 """apply(plan) -> State: carry out exactly the plan's changes, nothing else.
 
 The only module that drives transports. Order: controller-side CAs and the
-shared pair, then every node's files in parallel (one batched atomic write per
-node), then migrations, then restarts (CPs one at a time, DPs in batches, each
-gated by its health command), then deletes. State is saved when each node
+shared pair, then the intent record, then the rollout, pipelined: every node's
+files are written in parallel (one batched atomic write per node) while the
+restarts follow them (the migrations CP's files, then ``migrations before``;
+each CP, one at a time in topology order, once its own files have landed; each
+DP batch once every CP restarted, every CP's files landed and the batch's own
+files landed; each restart gated by its health command), then ``migrations
+after`` once every node is done, then deletes. State is saved when each node
 finishes a step; a node's ``pending_restart`` is saved before its first file is
-written and cleared only after its restart succeeded.
+written and cleared only after its restart succeeded; its file records are put
+in the state before its restart starts, so any save after its restart holds them.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -113,6 +118,11 @@ class Applier:
                 self.by_node.setdefault(c.node, []).append(c)
         for name in self.by_node:
             self.outcomes[name] = NodeOutcome()
+        # the rollout's pipeline: set when a node's files step ended (done or failed), and
+        # what stopped the files step (an error it does not record as a node's failure)
+        self._landed: dict[str, threading.Event] = {}
+        self._files_error: BaseException | None = None
+        self._fingerprints: dict[str, Future[str]] = {}  # file address -> its password fingerprint
 
     def _settings_only(self, c: Change) -> bool:
         """An update of a certificate's renewal settings: recorded, nothing issued, no node touched
@@ -182,25 +192,48 @@ class Applier:
     # ------------------------------------------------------------------ entry
 
     def run(self) -> ApplyResult:
+        hashing = self._start_fingerprints()
         try:
             self._controller_phase()
-            self._save()
-            rootca.forget_unused(self)  # CA keys nothing uses go once the saved state no longer names them
             self._intents()
-            self._node_files_phase()
-            self._save()  # every node's files recorded before any restart
-            self._migrations("before")
-            self._restarts()
+            self._save()  # the CAs and the intent record, in one write before any node's first write
+            rootca.forget_unused(self)  # CA keys nothing uses go once the saved state no longer names them
+            self._rollout()  # files, migrations before, restarts: pipelined; every node's files recorded
             self._migrations("after")
             self._controller_deletes()
             self._save()
         finally:
+            if hashing is not None:
+                hashing.shutdown(wait=True, cancel_futures=True)
             for tr in self.transports.values():
                 try:
                     tr.close()
                 except Exception:
                     pass
         return ApplyResult(self.state, self.outcomes, self.counts)
+
+    def _start_fingerprints(self) -> ThreadPoolExecutor | None:
+        """Start computing the fingerprint of each kong.conf that carries the password (a
+        CP's): PBKDF2 costs ~35 ms of CPU alone and took 0.5 s while 50 handshakes shared the
+        cores, after the CP's files had landed and before its restart. hashlib releases the
+        GIL, so it runs beside the controller phase and the handshakes instead."""
+        if self.password is None:
+            return None
+        addresses = [c.address for cs in self.by_node.values() for c in cs
+                     if c.type == "file" and c.action in (Action.CREATE, Action.UPDATE)
+                     and (c.after or {}).get("source") == "kong_conf" and (c.after or {}).get("secret_env")]
+        if not addresses:
+            return None
+        pool = ThreadPoolExecutor(max_workers=min(2, len(addresses)), thread_name_prefix="hyprov-fingerprint")
+        for a in addresses:
+            self._fingerprints[a] = pool.submit(secret_fingerprint, self.password, self.state.lineage, a)
+        return pool
+
+    def _fingerprint(self, address: str) -> str:
+        assert self.password is not None
+        pending = self._fingerprints.get(address)
+        return pending.result() if pending is not None else secret_fingerprint(
+            self.password, self.state.lineage, address)
 
     def transport(self, node: m.Node | str) -> Transport:
         name = node if isinstance(node, str) else node.name
@@ -344,8 +377,9 @@ class Applier:
     # ----------------------------------------------------------------- nodes
 
     def _intents(self) -> None:
-        """The intent record: every node that will restart says so before any write."""
-        changed = False
+        """The intent record: every node that will restart says so before any write (the
+        caller saves it, with the controller phase's records: one whole-state write fewer
+        on the path to the first file)."""
         for name, changes in self.by_node.items():
             if any(c.type == "service" and c.action in (Action.CREATE, Action.UPDATE) for c in changes):
                 prior = self.state.nodes.get(name)
@@ -353,20 +387,78 @@ class Applier:
                     self._put_node(NodeState(
                         name, True, prior.kong_version if prior else None,
                         prior.migrations_done if prior else False))
-                    changed = True
-        if changed:
-            self._save()
 
-    def _node_files_phase(self) -> None:
+    def _rollout(self) -> None:
+        """Files and restarts, pipelined: the files step runs in its own thread (every node in
+        parallel, as before) while this one restarts each node as soon as the rollout order
+        allows it and its files have landed (see :meth:`_restarts`). Returns once every
+        node's files step has ended, with the state saved."""
         names = [n for n in self.by_node if any(c.type in ("cert", "file", "firewall") for c in self.by_node[n])]
+        rank = {n.name: i for i, n in enumerate((*self.t.control_planes, *self.t.data_planes))}
+        names.sort(key=lambda n: rank.get(n, len(rank)))  # rollout order: the first restarts' files first
+        self._landed = {n: threading.Event() for n in names}
+        self._files_error = None
+        worker = threading.Thread(target=self._files_worker, args=(names,), name="hyprov-files", daemon=True)
+        worker.start()
+        try:
+            try:
+                owed = self._restarts()
+            finally:
+                worker.join()  # files still being written land (and are recorded) whatever happened
+        except _FilesAborted:
+            assert self._files_error is not None
+            raise self._files_error from None
+        except HyprovError:
+            self._save()  # e.g. migrations failed: what was done is recorded
+            raise
+        if self._files_error is not None:
+            raise self._files_error
+        self._save()  # every node's files recorded, every restart so far
+        # only now that the files step has ended does each node have its final status
+        for name in owed:
+            o = self.outcomes.setdefault(name, NodeOutcome())
+            if o.status in ("files done", "running", "not started") and not o.restarted:
+                o.status, o.detail = "not started", "rollout stopped after a failed node; restart pending"
+
+    def _files_worker(self, names: list[str]) -> None:
+        try:
+            self._node_files_phase(names)
+        except BaseException as exc:  # handed to the rollout thread, which raises it
+            with self.lock:
+                if self._files_error is None:  # else the node's own step already handed it over
+                    self._files_error = exc
+        finally:
+            for ev in self._landed.values():
+                ev.set()  # nobody waits for a step that will never end
+
+    def _wait_files(self, name: str) -> None:
+        """Until ``name``'s files step has ended (at once for a node without files to write)."""
+        ev = self._landed.get(name)
+        if ev is not None:
+            ev.wait()
+        if self._files_error is not None:
+            raise _FilesAborted
+
+    def _node_files_phase(self, names: list[str]) -> None:
         # removals: control planes last, so data planes never outlive their CP's files (destroy)
         last = {n for n in names if self._removing_cp(n)}
         for wave in ([n for n in names if n not in last], [n for n in names if n in last]):
             if not wave:
                 continue
             with ThreadPoolExecutor(max_workers=min(self.parallelism, len(wave))) as pool:
-                for _ in pool.map(self._node_files, wave):
+                for _ in pool.map(self._node_files_then_signal, wave):
                     pass
+
+    def _node_files_then_signal(self, name: str) -> None:
+        try:
+            self._node_files(name)
+        except BaseException as exc:
+            with self.lock:
+                if self._files_error is None:
+                    self._files_error = exc  # the rollout stops before the next restart
+            raise
+        finally:
+            self._landed[name].set()
 
     def _removing_cp(self, name: str) -> bool:
         changes = self.by_node[name]
@@ -552,7 +644,7 @@ class Applier:
             masked = kongconf.render_conf(self.t, node)
             after["content"] = masked
             if after.get("secret_env") and self.password is not None:
-                after["secret_fingerprint"] = secret_fingerprint(self.password, self.state.lineage, c.address)
+                after["secret_fingerprint"] = self._fingerprint(c.address)
             else:
                 after["host_digest"] = digest
         else:
@@ -657,35 +749,55 @@ class Applier:
 
     # -------------------------------------------------------------- restarts
 
-    def _restarts(self) -> None:
+    def _restarts(self) -> list[str]:
+        """CPs one at a time in topology order, each once its files have landed (after
+        ``migrations before``, once the migrations node's files have landed), each recorded
+        before the next starts; then DP batches of ``rollout.max_unavailable``, each once
+        every CP restarted and every CP's files (e.g. its firewall) landed and the previous
+        batch passed its health checks, each member as soon as its own files have landed.
+        A failed node stops later batches; returns the nodes owing a restart when it stopped
+        (none when it did not)."""
         svc = {c.node: c for c in self.plan.actionable
                if c.type == "service" and c.action in (Action.CREATE, Action.UPDATE) and c.node}
         cps = [n.name for n in self.t.control_planes if n.name in svc]
         dps = [n.name for n in self.t.data_planes if n.name in svc]
         batch = self.t.rollout.batch_size(len(self.t.data_planes))
+        mig = next((c for c in self.plan.actionable if c.type == "migrations"), None)
+        if mig is not None and mig.action is not Action.DELETE:
+            self._wait_files((mig.after or {})["runs_on"])  # migrations read that node's kong.conf
+        self._migrations("before")
         stopped = False
         for name in cps:
+            self._wait_files(name)
             cp_ok = self._restart_one(name, svc[name])
             self._save()  # a CP's restart is recorded before the next one starts
             if not cp_ok:
                 stopped = True
                 break
+        if dps and not stopped:
+            for cp in self.t.control_planes:
+                self._wait_files(cp.name)
+
+        def restart_dp(name: str) -> bool:
+            self._wait_files(name)
+            return self._restart_one(name, svc[name])
+
         batches = [dps[i:i + batch] for i in range(0, len(dps), batch)]
-        for i, group in enumerate([] if stopped else batches):
-            with ThreadPoolExecutor(max_workers=min(self.parallelism, len(group))) as pool:
-                ok = list(pool.map(lambda n: self._restart_one(n, svc[n]), group))
-            # coalesced like the file saves (a restart not yet recorded only runs again);
-            # the last batch and a failed one are always written
-            self._save(periodic=i < len(batches) - 1 and all(ok))
-            if not all(ok):
-                stopped = True
-                break
+        if batches and not stopped:
+            with ThreadPoolExecutor(max_workers=min(self.parallelism, batch),
+                                    thread_name_prefix="hyprov-restart") as pool:  # one pool for every batch
+                for i, group in enumerate(batches):
+                    ok = list(pool.map(restart_dp, group))
+                    # coalesced like the file saves (a restart not yet recorded only runs again);
+                    # the last batch and a failed one are always written
+                    self._save(periodic=i < len(batches) - 1 and all(ok))
+                    if not all(ok):
+                        stopped = True
+                        break
         if stopped:
-            for name in cps + dps:
-                o = self.outcomes.setdefault(name, NodeOutcome())
-                if o.status in ("files done", "running", "not started") and not o.restarted:
-                    o.status, o.detail = "not started", "rollout stopped after a failed node; restart pending"
             self.emit("hyprov", "rollout stopped: later batches were not restarted (their restart stays pending)")
+            return cps + dps
+        return []
 
     def _restart_one(self, name: str, c: Change) -> bool:
         outcome = self.outcomes.setdefault(name, NodeOutcome())
@@ -759,6 +871,10 @@ class Applier:
         for o in self.outcomes.values():
             if o.status == "files done":
                 o.status = "done"
+
+
+class _FilesAborted(Exception):
+    """The files step stopped on an error of its own (raised by the rollout once joined)."""
 
 
 def _restored(ran: Mapping[str, int]) -> str:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import stat
@@ -343,6 +344,129 @@ def failing_sync(tmp: Path, node: str) -> dict[str, str]:
         f'exec {real} "$@"\n')
     (shim / "sync").chmod(0o755)
     return {"PATH": f"{shim}:{os.environ['PATH']}"}
+
+
+def gated_sync(tmp: Path, log: Path, gates: dict[str, list[str]]) -> dict[str, str]:
+    """An environment whose ``sync`` (twice in each node's batched write, before and after
+    the renames) appends ``sync NODE`` to ``log``; on a node in ``gates`` it first waits
+    until ``log`` holds every one of that node's lines. The rollout's order is then seen
+    in ``log`` without any timing threshold: a rollout that waited for a gated node's
+    files before the events it is gated on would wait forever, so after 10 s the gate
+    gives up and logs ``timeout NODE`` instead (which the tests treat as a failure)."""
+    shim = tmp / "shims"
+    shim.mkdir(exist_ok=True)
+    real = shutil.which("sync")
+    assert real is not None
+    cases = "".join(
+        f"  {node})\n    i=0\n"
+        f"    until {' && '.join(f'grep -qxF {shlex.quote(w)} {shlex.quote(str(log))}' for w in waits)}; do\n"
+        f"      i=$((i + 1)); if [ $i -gt 200 ]; then echo \"timeout {node}\" >> {shlex.quote(str(log))}; break; fi\n"
+        "      sleep 0.05\n    done;;\n"
+        for node, waits in gates.items())
+    (shim / "sync").write_text(
+        "#!/bin/sh\n"
+        'node=$(basename "${HYPROV_ROOT:-/}")\n'
+        f'case "$node" in\n{cases}esac\n'
+        f'echo "sync $node" >> {shlex.quote(str(log))}\n'
+        f'exec {real} "$@"\n')
+    (shim / "sync").chmod(0o755)
+    return {"PATH": f"{shim}:{os.environ['PATH']}"}
+
+
+def events(log: Path) -> list[str]:
+    lines = log.read_text().splitlines()
+    assert not any(line.startswith("timeout") for line in lines), lines
+    return lines
+
+
+LOG_RESTART = 'echo "restart $(basename "$R")" >> {log}'
+
+
+def test_a_slow_dp_write_delays_neither_the_cp_nor_earlier_batches(tmp_path: Path) -> None:
+    """Pipelined rollout: dp4's files land only after cp1 and the first batch restarted;
+    still the CP restarts before any DP, each node after its own files, two DPs per batch."""
+    log = tmp_path / "events.log"
+    doc = local_topology(dps=4, restart=LOG_RESTART.format(log=log))
+    doc["rollout"] = {"max_unavailable": 2}
+    write(tmp_path, doc)
+    env = gated_sync(tmp_path, log, {"dp4": ["restart cp1", "restart dp1", "restart dp2"]})
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ev = events(log)
+    order = [line.split()[1] for line in ev if line.startswith("restart ")]
+    assert order[0] == "cp1" and sorted(order[1:3]) == ["dp1", "dp2"] and sorted(order[3:]) == ["dp3", "dp4"], ev
+    for n in ("cp1", "dp1", "dp2", "dp3", "dp4"):
+        syncs = [i for i, line in enumerate(ev) if line == f"sync {n}"]
+        assert len(syncs) == 2 and syncs[-1] < ev.index(f"restart {n}"), f"{n} restarted before its files landed: {ev}"
+    assert ev.index("sync dp4") > ev.index("restart dp2"), "the gate held dp4's write"
+    state = json.loads((tmp_path / "hyprov.state.json").read_text())
+    assert not any(n["pending_restart"] for n in state["nodes"].values())
+    assert_converged(tmp_path)
+
+
+def test_rollout_stopped_while_a_later_dp_is_still_written_keeps_its_restart_pending(tmp_path: Path) -> None:
+    """dp1 fails its health check before dp3's files land: dp3's files are still installed
+    and recorded, but neither dp2 nor dp3 restarts, and both stay pending (not 'done')."""
+    log = tmp_path / "events.log"
+    health = f'echo "health $(basename "$R")" >> {log}; test "$(basename "$R")" != dp1 || test ! -e "$R/etc/kong/break"'
+    doc = local_topology(dps=3, restart=LOG_RESTART.format(log=log), health=health)
+    doc["rollout"] = {"max_unavailable": 1}
+    write(tmp_path, doc)
+    apply_ok(tmp_path)
+    before = json.loads((tmp_path / "hyprov.state.json").read_text())["resources"]
+    host_file(tmp_path, "dp1", "/etc/kong/break").write_text("x")
+    doc["data_planes"] = [{**d, "labels": {"v": "2"}} for d in doc["data_planes"]]
+    write(tmp_path, doc)
+    log.write_text("")
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path, env=gated_sync(tmp_path, log, {"dp3": ["health dp1"]}))
+    assert r.returncode == 1, r.stdout + r.stderr
+    ev = events(log)
+    assert ev.index("sync dp3") > ev.index("health dp1")
+    assert [line for line in ev if line.startswith("restart ")] == ["restart dp1", "restart dp1"], ev  # and again
+    for n in ("dp2", "dp3"):
+        assert f"{n}: not started: rollout stopped after a failed node; restart pending" in r.stderr, r.stderr
+    assert "v:2" in host_file(tmp_path, "dp3", "/etc/kong/kong.conf").read_text()
+    state = json.loads((tmp_path / "hyprov.state.json").read_text())
+    conf3 = 'file.dp3["/etc/kong/kong.conf"]'
+    assert state["resources"][conf3] != before[conf3], "dp3's new file is recorded"
+    assert all(state["nodes"][n]["pending_restart"] for n in ("dp1", "dp2", "dp3"))
+    host_file(tmp_path, "dp1", "/etc/kong/break").unlink()
+    apply_ok(tmp_path)
+    assert_converged(tmp_path)
+
+
+def test_a_failed_cp_restart_stops_every_dp_even_those_still_written(tmp_path: Path) -> None:
+    log = tmp_path / "events.log"
+    restart = LOG_RESTART.format(log=log) + f'; test "$(basename "$R")" != cp1 || test ! -e {tmp_path}/fail'
+    write(tmp_path, local_topology(dps=2, restart=restart))
+    (tmp_path / "fail").write_text("")
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path, env=gated_sync(tmp_path, log, {"dp2": ["restart cp1"]}))
+    assert r.returncode == 1, r.stdout + r.stderr
+    ev = events(log)
+    assert [line for line in ev if line.startswith("restart ")] == ["restart cp1"], ev
+    assert ev.index("sync dp2") > ev.index("restart cp1")
+    assert "cp1: failed" in r.stderr and "dp2: not started: rollout stopped" in r.stderr, r.stderr
+    state = json.loads((tmp_path / "hyprov.state.json").read_text())
+    assert 'file.dp2["/etc/kong/kong.conf"]' in state["resources"]
+    assert all(state["nodes"][n]["pending_restart"] for n in ("cp1", "dp1", "dp2"))
+    (tmp_path / "fail").unlink()
+    apply_ok(tmp_path)
+    assert_converged(tmp_path)
+
+
+def test_migrations_wait_for_their_cps_files_only(tmp_path: Path) -> None:
+    """cp1's write waits for dp1's: the migrations (on cp1) still see cp1's kong.conf."""
+    log = tmp_path / "events.log"
+    doc = local_topology(dps=1, restart=LOG_RESTART.format(log=log))
+    doc["defaults"]["kong"]["migrations"] = {
+        "list": f'echo "migrations $(basename "$R") $(test -s "$R/etc/kong/kong.conf" && echo conf)" >> {log}'}
+    write(tmp_path, doc)
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path, env=gated_sync(tmp_path, log, {"cp1": ["sync dp1"]}))
+    assert r.returncode == 0, r.stdout + r.stderr
+    ev = events(log)
+    first = next(i for i, line in enumerate(ev) if line.startswith("migrations "))
+    assert ev[first] == "migrations cp1 conf" and first > ev.index("sync cp1"), ev
+    assert ev.index("restart cp1") > first and ev.index("restart dp1") > ev.index("restart cp1"), ev
 
 
 def key_matches_cert(tmp: Path, node: str) -> bool:
