@@ -30,6 +30,7 @@ from collections.abc import (
     ValuesView,
 )
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Annotated, Any, TypeAlias, TypeVar
 
 import msgspec
@@ -559,7 +560,13 @@ class State:
         Compared as canonical JSON so ``True`` and ``1`` or ``1`` and ``1.0``
         count as different, as they would in the file.
         """
-        return _content_json(self) == _content_json(other)
+        return self._content == other._content
+
+    @cached_property
+    def _content(self) -> str:
+        """Canonical JSON of resources and nodes, kept: apply compares each new state with the
+        one it last wrote, which was itself compared (and so serialised) the save before."""
+        return _content_json(self)
 
     def bump_serial_if_changed(self, prior: State) -> State:
         """Return self with serial ``prior.serial + 1`` if content changed, else ``prior.serial``."""
@@ -568,7 +575,11 @@ class State:
                 f"state lineage {self.lineage} differs from prior lineage {prior.lineage}"
             )
         serial = prior.serial if self.content_equal(prior) else prior.serial + 1
-        return self if serial == self.serial else replace(self, serial=serial)
+        if serial == self.serial:
+            return self
+        bumped = replace(self, serial=serial)
+        bumped.__dict__["_content"] = self._content  # same content: the next comparison reuses it
+        return bumped
 
 
 def new_state(lineage: str) -> State:
