@@ -149,7 +149,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def _check_stale(p: Plan, t: Topology, state: State | None, source: str) -> None:
     if p.topology_digest != t.digest:
-        raise StaleState(f"saved plan {source} is stale: the topology file changed since it was made",
+        raise StaleState(f"saved plan {source} is stale: the topology file, or a license or CA "
+                         "certificate file it names, changed since it was made",
                          "make a new plan with: hyprov plan --out FILE")
     lineage = state.lineage if state else None
     serial = state.serial if state else None
