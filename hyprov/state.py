@@ -31,9 +31,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Annotated, Any, TypeAlias, TypeVar
-
-import msgspec
+from typing import Any, TypeAlias, TypeVar
 
 from hyprov.errors import StateError
 
@@ -376,17 +374,19 @@ class ResourceState:
         object.__setattr__(self, "attributes", frozen)
 
     @classmethod
-    def _decoded(cls, address: str, r_type: str, node: str | None, digest: str | None, attrs: dict[str, Any],
-                 good_nodes: set[str]) -> ResourceState | None:
-        """Build from an entry :data:`_STATE_DECODER` decoded (field types checked) out of a
-        text that passed the secret screen, whose address passed :func:`_addresses_well_formed`:
-        the checks of ``__post_init__`` that can still fail, without re-freezing flat values.
-        ``good_nodes`` remembers the node names already checked (six resources per node).
-        ``None``: take the precise path."""
-        if not address.startswith(r_type) or address[len(r_type):len(r_type) + 1] not in _AFTER_TYPE:
+    def _trusted(cls, address: str, r: dict[str, Any], good_nodes: set[str]) -> ResourceState | None:
+        """Build from a decoded state entry whose text passed the secret screen and whose
+        address passed :func:`_addresses_well_formed`: the checks of ``__post_init__``
+        that can fail on such an entry, without re-freezing flat values. ``good_nodes``
+        remembers the node names already checked (six resources per node). ``None``:
+        take the precise path."""
+        r_type, node, digest, attrs = r.get("type"), r["node"], r["digest"], r.get("attributes")
+        if (type(attrs) is not dict or type(r_type) is not str or not address.startswith(r_type)
+                or address[len(r_type):len(r_type) + 1] not in _AFTER_TYPE
+                or (digest is not None and type(digest) is not str)):
             return None
         if node is not None and node not in good_nodes:
-            if not _NODE_NAME.match(node):
+            if type(node) is not str or not _NODE_NAME.match(node):
                 return None
             good_nodes.add(node)
         if not _NESTED_OR_FLOAT.isdisjoint(map(type, attrs.values())):  # rare: lists (sans), floats
@@ -760,68 +760,12 @@ def _harmless_string_end(text: str, low: str, at: int, names: set[str]) -> int:
     return after
 
 
-class _ResourceDoc(msgspec.Struct, forbid_unknown_fields=True):
-    type: str
-    attributes: dict[str, Any]
-    node: str | None = None
-    digest: str | None = None
-
-
-class _NodeDoc(msgspec.Struct, forbid_unknown_fields=True):
-    pending_restart: bool = False
-    kong_version: str | None = None
-    migrations_done: bool = False
-
-
-class _StateDoc(msgspec.Struct, forbid_unknown_fields=True):
-    version: int
-    lineage: Annotated[str, msgspec.Meta(min_length=1)]
-    serial: Annotated[int, msgspec.Meta(ge=0)]
-    resources: dict[str, _ResourceDoc]
-    nodes: dict[str, _NodeDoc]
-
-
-# the current version's shape, checked while decoding (msgspec, in C): a 10,000-DP state is
-# decoded and checked in about a quarter of what json.loads and the same checks in Python take
-_STATE_DECODER = msgspec.json.Decoder(_StateDoc)
-
-
-def _from_json_fast(text: str) -> State | None:
-    """The common case: a current-version state, as :func:`to_json` writes it, with nothing
-    the secret screen doubts. ``None`` for anything else (an older or newer version, a shape
-    or value the decoder refuses, a doubt): the precise path then judges and names it."""
-    try:
-        doc = _STATE_DECODER.decode(text)
-    except (msgspec.MsgspecError, UnicodeEncodeError):  # a lone surrogate: json reads it, msgspec does not
-        return None
-    if doc.version != STATE_VERSION or not _screened_clean(text) or not _addresses_well_formed(doc.resources):
-        return None
-    good_nodes: set[str] = set()
-    resources: dict[str, ResourceState] = {}
-    for addr, r in doc.resources.items():
-        built = ResourceState._decoded(addr, r.type, r.node, r.digest, r.attributes, good_nodes)
-        if built is None:
-            return None
-        resources[addr] = built
-    nodes: dict[str, NodeState] = {}
-    for name, n in doc.nodes.items():
-        if name not in good_nodes and not _NODE_NAME.match(name):
-            return None
-        nodes[name] = NodeState._trusted(name, n.pending_restart, n.kong_version, n.migrations_done)
-    return State(version=STATE_VERSION, lineage=doc.lineage, serial=doc.serial, resources=resources, nodes=nodes)
-
-
 def from_json(text: str, source_name: str) -> State:
     """Parse, upgrade and validate a state document.
 
     Every problem is a :class:`StateError` naming ``source_name`` (and, for
     broken JSON, the line and column) so the user can find and fix the file.
     """
-    return _from_json_fast(text) or _from_json_precise(text, source_name)
-
-
-def _from_json_precise(text: str, source_name: str) -> State:
-    """Every check in Python, one field at a time, naming the first problem found."""
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -841,9 +785,18 @@ def _from_json_precise(text: str, source_name: str) -> State:
     )
     _expect(isinstance(doc["resources"], dict), source_name, "'resources' must be an object")
     _expect(isinstance(doc["nodes"], dict), source_name, "'nodes' must be an object")
+    trusted = _screened_clean(text) and _addresses_well_formed(doc["resources"])
+    good_nodes: set[str] = set()
     try:
         resources: dict[str, ResourceState] = {}
         for addr, r in doc["resources"].items():
+            # to_json writes all four fields: four keys, node and digest among them, and
+            # _trusted reads type and attributes (None when absent)
+            if trusted and type(r) is dict and len(r) == 4 and "node" in r and "digest" in r:
+                fast = ResourceState._trusted(addr, r, good_nodes)
+                if fast is not None:
+                    resources[addr] = fast
+                    continue
             where = f"resource {addr!r}"
             _expect(isinstance(r, dict), source_name, f"{where} must be an object")
             _keys(r, {"type", "attributes"}, {"node", "digest"}, source_name, where)
@@ -860,6 +813,11 @@ def _from_json_precise(text: str, source_name: str) -> State:
             )
         nodes: dict[str, NodeState] = {}
         for name, n in doc["nodes"].items():
+            if (type(n) is dict and len(n) == 3 and "kong_version" in n and type(n.get("pending_restart")) is bool
+                    and type(n.get("migrations_done")) is bool and _opt_str(n.get("kong_version"))
+                    and _NODE_NAME.match(name)):  # what to_json writes: the checks below, cheaper
+                nodes[name] = NodeState._trusted(name, n["pending_restart"], n["kong_version"], n["migrations_done"])
+                continue
             where = f"node {name!r}"
             _expect(isinstance(n, dict), source_name, f"{where} must be an object")
             _keys(

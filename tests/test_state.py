@@ -464,55 +464,6 @@ def test_corrupt_documents_name_the_file(text: str, where: str) -> None:
     assert where in str(ei.value)
 
 
-_ATTR_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-2, 2**70) | st.floats() | st.sampled_from(
-        ["", "x", "01", "\ud800", "pg_password = x", "pg_password = (sensitive)"]),
-    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.sampled_from(["a", "b"]), inner, max_size=2),
-    max_leaves=3)
-
-
-def _mostly(good: Any, *bad: Any) -> st.SearchStrategy[Any]:
-    """``good`` four times in five: most documents are valid, each field can break."""
-    return st.sampled_from([good] * 4 * len(bad) + list(bad)) if bad else st.just(good)
-
-
-_ATTRIBUTES = st.dictionaries(st.sampled_from(["serial", "sans", "content", "password", "n"]), _ATTR_VALUES, max_size=3)
-_RESOURCE_DOCS = st.fixed_dictionaries(
-    {"type": _mostly("cert", "file", "Cert", 3), "attributes": st.one_of(_ATTRIBUTES, _ATTRIBUTES, _mostly([], "x")),
-     "node": _mostly("cp1", None, "dp1", "c p1", 'c"1', 3), "digest": _mostly(None, "d0", 1)},
-    optional={"x": st.just(1)}) | st.fixed_dictionaries({"type": st.just("cert")}, optional={
-        "attributes": _ATTRIBUTES, "node": st.just("cp1"), "digest": st.just("d")})
-_NODE_DOCS = st.fixed_dictionaries(
-    {"pending_restart": _mostly(False, True, 0, "yes"), "kong_version": _mostly("3.9.1", None, 3),
-     "migrations_done": _mostly(False, True, None)}, optional={"x": st.just(1)}) | st.fixed_dictionaries(
-    {}, optional={"pending_restart": st.just(True), "kong_version": st.just("3.9.1"), "migrations_done": st.just(True)})
-_STATE_DOCS = st.fixed_dictionaries(
-    {"version": _mostly(1, 0, 2, True, "1"), "lineage": _mostly("x", "", 3),
-     "serial": _mostly(7, 0, -1, True, 1.0),
-     "resources": st.dictionaries(_mostly("cert.cp1", "cert.dp1", 'file.cp1["/etc/x"]', "ca.root", "cert.", "Cert.cp1",
-                                          "cert.c p1", "cert.cp1\x00"), _RESOURCE_DOCS, max_size=3),
-     "nodes": st.dictionaries(_mostly("cp1", "dp1", "c p1", "cp.1", ""), _NODE_DOCS, max_size=2)},
-    optional={"x": st.just(1)})
-
-
-@settings(max_examples=1000, deadline=None)
-@given(_STATE_DOCS)
-def test_fast_read_agrees_with_the_precise_read(doc: dict[str, Any]) -> None:
-    """The typed decoder's path (msgspec) never accepts what the precise path refuses, and
-    reads the same state when both accept: it is only faster."""
-    from hyprov.state import _from_json_fast, _from_json_precise
-
-    text = json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False)
-    fast = _from_json_fast(text)
-    try:
-        precise = _from_json_precise(text, "s.json")
-    except StateError:
-        assert fast is None
-        return
-    if fast is not None:
-        assert fast == precise and to_json(fast) == to_json(precise)
-
-
 # --------------------------------------------------------------------------
 # the secret guard
 
