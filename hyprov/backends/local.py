@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import glob
+import hashlib
 import json
 import os
 import tempfile
@@ -57,7 +58,8 @@ class LocalBackend:
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.poll_interval = poll_interval
         self._lock_fd: int | None = None
-        # the document this backend last read or wrote, and the State it holds
+        # the SHA-256 of the document this backend last read or wrote, and the State it holds
+        # (not the bytes: a 10,000-DP state is 30 MiB, kept for the whole run for one comparison)
         self._known: tuple[bytes, State] | None = None
 
     def describe(self) -> str:
@@ -80,12 +82,12 @@ class LocalBackend:
 
     def _stored(self, data: bytes) -> State:
         """The State ``data`` holds: the one kept when it is the document last read or
-        written (compared byte for byte), else parsed (and kept)."""
-        known = self._known
-        if known is not None and known[0] == data:
+        written (same SHA-256), else parsed (and kept)."""
+        known, digest = self._known, hashlib.sha256(data).digest()
+        if known is not None and known[0] == digest:
             return known[1]
         state = self._parse(data)
-        self._known = (data, state)
+        self._known = (digest, state)
         return state
 
     def _parse(self, data: bytes) -> State:
@@ -127,7 +129,7 @@ class LocalBackend:
             ) from exc
         # from_json(to_json(state)) is state (lineage, serial, content: tests/test_state.py), and
         # the State is immutable: it stands for these bytes until the file holds other bytes
-        self._known = (data, state)
+        self._known = (hashlib.sha256(data).digest(), state)
 
     def _replace(self, target: Path, data: bytes) -> None:
         """Atomically put ``data`` at ``target`` (mode 0600), durable once the dir is synced."""
