@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -404,6 +405,18 @@ def test_a_slow_dp_write_delays_neither_the_cp_nor_earlier_batches(tmp_path: Pat
     assert_converged(tmp_path)
 
 
+def _applied_then_dp1_breaks_on_a_relabel(tmp_path: Path, doc: dict[str, Any]) -> dict[str, Any]:
+    """Apply ``doc`` (whose health command fails on dp1 once /etc/kong/break exists), then make
+    that file and relabel every DP, so the next apply updates all of them and dp1's health
+    check fails. Returns the resources the state recorded after the first apply."""
+    apply_ok(tmp_path)
+    before: dict[str, Any] = json.loads((tmp_path / "hyprov.state.json").read_text())["resources"]
+    host_file(tmp_path, "dp1", "/etc/kong/break").write_text("x")
+    doc["data_planes"] = [{**d, "labels": {"v": "2"}} for d in doc["data_planes"]]
+    write(tmp_path, doc)
+    return before
+
+
 def test_rollout_stopped_while_a_later_dp_is_still_written_keeps_its_restart_pending(tmp_path: Path) -> None:
     """dp1 fails its health check before dp3's files land: dp3's files are still installed
     and recorded, but neither dp2 nor dp3 restarts, and both stay pending (not 'done')."""
@@ -412,11 +425,7 @@ def test_rollout_stopped_while_a_later_dp_is_still_written_keeps_its_restart_pen
     doc = local_topology(dps=3, restart=LOG_RESTART.format(log=log), health=health)
     doc["rollout"] = {"max_unavailable": 1}
     write(tmp_path, doc)
-    apply_ok(tmp_path)
-    before = json.loads((tmp_path / "hyprov.state.json").read_text())["resources"]
-    host_file(tmp_path, "dp1", "/etc/kong/break").write_text("x")
-    doc["data_planes"] = [{**d, "labels": {"v": "2"}} for d in doc["data_planes"]]
-    write(tmp_path, doc)
+    before = _applied_then_dp1_breaks_on_a_relabel(tmp_path, doc)
     log.write_text("")
     r = hyprov("apply", "--auto-approve", cwd=tmp_path, env=gated_sync(tmp_path, log, {"dp3": ["health dp1"]}))
     assert r.returncode == 1, r.stdout + r.stderr
@@ -519,11 +528,7 @@ def test_health_check_rollback_is_recorded_and_planned_again(tmp_path: Path) -> 
     health = 'test "$(basename "$R")" != dp1 || test ! -e "$R/etc/kong/break"'
     doc = local_topology(dps=2, health=health)
     write(tmp_path, doc)
-    apply_ok(tmp_path)
-    before = json.loads((tmp_path / "hyprov.state.json").read_text())["resources"]
-    host_file(tmp_path, "dp1", "/etc/kong/break").write_text("x")
-    doc["data_planes"] = [{**d, "labels": {"v": "2"}} for d in doc["data_planes"]]
-    write(tmp_path, doc)
+    before = _applied_then_dp1_breaks_on_a_relabel(tmp_path, doc)
     r = hyprov("apply", "--auto-approve", cwd=tmp_path)
     assert r.returncode == 1 and "health check failed: put the previous files back" in r.stdout, r.stdout
     assert "v:2" not in host_file(tmp_path, "dp1", "/etc/kong/kong.conf").read_text()

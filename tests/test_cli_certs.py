@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from tlshelpers import cp_server, dp_connect
+from tlshelpers import HandshakeResult, cp_server, dp_connect
 from topo import hyprov, local_topology, write
 from util import assert_clean_failure
 
@@ -75,14 +75,20 @@ def test_bring_your_own_ca_signs_leaves_and_is_never_rotated(tmp_path: Path) -> 
     assert ca == pki.cert_pem(root)
     leaf = x509.load_pem_x509_certificate((hosts / "dp1/etc/kong/cluster/cluster.crt").read_bytes())
     assert leaf.issuer == root.subject
+    res = _dp1_meets_cp1(hosts, 1, "cp.test.internal")
+    assert res.ok, res
+    assert hyprov("plan", "--detailed-exitcode", cwd=tmp_path).returncode == 0
+
+
+def _dp1_meets_cp1(hosts: Path, verify_depth: int, server_name: str) -> HandshakeResult:
+    """Kong's two checks on the installed files: cp1 verifies dp1's chain against its
+    cluster_ca_cert, dp1 verifies cp1's chain at ``verify_depth`` for ``server_name``."""
     base = "etc/kong/cluster/"
     with cp_server(hosts / "cp1" / (base + "cluster.crt"), hosts / "cp1" / (base + "cluster.key"), "pki",
                    hosts / "cp1" / (base + "cluster-ca.crt")) as server:
-        res = dp_connect(server.host, server.port, hosts / "dp1" / (base + "cluster.crt"),
-                         hosts / "dp1" / (base + "cluster.key"), hosts / "dp1" / (base + "cluster-ca.crt"), 1,
-                         "cp.test.internal")
-        assert res.ok, res
-    assert hyprov("plan", "--detailed-exitcode", cwd=tmp_path).returncode == 0
+        return dp_connect(server.host, server.port, hosts / "dp1" / (base + "cluster.crt"),
+                          hosts / "dp1" / (base + "cluster.key"), hosts / "dp1" / (base + "cluster-ca.crt"),
+                          verify_depth, server_name)
 
 
 def _conf(hosts: Path, node: str) -> dict[str, str]:
@@ -134,11 +140,7 @@ def test_your_own_root_with_intermediates_hyprov_makes(tmp_path: Path, intermedi
     # the CP's chain with lua_ssl_verify_depth from its kong.conf (pathLen enforced by OpenSSL)
     d = _conf(hosts, "dp1")
     assert d["lua_ssl_verify_depth"] == str(intermediates)
-    with cp_server(hosts / "cp1" / (base + "cluster.crt"), hosts / "cp1" / (base + "cluster.key"), "pki",
-                   hosts / "cp1" / (base + "cluster-ca.crt")) as server:
-        res = dp_connect(server.host, server.port, hosts / "dp1" / (base + "cluster.crt"),
-                         hosts / "dp1" / (base + "cluster.key"), hosts / "dp1" / (base + "cluster-ca.crt"),
-                         int(d["lua_ssl_verify_depth"]), d["cluster_server_name"])
+    res = _dp1_meets_cp1(hosts, int(d["lua_ssl_verify_depth"]), d["cluster_server_name"])
     assert res.ok, res
     assert hyprov("plan", "--detailed-exitcode", cwd=tmp_path).returncode == 0
 
@@ -337,9 +339,5 @@ def test_a_ca_you_bring_renewed_in_place_is_replaced_everywhere(tmp_path: Path, 
     chain = x509.load_pem_x509_certificates((hosts / "cp1" / (base + "cluster.crt")).read_bytes())
     assert chain[-1] == cas[0], "the leaves carry the renewed CA"
     d = _conf(hosts, "dp1")
-    with cp_server(hosts / "cp1" / (base + "cluster.crt"), hosts / "cp1" / (base + "cluster.key"), "pki",
-                   hosts / "cp1" / (base + "cluster-ca.crt")) as server:
-        res = dp_connect(server.host, server.port, hosts / "dp1" / (base + "cluster.crt"),
-                         hosts / "dp1" / (base + "cluster.key"), hosts / "dp1" / (base + "cluster-ca.crt"),
-                         int(d["lua_ssl_verify_depth"]), d["cluster_server_name"])
+    res = _dp1_meets_cp1(hosts, int(d["lua_ssl_verify_depth"]), d["cluster_server_name"])
     assert res.ok, res
