@@ -335,7 +335,7 @@ class Applier:
 
         pk = self.t.pki
         assert pk is not None
-        ca = pk.intermediates[-1] if pk.intermediates and pk.intermediates[-1].external else pk.root
+        ca = pk.signing if pk.signing.external else pk.root  # your CA that signs, else your root
         assert ca.cert_file is not None and ca.key_file is not None
         ext = pki.load_external_ca(ca.cert_file, ca.key_file, ca.chain_file, self.passphrase)
         if ca.fingerprint is not None and pki.cert_info(ext.cert).sha256 != ca.fingerprint:
@@ -360,7 +360,7 @@ class Applier:
         addrs = ca_addresses(self.t)
         pk = self.t.pki
         assert pk is not None
-        if (pk.root, *pk.intermediates)[-1].external:
+        if pk.signing.external:
             # the signing CA is one you brought: its own files give the chain up to the root
             ext = self._external_ca()
             return ext.cert, ext.key, list(ext.intermediates), ext.root

@@ -167,6 +167,11 @@ class PKIConfig:
     renew_before_days: int = 30
     key_generation: Literal["on_node", "local"] = "on_node"
 
+    @property
+    def signing(self) -> CAConfig:
+        """The CA that signs the nodes' leaves: the last intermediate, else the root."""
+        return (self.root, *self.intermediates)[-1]
+
 
 @dataclass(frozen=True)
 class SharedCertConfig:
@@ -267,7 +272,7 @@ class Topology:
         of a CA you bring (the same certificates the applier puts after the leaf)."""
         if self.pki is None:
             return 0
-        signing = (self.pki.root, *self.pki.intermediates)[-1]
+        signing = self.pki.signing
         if signing.external:  # your CA signs the leaves: its own chain is the whole chain
             return signing.chain_certs
         root = self.pki.root

@@ -23,7 +23,6 @@ to :class:`~hyprov.errors.PKIError` here.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import ipaddress
 import itertools
 import os
@@ -43,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from cryptography.x509.oid import AttributeOID, ExtendedKeyUsageOID, NameOID
 
-from hyprov.certchain import load_certs, path_to_root
+from hyprov.certchain import fingerprint, load_certs, path_to_root
 from hyprov.certchain import tolerate_serial_zero as _tolerate_serial_zero
 from hyprov.errors import PKIError
 
@@ -903,7 +902,7 @@ def cert_info(cert: x509.Certificate) -> CertInfo:
         serial = cert.serial_number
     return CertInfo(
         serial=format(serial, "x"),
-        sha256=hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
+        sha256=fingerprint(cert),
         not_before=_iso(cert.not_valid_before_utc),
         not_after=_iso(cert.not_valid_after_utc),
         subject=cert.subject.rfc4514_string(),

@@ -161,7 +161,7 @@ def _node_resources(topology: m.Topology, node: m.Node, cp_services: list[str], 
         assert files.ca is not None
         # cluster_ca_cert holds the root above the CA that signs: with a CA of yours signing, that
         # CA's own chain names it, so replacing your CA (renewed in place) rewrites the bundle too
-        yours_signs = issuer != "ca.root" and (pki.root, *pki.intermediates)[-1].external
+        yours_signs = issuer != "ca.root" and pki.signing.external
         add_file(files.ca, CERT_MODE, "ca_bundle", ("ca.root", issuer) if yours_signs else ("ca.root",))
     else:
         add_file(files.cert, CERT_MODE, "shared_cert", ("shared_cert",))
