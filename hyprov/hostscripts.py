@@ -9,13 +9,14 @@ Host-side processes are counted too: each fork/exec costs the host a few ms of
 CPU, and 50 hosts share a controller's network and often its machine. So the
 scripts batch: one ``sha256sum`` and one ``stat`` for all the files a read
 looks at, and a write runs one ``mkdir``, one ``chown`` per owner, one
-``chmod`` per mode, one ``sync`` for the temp files, an ``ln``/``mv`` per file,
+``chmod`` per mode the umask cannot give (0640; 0644 and 0600 files are created
+with their mode), one ``sync`` for the temp files, an ``ln``/``mv`` per file,
 one ``sync`` for the directories and one ``sha256sum`` (content is written by
 the shell's own ``printf``, not a ``base64`` process, unless it is binary).
 
 Atomic write of each file: a temp file in the target directory, created 0600
-and exclusively (``set -C``: O_EXCL), content, owner/group, mode, fsync, a
-hard link of the old file to ``.hyprov-prev``, then rename over the target,
+(0644 when the target is 0644) and exclusively (``set -C``: O_EXCL), content,
+owner/group, mode, fsync, a hard link of the old file to ``.hyprov-prev``, then rename over the target,
 then fsync of the directory, then the digest read back. A SIGKILL at any point
 leaves each target old or new, never a mix; a failure before the renames
 removes the temp files.
@@ -76,6 +77,18 @@ def _literal(content: bytes) -> str | None:
         return None
 
 
+def _created_mode(mode: int) -> int:
+    """The mode a temp file can be created with (by the umask, saving a ``chmod`` process):
+    its own when that grants the group nothing it does not grant everyone (0644: the temp
+    file, owned by the SSH user's group until the ``chown``, may be read by anyone who may
+    read the target), else 0600 and a ``chmod`` after the ``chown`` (0640 holds a password
+    for the kong group only; execute and set-id bits cannot come from a umask)."""
+    group, other = (mode >> 3) & 0o7, mode & 0o7
+    if mode & ~0o666 or group & ~other:
+        return 0o600
+    return mode | 0o600
+
+
 def write_script(files: Sequence[FileWrite], nonce: str = "") -> str:
     """Install ``files`` atomically in one script; prints ``DIGEST  ./PATH`` per file
     (sha256sum's format, read back from the installed target) for :func:`parse_written`.
@@ -99,7 +112,13 @@ def write_script(files: Sequence[FileWrite], nonce: str = "") -> str:
         out.append(f"  t{i}={_rooted(_dir(f.path))}\"/{TMP_PREFIX}{tag}.{i}\"\n")
     out.append(f"  trap 'rm -f {' '.join(temps)}' EXIT\n")  # any failure before the renames
     out.append("  set -C\n")  # temp files are created exclusively (O_EXCL), 0600 by the umask
-    for i, f in enumerate(files):
+    created = [_created_mode(int(f.mode, 8)) for f in files]
+    umask = 0o077
+    for i in sorted(range(len(files)), key=lambda i: (created[i] != 0o600, created[i], i)):
+        f = files[i]
+        if 0o077 & ~created[i] != umask:
+            umask = 0o077 & ~created[i]
+            out.append(f"  umask {umask:03o}\n")
         text = _literal(f.content)
         if text is not None:
             out.append(f"  printf %s {text} > \"$t{i}\"\n")
@@ -107,12 +126,14 @@ def write_script(files: Sequence[FileWrite], nonce: str = "") -> str:
             b64 = base64.encodebytes(f.content).decode()
             out.append(f"  base64 -d > \"$t{i}\" <<'HYPROV_EOF'\n{b64}HYPROV_EOF\n")
     out.append("  set +C\n")
+    if umask != 0o077:
+        out.append("  umask 077\n")
     owners: dict[tuple[str, str], list[str]] = {}
     modes: dict[str, list[str]] = {}
     for i, f in enumerate(files):
         if f.owner or f.group:
             owners.setdefault((f.owner or "", f.group or ""), []).append(temps[i])
-        if int(f.mode, 8) != 0o600:  # created 0600 already
+        if int(f.mode, 8) != created[i]:  # else created with its mode already
             modes.setdefault(f.mode, []).append(temps[i])
     for (owner, group), ts in owners.items():
         if owner:

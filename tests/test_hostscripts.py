@@ -135,6 +135,17 @@ def test_read_reports_digest_mode_owner_and_missing_files(tmp_path: Path) -> Non
     assert facts["/etc/kong/none"] == hs.FileFact(False) and facts["/etc/kong/dir"] == hs.FileFact(False)
 
 
+@pytest.mark.parametrize(("mode", "created"), [
+    (0o644, 0o644), (0o600, 0o600), (0o604, 0o604), (0o444, 0o644),  # nothing the group alone may read
+    (0o640, 0o600), (0o660, 0o600), (0o664, 0o600),  # the group's (kong's) own: hidden until chown
+    (0o755, 0o600), (0o4644, 0o600), (0o1644, 0o600),  # execute and special bits: chmod
+])
+def test_temp_files_are_created_no_more_readable_than_their_target(mode: int, created: int) -> None:
+    """Before the chown a temp file belongs to the SSH user's group: it may be created with
+    its target's mode (saving a chmod) only when that lets no group read what others may not."""
+    assert hs._created_mode(mode) == created
+
+
 def test_process_counts_per_host(tmp_path: Path) -> None:
     """Findings items 4, 6 and 7: a few processes per host, not a dozen per file."""
     log = tmp_path / "log"
@@ -150,7 +161,8 @@ def test_process_counts_per_host(tmp_path: Path) -> None:
 
     owner = "root" if IS_ROOT else None
     first = count(hs.write_script(files("v1", owner, owner)))
-    assert len(first) <= 10, first  # was 36: mkdir, chown, chmod, sync, 3 mv, sync, sha256sum
+    assert len(first) <= 9, first  # was 36: mkdir, chown, sync, 3 mv, sync, sha256sum
+    assert "chmod" not in first, "0644 and 0600 files are created with their mode"
     assert "base64" not in first and "mktemp" not in first
     again = count(hs.write_script(files("v2", owner, owner)))
     assert len(again) <= 12 and again.count("ln") == 3, again  # plus one ln per kept file
