@@ -121,6 +121,7 @@ class Applier:
         # the rollout's pipeline: set when a node's files step ended (done or failed), and
         # what stopped the files step (an error it does not record as a node's failure)
         self._landed: dict[str, threading.Event] = {}
+        self._in_turn: set[str] = set()  # nodes whose files wait for their turn in the rollout
         self._files_error: BaseException | None = None
         self._fingerprints: dict[str, Future[str]] = {}  # file address -> its password fingerprint
 
@@ -381,7 +382,13 @@ class Applier:
         caller saves it, with the controller phase's records: one whole-state write fewer
         on the path to the first file)."""
         for name, changes in self.by_node.items():
-            if any(c.type == "service" and c.action in (Action.CREATE, Action.UPDATE) for c in changes):
+            restarts = any(c.type == "service" and c.action in (Action.CREATE, Action.UPDATE) for c in changes)
+            writes = any(c.type == "file" and c.action in (Action.CREATE, Action.UPDATE) for c in changes)
+            if writes and not restarts and self.t.node(name) is not None:
+                # a --target that names files but not the node's restart: Kong reads them only
+                # when it starts, so the restart is owed (and the next plan shows it)
+                self.emit(name, f"restart pending: service.{name} is not in this plan; the next apply restarts it")
+            if restarts or (writes and self.t.node(name) is not None):
                 prior = self.state.nodes.get(name)
                 if prior is None or not prior.pending_restart:
                     self._put_node(NodeState(
@@ -396,9 +403,18 @@ class Applier:
         names = [n for n in self.by_node if any(c.type in ("cert", "file", "firewall") for c in self.by_node[n])]
         rank = {n.name: i for i, n in enumerate((*self.t.control_planes, *self.t.data_planes))}
         names.sort(key=lambda n: rank.get(n, len(rank)))  # rollout order: the first restarts' files first
-        self._landed = {n: threading.Event() for n in names}
+        # Rolling: a node whose Kong already runs (its service is updated, not created) gets its
+        # new files in its own turn, just before its restart, so a rollout stopped by a failed
+        # node leaves the later nodes' files untouched (a reboot there brings back the old,
+        # healthy config). New nodes, and the node the migrations read, are written at once.
+        mig = next((c for c in self.plan.actionable if c.type == "migrations" and c.action is not Action.DELETE), None)
+        mig_node = (mig.after or {}).get("runs_on") if mig is not None else None
+        self._in_turn = {c.node for c in self.plan.actionable if c.type == "service" and c.node
+                         and c.action is Action.UPDATE and c.node != mig_node} & set(names)
+        ahead = [n for n in names if n not in self._in_turn]
+        self._landed = {n: threading.Event() for n in ahead}
         self._files_error = None
-        worker = threading.Thread(target=self._files_worker, args=(names,), name="hyprov-files", daemon=True)
+        worker = threading.Thread(target=self._files_worker, args=(ahead,), name="hyprov-files", daemon=True)
         worker.start()
         try:
             try:
@@ -413,12 +429,23 @@ class Applier:
             raise
         if self._files_error is not None:
             raise self._files_error
-        self._save()  # every node's files recorded, every restart so far
         # only now that the files step has ended does each node have its final status
+        left = 0
         for name in owed:
             o = self.outcomes.setdefault(name, NodeOutcome())
-            if o.status in ("files done", "running", "not started") and not o.restarted:
-                o.status, o.detail = "not started", "rollout stopped after a failed node; restart pending"
+            if o.restarted or o.status == "failed":
+                continue
+            left += 1
+            if o.status == "not started":  # its turn never came: nothing written, nothing owed
+                prior = self.prior.nodes.get(name)
+                if prior is not None:
+                    self._put_node(prior)
+                o.detail = "rollout stopped after a failed node; left as it was"
+            else:  # a new node's files landed ahead of its turn
+                o.status, o.detail = "not started", "rollout stopped after a failed node; new files installed, restart pending"
+        if left:
+            self.emit("hyprov", f"rollout stopped after a failed node: {left} node(s) not restarted")
+        self._save()  # every node's files recorded, every restart so far
 
     def _files_worker(self, names: list[str]) -> None:
         try:
@@ -430,6 +457,14 @@ class Applier:
         finally:
             for ev in self._landed.values():
                 ev.set()  # nobody waits for a step that will never end
+
+    def _files_in_turn(self, name: str) -> None:
+        """``name``'s files, before its restart: written here and now when its turn was
+        kept for it (see :meth:`_rollout`), else waited for."""
+        if name in self._in_turn:
+            self._node_files(name)
+        else:
+            self._wait_files(name)
 
     def _wait_files(self, name: str) -> None:
         """Until ``name``'s files step has ended (at once for a node without files to write)."""
@@ -505,7 +540,8 @@ class Applier:
             written: dict[str, str] = {}
             if writes:
                 self.progress(name, f"writing {len(writes)} file(s)")
-                res = tr.run(hs.write_script([w for _, w in writes], nonce=self.nonce))
+                res = tr.run(hs.write_script([w for _, w in writes], nonce=self.nonce,
+                                             keep_prev=self._unproven(name)))
                 written = hs.parse_written(res.stdout)
                 if res.exit_status != 0:
                     raise CommandFailed(name, "atomic write of managed files", res.exit_status,
@@ -550,8 +586,8 @@ class Applier:
                 c.type == "service" and c.action in (Action.CREATE, Action.UPDATE) for c in changes) else ""))
             self._save(periodic=True)
         except HyprovError as exc:
-            outcome.status, outcome.detail = "failed", str(exc)
-            self.emit(name, f"failed: {exc}")
+            outcome.status, outcome.detail = "failed", str(exc).removeprefix(f"{name}: ")
+            self.emit(name, f"failed: {outcome.detail}")
             self._save(periodic=True)
 
     def _issue_leaf(self, node: m.Node, c: Change) -> tuple[bytes | None, ResourceState]:
@@ -755,8 +791,9 @@ class Applier:
         before the next starts; then DP batches of ``rollout.max_unavailable``, each once
         every CP restarted and every CP's files (e.g. its firewall) landed and the previous
         batch passed its health checks, each member as soon as its own files have landed.
-        A failed node stops later batches; returns the nodes owing a restart when it stopped
-        (none when it did not)."""
+        A CP that fails, or a DP whose restart or health check fails, stops later batches
+        (a DP whose files step failed fails alone); returns the nodes of the rollout when it
+        stopped (none when it did not)."""
         svc = {c.node: c for c in self.plan.actionable
                if c.type == "service" and c.action in (Action.CREATE, Action.UPDATE) and c.node}
         cps = [n.name for n in self.t.control_planes if n.name in svc]
@@ -768,7 +805,7 @@ class Applier:
         self._migrations("before")
         stopped = False
         for name in cps:
-            self._wait_files(name)
+            self._files_in_turn(name)
             cp_ok = self._restart_one(name, svc[name])
             self._save()  # a CP's restart is recorded before the next one starts
             if not cp_ok:
@@ -779,7 +816,9 @@ class Applier:
                 self._wait_files(cp.name)
 
         def restart_dp(name: str) -> bool:
-            self._wait_files(name)
+            self._files_in_turn(name)
+            if self.outcomes[name].status == "failed":
+                return True  # its files step failed (unreachable, a write): that DP alone, the rest go on
             return self._restart_one(name, svc[name])
 
         batches = [dps[i:i + batch] for i in range(0, len(dps), batch)]
@@ -794,10 +833,7 @@ class Applier:
                     if not all(ok):
                         stopped = True
                         break
-        if stopped:
-            self.emit("hyprov", "rollout stopped: later batches were not restarted (their restart stays pending)")
-            return cps + dps
-        return []
+        return cps + dps if stopped else []
 
     def _restart_one(self, name: str, c: Change) -> bool:
         outcome = self.outcomes.setdefault(name, NodeOutcome())
@@ -808,15 +844,18 @@ class Applier:
         after = c.after or {}
         paths = [(x.after or {}).get("path", "") for x in self.by_node.get(name, [])
                  if x.type == "file" and x.action in (Action.CREATE, Action.UPDATE)]
+        earlier = sorted({str(r.attributes.get("path")) for r in self.prior.resources.values()
+                          if r.type == "file" and r.node == name and r.attributes.get("path")} - set(paths)
+                         ) if self._unproven(name) else []
         try:
             tr = self.transport(node)
             outcome.restarted_at = self.now().timestamp()
             restart, health = after.get("restart"), after.get("health")
-            if restart or health or paths:
+            if restart or health or paths or earlier:
                 self.progress(name, "restarting and checking health" if restart and health else
                               "restarting" if restart else "checking health" if health else "cleaning up")
                 # one channel: restart, health check, then drop or restore the .hyprov-prev files
-                res = tr.run(hs.restart_script(restart, health, paths))
+                res = tr.run(hs.restart_script(restart, health, paths, earlier))
                 steps = hs.parse_steps(res.stdout, res.stderr)
                 ran = steps.status
                 if res.exit_status != 0 or (restart and "restart" not in ran) or (
@@ -830,8 +869,8 @@ class Applier:
                     self._rolled_back(name, {paths[i] for i in steps.restored if i < len(paths)})
                     raise CommandFailed(name, f"health check ({health})", ran["health"], steps.output("health"))
         except HyprovError as exc:
-            outcome.status, outcome.detail = "failed", str(exc)
-            self.emit(name, f"failed: {exc}")
+            outcome.status, outcome.detail = "failed", str(exc).removeprefix(f"{name}: ")
+            self.emit(name, f"failed: {outcome.detail}")
             self._save()
             return False
         prior = self.state.nodes.get(name)
@@ -851,12 +890,24 @@ class Applier:
                 and (c.after or {}).get("path") in restored]
         if any((c.after or {}).get("source") == "leaf" for c in back):
             back += [c for c in self.by_node[name] if c.type == "cert" and c.action is not Action.DELETE]
+        unproven = self._unproven(name)
         for c in back:
             prior = self.prior.resources.get(c.address)
-            if prior is not None:
+            if unproven:
+                # the .hyprov-prev kept predates the prior record (an earlier run's change was
+                # never proven healthy): what the node holds is not recorded anywhere
+                self._drop(c.address)
+            elif prior is not None:
                 self._put(prior)
             else:
                 self._drop(c.address)
+
+    def _unproven(self, name: str) -> bool:
+        """The node's files were changed by an earlier run whose restart never passed (its
+        restart was pending when this run began): their ``.hyprov-prev`` files are from
+        before that run, the last ones proven healthy."""
+        prior = self.prior.nodes.get(name)
+        return prior is not None and prior.pending_restart
 
     def _controller_deletes(self) -> None:
         for c in self.plan.actionable:

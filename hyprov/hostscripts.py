@@ -89,12 +89,14 @@ def _created_mode(mode: int) -> int:
     return mode | 0o600
 
 
-def write_script(files: Sequence[FileWrite], nonce: str = "") -> str:
+def write_script(files: Sequence[FileWrite], nonce: str = "", *, keep_prev: bool = False) -> str:
     """Install ``files`` atomically in one script; prints ``DIGEST  ./PATH`` per file
     (sha256sum's format, read back from the installed target) for :func:`parse_written`.
 
     ``nonce`` (letters and digits) goes into the temp names beside ``$$``, so that
-    a temp file left by a killed run can never collide with this run's.
+    a temp file left by a killed run can never collide with this run's. ``keep_prev``:
+    a ``.hyprov-prev`` already there stays (the node's files were changed by a run whose
+    restart never passed: the previous file is the one from before that run).
     """
     if not files:
         return _PRELUDE
@@ -145,7 +147,9 @@ def write_script(files: Sequence[FileWrite], nonce: str = "") -> str:
     out.append(f"  sync {' '.join(temps)}\n")
     for f in files:
         p = _rooted(f.path)
-        out.append(f"  if [ -e {p} ]; then ln -f {p} {_rooted(f.path + PREV_SUFFIX)}; fi\n")
+        prev = _rooted(f.path + PREV_SUFFIX)
+        keep = f" && [ ! -e {prev} ]" if keep_prev else ""
+        out.append(f"  if [ -e {p} ]{keep}; then ln -f {p} {prev}; fi\n")
     for i, f in enumerate(files):
         out.append(f"  mv -f \"$t{i}\" {_rooted(f.path)}\n")
     out.append("  trap - EXIT\n")
@@ -256,7 +260,8 @@ RESULT_MARK = "@@hyprov-exit "
 RESTORED_MARK = "@@hyprov-restored "  # + the index in ``paths`` of a file the restore put back
 
 
-def restart_script(restart: str | None, health: str | None, paths: Sequence[str]) -> str:
+def restart_script(restart: str | None, health: str | None, paths: Sequence[str],
+                   earlier: Sequence[str] = ()) -> str:
     """A node's whole restart in one script (one channel): the restart command, then the
     health command; healthy: remove the ``.hyprov-prev`` files; unhealthy: put them back
     and run the restart command again. Each user command runs in a subshell (its
@@ -265,7 +270,9 @@ def restart_script(restart: str | None, health: str | None, paths: Sequence[str]
     marks, for :func:`parse_steps`. Steps: restart, health, drop, restore, restart-again.
     The restore also names each file it put back (by its index in ``paths``; a file
     without a ``.hyprov-prev``, i.e. new in this run, stays): the applier then records
-    the previous version of exactly those files.
+    the previous version of exactly those files. ``earlier``: files an earlier run
+    wrote whose ``.hyprov-prev`` may still be there (its restart never passed); they are
+    dropped with the others once healthy and left alone otherwise.
     """
     out = [
         'R="${HYPROV_ROOT:-}"\n',
@@ -287,9 +294,9 @@ def restart_script(restart: str | None, health: str | None, paths: Sequence[str]
         if restart:
             out.append(f"    hyprov_step restart-again\n    (\n{restart}\n    )\n    hyprov_exit restart-again $?\n")
         out.append("    return 0\n  fi\n")
-    if paths:
+    if paths or earlier:
         out.append("  hyprov_step drop\n")
-        out.append(_drop_prev(paths, "  "))
+        out.append(_drop_prev([*paths, *earlier], "  "))
         out.append("  hyprov_exit drop $?\n")
     out.append("}\nhyprov_restart\n")
     return "".join(out)

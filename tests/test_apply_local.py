@@ -26,6 +26,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from topo import ENV, hyprov, license_text, local_topology, write
 
+from hyprov import hostscripts as hs
+
 DASHES = "-" * 5  # PEM armour built at run time: no key-like text in the repository
 
 PEM_KEY = re.compile(DASHES + r"BEGIN [A-Z ]*PRIVATE KEY" + DASHES)
@@ -170,11 +172,15 @@ def test_failed_health_check_restores_files_and_stops_later_batches(tmp_path: Pa
     assert r.returncode == 1
     assert "health check failed" in r.stdout
     assert "dp1: failed" in r.stderr
-    # dp1 got its previous kong.conf back; later batches were not restarted
+    # dp1 got its previous kong.conf back; later batches were neither written nor restarted
     assert "v:2" not in host_file(tmp_path, "dp1", "/etc/kong/kong.conf").read_text()
     assert restarts(tmp_path, "dp4") == 1
+    assert "v:2" not in host_file(tmp_path, "dp4", "/etc/kong/kong.conf").read_text()
+    assert not host_file(tmp_path, "dp4", "/etc/kong/kong.conf" + hs.PREV_SUFFIX).exists()
+    assert "dp4: not started: rollout stopped after a failed node; left as it was" in r.stderr, r.stderr
     state = json.loads((tmp_path / "hyprov.state.json").read_text())
-    assert state["nodes"]["dp4"]["pending_restart"] is True
+    assert state["nodes"]["dp4"]["pending_restart"] is False, "nothing written there: nothing owed"
+    assert state["nodes"]["dp1"]["pending_restart"] is True
     host_file(tmp_path, "dp1", "/etc/kong/break").unlink()
     apply_ok(tmp_path)
     assert restarts(tmp_path, "dp4") == 2
@@ -198,6 +204,76 @@ def test_failed_restart_stays_pending_until_it_succeeds(tmp_path: Path) -> None:
     flag.unlink()
     apply_ok(tmp_path)
     assert restarts(tmp_path, "dp1") == 2 and restarts(tmp_path, "dp2") == 1
+    assert not list((tmp_path / ".hyprov" / "hosts").rglob(f"*{hs.PREV_SUFFIX}")), "healthy: nothing kept"
+
+
+def test_a_change_never_proven_healthy_keeps_the_file_from_before_it(tmp_path: Path) -> None:
+    """dp1's restart fails after v2, and again after v3: its .hyprov-prev is still v1's file
+    (the last one proven), not v2's; once the restart passes, no .hyprov-prev is left."""
+    flag = tmp_path / "fail"
+    doc = local_topology(dps=1, restart=f'test ! -e {flag} && mkdir -p var && echo restart >> var/restarts')
+    write(tmp_path, doc)
+    apply_ok(tmp_path)
+    conf = host_file(tmp_path, "dp1", "/etc/kong/kong.conf")
+    prev = host_file(tmp_path, "dp1", "/etc/kong/kong.conf" + hs.PREV_SUFFIX)
+    v1 = conf.read_text()
+    flag.write_text("")
+    for v in ("2", "3"):
+        doc["data_planes"][0]["labels"] = {"v": v}
+        write(tmp_path, doc)
+        r = hyprov("apply", "--auto-approve", cwd=tmp_path)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
+        assert f"v:{v}" in conf.read_text() and prev.read_text() == v1
+    flag.unlink()
+    apply_ok(tmp_path)
+    assert "v:3" in conf.read_text() and not prev.exists()
+    assert_converged(tmp_path)
+
+
+def test_a_targeted_file_change_keeps_the_restart_owed(tmp_path: Path) -> None:
+    """--target on a kong.conf alone writes it without the node's restart: the restart is
+    recorded as owed (Kong reads the file when it starts), the next plan shows it, and the
+    next apply restarts the node."""
+    doc = local_topology(dps=2)
+    write(tmp_path, doc)
+    apply_ok(tmp_path)
+    doc["data_planes"][0]["labels"] = {"v": "2"}
+    write(tmp_path, doc)
+    r = apply_ok(tmp_path, "--target", 'file.dp1["/etc/kong/kong.conf"]')
+    assert "dp1: restart pending: service.dp1 is not in this plan; the next apply restarts it" in r.stdout
+    assert restarts(tmp_path, "dp1") == 1
+    state = json.loads((tmp_path / "hyprov.state.json").read_text())
+    assert state["nodes"]["dp1"]["pending_restart"] is True
+    r = hyprov("plan", "--no-refresh", "--detailed-exitcode", cwd=tmp_path)
+    assert r.returncode == 2 and "~ service.dp1" in r.stdout and "kong.conf" not in r.stdout, r.stdout
+    apply_ok(tmp_path)
+    assert restarts(tmp_path, "dp1") == 2 and restarts(tmp_path, "dp2") == 1
+    assert_converged(tmp_path)
+
+
+def test_a_dp_whose_write_fails_fails_alone(tmp_path: Path) -> None:
+    """dp1's batched write fails (its sync exits 1): dp1 fails, keeps its old files and its
+    restart is not attempted, while dp2 and dp3, in later batches, are still rolled out."""
+    doc = local_topology(dps=3)
+    doc["rollout"] = {"max_unavailable": 1}
+    write(tmp_path, doc)
+    apply_ok(tmp_path)
+    doc["data_planes"] = [{**d, "labels": {"v": "2"}} for d in doc["data_planes"]]
+    write(tmp_path, doc)
+    shim = tmp_path / "shims"
+    shim.mkdir()
+    (shim / "sync").write_text(f'#!/bin/sh\n[ "$(basename "$HYPROV_ROOT")" != dp1 ] || exit 1\nexec {shutil.which("sync")} "$@"\n')
+    (shim / "sync").chmod(0o755)
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path, env={"PATH": f"{shim}:{os.environ['PATH']}"})
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "dp1: failed: command failed (exit 1): atomic write of managed files" in r.stderr, r.stderr
+    assert "rollout stopped" not in r.stdout + r.stderr
+    assert "v:2" not in host_file(tmp_path, "dp1", "/etc/kong/kong.conf").read_text()
+    assert [restarts(tmp_path, n) for n in ("dp1", "dp2", "dp3")] == [1, 2, 2]
+    assert all("v:2" in host_file(tmp_path, n, "/etc/kong/kong.conf").read_text() for n in ("dp2", "dp3"))
+    apply_ok(tmp_path)
+    assert restarts(tmp_path, "dp1") == 2
+    assert_converged(tmp_path)
     assert_converged(tmp_path)
 
 
@@ -417,9 +493,10 @@ def _applied_then_dp1_breaks_on_a_relabel(tmp_path: Path, doc: dict[str, Any]) -
     return before
 
 
-def test_rollout_stopped_while_a_later_dp_is_still_written_keeps_its_restart_pending(tmp_path: Path) -> None:
-    """dp1 fails its health check before dp3's files land: dp3's files are still installed
-    and recorded, but neither dp2 nor dp3 restarts, and both stay pending (not 'done')."""
+def test_a_stopped_rolling_update_leaves_later_dps_as_they_were(tmp_path: Path) -> None:
+    """A DP whose Kong already runs gets its new files in its own turn: dp1 fails its health
+    check, so dp2 and dp3 are neither written nor restarted, nor owe a restart; the next
+    apply (dp1 fixed) rolls them all."""
     log = tmp_path / "events.log"
     health = f'echo "health $(basename "$R")" >> {log}; test "$(basename "$R")" != dp1 || test ! -e "$R/etc/kong/break"'
     doc = local_topology(dps=3, restart=LOG_RESTART.format(log=log), health=health)
@@ -427,20 +504,47 @@ def test_rollout_stopped_while_a_later_dp_is_still_written_keeps_its_restart_pen
     write(tmp_path, doc)
     before = _applied_then_dp1_breaks_on_a_relabel(tmp_path, doc)
     log.write_text("")
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path, env=gated_sync(tmp_path, log, {}))
+    assert r.returncode == 1, r.stdout + r.stderr
+    ev = events(log)
+    assert [line for line in ev if line.startswith("sync ")] == ["sync dp1", "sync dp1"], ev
+    assert [line for line in ev if line.startswith("restart ")] == ["restart dp1", "restart dp1"], ev  # and again
+    for n in ("dp2", "dp3"):
+        assert f"{n}: not started: rollout stopped after a failed node; left as it was" in r.stderr, r.stderr
+        assert "v:2" not in host_file(tmp_path, n, "/etc/kong/kong.conf").read_text()
+    assert "hyprov: rollout stopped after a failed node: 2 node(s) not restarted" in r.stdout, r.stdout
+    state = json.loads((tmp_path / "hyprov.state.json").read_text())
+    conf3 = 'file.dp3["/etc/kong/kong.conf"]'
+    assert state["resources"][conf3] == before[conf3], "dp3's record is untouched"
+    assert [n for n in ("dp1", "dp2", "dp3") if state["nodes"][n]["pending_restart"]] == ["dp1"]
+    host_file(tmp_path, "dp1", "/etc/kong/break").unlink()
+    apply_ok(tmp_path)
+    assert_converged(tmp_path)
+
+
+def test_a_new_dp_written_ahead_of_a_stopped_rollout_keeps_its_restart_pending(tmp_path: Path) -> None:
+    """New nodes (nothing running yet) are written at once: dp1, added with dp3, fails its
+    health check before dp3's files land; dp3's files are still installed and recorded, it
+    is not restarted and stays pending, and the next apply restarts it."""
+    log = tmp_path / "events.log"
+    health = f'echo "health $(basename "$R")" >> {log}; test "$(basename "$R")" != dp1 || test ! -e {tmp_path}/break'
+    doc = local_topology(dps=3, restart=LOG_RESTART.format(log=log), health=health)
+    doc["rollout"] = {"max_unavailable": 1}
+    write(tmp_path, doc)
+    (tmp_path / "break").write_text("x")
     r = hyprov("apply", "--auto-approve", cwd=tmp_path, env=gated_sync(tmp_path, log, {"dp3": ["health dp1"]}))
     assert r.returncode == 1, r.stdout + r.stderr
     ev = events(log)
     assert ev.index("sync dp3") > ev.index("health dp1")
-    assert [line for line in ev if line.startswith("restart ")] == ["restart dp1", "restart dp1"], ev  # and again
-    for n in ("dp2", "dp3"):
-        assert f"{n}: not started: rollout stopped after a failed node; restart pending" in r.stderr, r.stderr
-    assert "v:2" in host_file(tmp_path, "dp3", "/etc/kong/kong.conf").read_text()
+    assert "restart dp2" not in ev and "restart dp3" not in ev, ev
+    assert "dp3: not started: rollout stopped after a failed node; new files installed, restart pending" in r.stderr
+    assert host_file(tmp_path, "dp3", "/etc/kong/kong.conf").exists()
     state = json.loads((tmp_path / "hyprov.state.json").read_text())
-    conf3 = 'file.dp3["/etc/kong/kong.conf"]'
-    assert state["resources"][conf3] != before[conf3], "dp3's new file is recorded"
-    assert all(state["nodes"][n]["pending_restart"] for n in ("dp1", "dp2", "dp3"))
-    host_file(tmp_path, "dp1", "/etc/kong/break").unlink()
+    assert 'file.dp3["/etc/kong/kong.conf"]' in state["resources"]
+    assert state["nodes"]["dp3"]["pending_restart"] is True
+    (tmp_path / "break").unlink()
     apply_ok(tmp_path)
+    assert "restart dp3" in events(log)
     assert_converged(tmp_path)
 
 
@@ -535,16 +639,17 @@ def test_health_check_rollback_is_recorded_and_planned_again(tmp_path: Path) -> 
     state = json.loads((tmp_path / "hyprov.state.json").read_text())
     conf1, conf2 = 'file.dp1["/etc/kong/kong.conf"]', 'file.dp2["/etc/kong/kong.conf"]'
     assert state["resources"][conf1] == before[conf1], "the state records the file the host has again"
-    assert state["resources"][conf2] != before[conf2], "dp2 got (and keeps) its new file"
-    # dp1 still owes a restart; dp2 (the next batch) was never restarted
-    assert state["nodes"]["dp1"]["pending_restart"] is True and state["nodes"]["dp2"]["pending_restart"] is True
+    assert state["resources"][conf2] == before[conf2], "dp2's turn never came: untouched"
+    # dp1 still owes a restart; dp2 (the next batch) owes nothing
+    assert state["nodes"]["dp1"]["pending_restart"] is True and state["nodes"]["dp2"]["pending_restart"] is False
     for refresh in ("--no-refresh", "--refresh"):
         r = hyprov("plan", refresh, "--detailed-exitcode", cwd=tmp_path)
         assert r.returncode == 2, r.stdout + r.stderr
         changed = re.findall(r"^  (\S+) (\S+)\s+# (.*)$", r.stdout, re.M)
         assert changed == [("~", conf1, "kong.conf: cluster_dp_labels changed"),
                            ("~", "service.dp1", "restart: /etc/kong/kong.conf changed"),
-                           ("~", "service.dp2", "restart left pending by an interrupted or failed run")], r.stdout
+                           ("~", conf2, "kong.conf: cluster_dp_labels changed"),
+                           ("~", "service.dp2", "restart: /etc/kong/kong.conf changed")], r.stdout
         assert "+cluster_dp_labels = v:2" in r.stdout
     host_file(tmp_path, "dp1", "/etc/kong/break").unlink()
     apply_ok(tmp_path)
