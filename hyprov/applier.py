@@ -1,13 +1,14 @@
 """apply(plan) -> State: carry out exactly the plan's changes, nothing else.
 
 The only module that drives transports. Order: controller-side CAs and the
-shared pair, then the intent record, then the rollout, pipelined: every node's
-files are written in parallel (one batched atomic write per node) while the
-restarts follow them (the migrations CP's files, then ``migrations before``;
-each CP, one at a time in topology order, once its own files have landed; each
-DP batch once every CP restarted, every CP's files landed and the batch's own
-files landed; each restart gated by its health command), then ``migrations
-after`` once every node is done, then deletes. State is saved when each node
+shared pair, then the intent record, then the rollout, pipelined: new nodes'
+files (and the migrations CP's) are written in parallel (one batched atomic
+write per node) while the restarts follow them; a node whose Kong already runs
+gets its files in its own turn, just before its restart, so a stopped rollout
+leaves the later ones as they were (the migrations CP's files, then ``migrations
+before``; each CP, one at a time in topology order; each DP batch once every CP
+restarted and the previous batch passed; each restart gated by its health
+command), then ``migrations after`` once every node is done, then deletes. State is saved when each node
 finishes a step; a node's ``pending_restart`` is saved before its first file is
 written and cleared only after its restart succeeded; its file records are put
 in the state before its restart starts, so any save after its restart holds them.
