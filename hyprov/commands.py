@@ -277,22 +277,20 @@ def _wait_connected(args: argparse.Namespace, outcomes: dict[str, Any]) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from . import shell, status
 
-    if args.interval <= 0:
-        raise HyprovError("--interval must be positive")
     shell.build_done()
     return status.run(_topology(args), admin_url=args.admin_url, as_json=args.json, watch=args.watch,
                       interval=args.interval, token=os.environ.get(status.TOKEN_ENV))
 
 
 def _timeout(text: str) -> float:
+    from .cli import seconds
+
     try:
-        value = float(text)
+        float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r} (a PLANFILE after "
                                          "--wait-connected needs the =TIMEOUT form)") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be more than 0 seconds")
-    return value
+    return seconds(zero=False)(text)
 
 
 def cmd_destroy(args: argparse.Namespace) -> int:
@@ -374,11 +372,13 @@ def cmd_state(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .cli import count, seconds
+
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("-f", "--file", default="hyprov.yaml", help="topology file (default ./hyprov.yaml)")
 
     def lock(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--lock-timeout", type=float, default=0.0, metavar="SECONDS",
+        p.add_argument("--lock-timeout", type=seconds(zero=True), default=0.0, metavar="SECONDS",
                        help="wait this long for the state lock (default: fail at once)")
 
     def refresh(p: argparse.ArgumentParser) -> None:
@@ -395,7 +395,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable plan")
     p.add_argument("--detailed-exitcode", action="store_true", help="exit 0: no changes, 1: error, 2: changes")
     p.add_argument("--target", action="append", metavar="ADDR", help="limit to ADDR and its dependencies")
-    p.add_argument("--parallelism", type=int, default=64)
+    p.add_argument("--parallelism", type=count(1), default=64, metavar="N",
+                   help="hosts read at once by the refresh (default 64)")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("show", help="print a saved plan")
@@ -417,7 +418,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                 "(hyprov status), up to TIMEOUT seconds (default 120); exit 1 if not. "
                                 "Write --wait-connected=TIMEOUT when a PLANFILE follows")
         p.add_argument("--auto-approve", action="store_true", help="do not ask for confirmation")
-        p.add_argument("--parallelism", type=int, default=64, help="hosts worked on at once (default 64)")
+        p.add_argument("--parallelism", type=count(1), default=64, metavar="N",
+                       help="hosts worked on at once (default 64)")
         p.add_argument("--json", action="store_true", help="one JSON event per line")
         p.set_defaults(func=func)
 
@@ -432,7 +434,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common(p)
     p.add_argument("--json", action="store_true", help="machine-readable report (one line per poll)")
     p.add_argument("--watch", action="store_true", help="poll until Ctrl-C")
-    p.add_argument("--interval", type=float, default=5.0, metavar="SECONDS", help="--watch period (default 5)")
+    p.add_argument("--interval", type=seconds(zero=False), default=5.0, metavar="SECONDS",
+                   help="--watch period (default 5)")
     p.add_argument("--admin-url", metavar="URL",
                    help="ask this Admin API directly instead of each CP's admin_listen through SSH")
     p.set_defaults(func=cmd_status)
