@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ApplyError, HyprovError, StaleState
+from .errors import ApplyError, HyprovError, StaleState, StateError
 
 if TYPE_CHECKING:
     from .backends import StateBackend
@@ -22,9 +22,22 @@ EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
 
 def _topology(args: argparse.Namespace) -> Topology:
-    from .shell import topology
+    from .cli import topology
 
     return topology(args.file)
+
+
+def _read_state(backend: StateBackend, file: str) -> State | None:
+    """``backend.read()``, with a hint when the local state path is a directory (the
+    backend's "cannot read state DIR: Is a directory" has none)."""
+    try:
+        return backend.read()
+    except StateError as exc:
+        path = getattr(backend, "path", None)
+        if exc.hint is None and isinstance(path, Path) and path.is_dir():
+            exc.hint = (f"state.path in {file} names a directory: name the state file, "
+                        f"e.g. {path / 'hyprov.state.json'}")
+        raise
 
 
 def _color() -> bool:
@@ -43,7 +56,7 @@ def _make_plan(t: Topology, backend: StateBackend, args: argparse.Namespace, *, 
 
     from . import shell
 
-    state = backend.read()
+    state = _read_state(backend, args.file)
     pw = shell.password(t) if not destroy else shell.password(t, required=False)
     refresh = getattr(args, "refresh", None)
     pending: Future[tuple[Any, dict[str, Any]]] | None = None
@@ -117,25 +130,45 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _write_plan(path: Path, p: Plan) -> None:
+    """Atomically: a temporary file beside ``path``, then a rename. Each failure names the
+    step that failed and the OS's reason (a bare "No such file or directory" for
+    ``--out /proc/version`` was about the temporary file, not the target)."""
+    where = f"cannot write plan file {path}"
+    if path.is_dir():
+        raise HyprovError(f"{where}: it is a directory", f"--out names a file: e.g. --out {path / 'change.plan'}")
+    parent = path.parent
+    if not parent.is_dir():
+        why = "is not a directory" if parent.exists() else "does not exist"
+        raise HyprovError(f"{where}: {parent} {why}", f"save the plan in an existing directory, or mkdir -p {parent}")
     tmp = path.with_name(f".{path.name}.tmp")
+    step = f"cannot create the temporary file {tmp}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        step = f"cannot write the temporary file {tmp}"
         with os.fdopen(fd, "w") as fh:
             fh.write(p.dumps())
             fh.flush()
             os.fsync(fh.fileno())
+        step = f"cannot rename {tmp} to it"
         os.replace(tmp, path)
     except OSError as exc:
-        raise HyprovError(f"cannot write plan file {path}: {exc.strerror}") from exc
+        if not step.startswith("cannot create"):
+            tmp.unlink(missing_ok=True)
+        raise HyprovError(f"{where}: {step}: {exc.strerror or exc}",
+                          "the plan is written beside its path, then renamed: choose an --out path in a "
+                          "directory you can write to") from exc
 
 
-def _read_plan(path: str) -> Plan:
+def _read_plan(path: str, file: str = "FILE") -> Plan:
     from .plan import Plan
 
     try:
         text = Path(path).read_text()
     except OSError as exc:
-        raise HyprovError(f"cannot read plan file {path}: {exc.strerror}") from exc
+        make = f"make one with: hyprov plan -f {file} --out PLANFILE"
+        hint = (f"{path} is a directory: name the plan file in it, or {make}" if Path(path).is_dir()
+                else f"{make}" if isinstance(exc, FileNotFoundError) else f"check its permissions, or {make}")
+        raise HyprovError(f"cannot read plan file {path}: {exc.strerror or exc}", hint) from exc
     return Plan.loads(text, path)
 
 
@@ -197,8 +230,8 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
     try:
         with shell.locked(backend, args.lock_timeout):
             if getattr(args, "planfile", None):
-                p = _read_plan(args.planfile)
-                state = backend.read()
+                p = _read_plan(args.planfile, args.file)
+                state = _read_state(backend, args.file)
                 _check_stale(p, t, state, args.planfile)
             else:
                 p, state, transports = _make_plan(t, backend, args, destroy=destroy, connector=connector)
@@ -332,26 +365,35 @@ def cmd_state(args: argparse.Namespace) -> int:
     _, backend = _state_rw(args)
     sub = args.state_command
     if sub == "list":
-        st = backend.read()
+        st = _read_state(backend, args.file)
         for addr in sorted(st.resources) if st else []:
             print(addr)
         return EXIT_OK
     if sub == "show":
-        st = backend.read()
+        st = _read_state(backend, args.file)
         if st is None or args.address not in st.resources:
             raise HyprovError(f"no resource {args.address!r} in the state", "see: hyprov state list")
         print(json.dumps({"address": args.address, **st.resources[args.address].to_dict()}, indent=2, sort_keys=True))
         return EXIT_OK
     if sub == "pull":
-        st = backend.read()
+        st = _read_state(backend, args.file)
         sys.stdout.write(to_json(st) if st else "")
         return EXIT_OK
     with shell.locked(backend, args.lock_timeout):
-        st = backend.read()
+        st = _read_state(backend, args.file)
         if st is None:
             raise HyprovError("there is no state yet", "run hyprov apply first")
         if sub == "mv":
-            new = st.move(args.old, args.new)
+            try:
+                new = st.move(args.old, args.new)
+            except StateError as exc:  # state.py's messages have no hint
+                if exc.hint is None:
+                    exc.hint = (f"nothing was changed; choose another name, or if that record is stale, "
+                                f"forget it first: hyprov state rm -f {args.file} ADDRESS"
+                                if "already exists" in str(exc) else
+                                f"nothing was changed; see the addresses with hyprov state list -f {args.file} "
+                                "(a node name moves all of its resources)")
+                raise
             what = f"Moved {args.old} to {args.new}"
         else:
             if args.address in st.resources:
@@ -560,11 +602,11 @@ def cmd_state_migrate(args: argparse.Namespace) -> int:
     source = shell.backend_for(t)
     target = _backend_named(t, args.to)
     with shell.locked(source, args.lock_timeout), shell.locked(target, args.lock_timeout):
-        st = source.read()
+        st = _read_state(source, args.file)
         if st is None:
             raise HyprovError(f"there is no state to migrate in {source.describe()}",
                               "nothing to move; hyprov apply creates the state")
-        existing = target.read()
+        existing = _read_state(target, args.file)
         refuse = None
         if existing is not None and existing.lineage != st.lineage:
             refuse = (f"it holds a different state (lineage {existing.lineage}, serial {existing.serial}; "

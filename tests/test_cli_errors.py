@@ -88,3 +88,82 @@ def test_numeric_flags_out_of_range_are_usage_errors(topo_dir: Path, args: tuple
 def test_lock_timeout_zero_and_parallelism_one_are_fine(topo_dir: Path) -> None:
     r = hyprov("plan", "--lock-timeout", "0", "--parallelism", "1", cwd=topo_dir)
     assert r.returncode == 0, r.stderr
+
+
+# ------------------------------------------------------------------ hints on file and state errors
+
+
+def test_topology_file_that_is_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "conf").mkdir()
+    r = hyprov("plan", "-f", "conf/", cwd=tmp_path)
+    assert_error(r, "conf: cannot read: Is a directory",
+                 "-f names the topology file, not a directory: e.g. -f conf/hyprov.yaml")
+    r = hyprov("validate", "-f", "conf", cwd=tmp_path)
+    assert_error(r, "conf: cannot read: Is a directory",
+                 "-f names the topology file, not a directory: e.g. -f conf/hyprov.yaml")
+
+
+def test_show_a_plan_file_that_is_missing_or_a_directory(topo_dir: Path) -> None:
+    assert_error(hyprov("show", "nonexist.plan", cwd=topo_dir),
+                 "cannot read plan file nonexist.plan: No such file or directory",
+                 "make one with: hyprov plan -f FILE --out PLANFILE")
+    (topo_dir / "dir.plan").mkdir()
+    assert_error(hyprov("show", "dir.plan", cwd=topo_dir), "cannot read plan file dir.plan: Is a directory",
+                 "dir.plan is a directory: name the plan file in it, or make one with: "
+                 "hyprov plan -f FILE --out PLANFILE")
+    assert_error(hyprov("apply", "-f", "hyprov.yaml", "nonexist.plan", cwd=topo_dir),
+                 "cannot read plan file nonexist.plan: No such file or directory",
+                 "make one with: hyprov plan -f hyprov.yaml --out PLANFILE")
+
+
+WRITE_HINT = ("the plan is written beside its path, then renamed: choose an --out path in a directory "
+              "you can write to")
+
+
+@pytest.mark.parametrize(("out", "message", "hint"), [
+    ("/nonexistent/x.plan", "cannot write plan file /nonexistent/x.plan: /nonexistent does not exist",
+     "save the plan in an existing directory, or mkdir -p /nonexistent"),
+    ("hyprov.yaml/x.plan", "cannot write plan file hyprov.yaml/x.plan: hyprov.yaml is not a directory",
+     "save the plan in an existing directory, or mkdir -p hyprov.yaml"),
+    ("/proc/version", "cannot write plan file /proc/version: cannot create the temporary file "
+     "/proc/.version.tmp: No such file or directory", WRITE_HINT),
+    (".", "cannot write plan file .: it is a directory", "--out names a file: e.g. --out change.plan"),
+])
+def test_plan_out_that_cannot_be_written(topo_dir: Path, out: str, message: str, hint: str) -> None:
+    r = hyprov("plan", "--out", out, cwd=topo_dir)
+    assert_error(r, message, hint)
+    assert not list(topo_dir.glob(".*.tmp"))
+
+
+def test_plan_out_names_the_step_that_failed(topo_dir: Path) -> None:
+    (topo_dir / "sub").mkdir()
+    (topo_dir / "sub" / ".p.plan.tmp").mkdir()  # the temporary file cannot be created
+    r = hyprov("plan", "--out", "sub/p.plan", cwd=topo_dir)
+    assert_error(r, "cannot write plan file sub/p.plan: cannot create the temporary file sub/.p.plan.tmp: "
+                 "Is a directory", WRITE_HINT)
+    assert r.stdout == "" and not (topo_dir / "sub" / "p.plan").exists()
+    r = hyprov("plan", "--out", "sub/", cwd=topo_dir)
+    assert_error(r, "cannot write plan file sub: it is a directory", "--out names a file: e.g. --out sub/change.plan")
+
+
+def test_state_mv_errors_have_hints(topo_dir: Path) -> None:
+    r = hyprov("apply", "--auto-approve", cwd=topo_dir)
+    assert r.returncode == 0, r.stderr
+    assert_error(hyprov("state", "mv", "nope", "x", cwd=topo_dir),
+                 "nothing to move: no resource or node 'nope' in state",
+                 "nothing was changed; see the addresses with hyprov state list -f hyprov.yaml "
+                 "(a node name moves all of its resources)")
+    assert_error(hyprov("state", "mv", "cp1", "dp2", cwd=topo_dir),
+                 "cannot move node 'cp1' to 'dp2': 'dp2' already exists",
+                 "nothing was changed; choose another name, or if that record is stale, forget it first: "
+                 "hyprov state rm -f hyprov.yaml ADDRESS")
+    assert hyprov("state", "list", cwd=topo_dir).stdout.count("cp1") >= 3
+
+
+def test_state_path_that_is_a_directory(tmp_path: Path) -> None:
+    write(tmp_path, local_topology(extra={"state": {"path": "states"}}))
+    (tmp_path / "states").mkdir()
+    for args in (("plan",), ("state", "list"), ("apply", "--auto-approve"), ("state", "rm", "x")):
+        assert_error(hyprov(*args, cwd=tmp_path), f"cannot read state {tmp_path}/states: Is a directory",
+                     f"state.path in hyprov.yaml names a directory: name the state file, e.g. "
+                     f"{tmp_path}/states/hyprov.state.json")
