@@ -178,6 +178,23 @@ def _register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [_register_commands]
 
 
+# what an interrupted command leaves behind (the hint under "hyprov: error: interrupted")
+_READ_ONLY = {"validate", "render", "plan", "show", "graph", "firewall", "status", "list", "pull", "history"}
+
+
+def _interrupted_hint(args: argparse.Namespace | None) -> str:
+    command = getattr(args, "command", None)
+    file = getattr(args, "file", None) or "FILE"
+    if command in ("apply", "destroy"):
+        return (f"the state records the work saved before the interrupt (it is saved as nodes finish); "
+                f"see what is left with hyprov plan -f {file}, and run {command} again: it resumes")
+    if command in _READ_ONLY or getattr(args, "state_command", None) in _READ_ONLY:
+        return "this command changes nothing: nothing was left half done; run it again"
+    if command == "state":
+        return f"the state is written whole or not at all; check it with hyprov state list -f {file}"
+    return "run the command again"
+
+
 def _command_prog(args: argparse.Namespace) -> str:
     words = [getattr(args, k, None) for k in ("command", "state_command")]
     return " ".join(["hyprov", *(w for w in words if w)])
@@ -204,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("hyprov: error: interrupted", file=sys.stderr)
+        print(f"hyprov: hint: {_interrupted_hint(args)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_ERROR

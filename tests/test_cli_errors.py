@@ -4,11 +4,15 @@ every failure is ``hyprov: error: ...`` then ``hyprov: hint: ...`` on stderr, ex
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-from topo import hyprov, local_topology, write
+from topo import ENV, hyprov, local_topology, write
 
 
 def assert_error(r: subprocess.CompletedProcess[str], message: str, hint: str, *, code: int = 1) -> None:
@@ -167,3 +171,49 @@ def test_state_path_that_is_a_directory(tmp_path: Path) -> None:
         assert_error(hyprov(*args, cwd=tmp_path), f"cannot read state {tmp_path}/states: Is a directory",
                      f"state.path in hyprov.yaml names a directory: name the state file, e.g. "
                      f"{tmp_path}/states/hyprov.state.json")
+
+
+# ------------------------------------------------------------------ Ctrl-C
+
+
+def test_interrupted_apply_says_where_the_state_is(tmp_path: Path) -> None:
+    write(tmp_path, local_topology(restart="sleep 5"))
+    env = {**os.environ, **ENV}
+    env.pop("HYPROV_DEBUG", None)
+    # as from a terminal: SIGINT not ignored (a background job of a script ignores it)
+    with subprocess.Popen([sys.executable, "-m", "hyprov", "apply", "--auto-approve"], cwd=tmp_path, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        for line in proc.stdout:
+            if line.startswith("cp1: file /etc/kong/kong.conf created"):
+                break
+        time.sleep(0.5)  # in cp1's restart
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.stdout.read(), proc.stderr.read()
+        code = proc.wait(timeout=60)
+    r = subprocess.CompletedProcess(proc.args, code, out, err)
+    assert_error(r, "interrupted", "the state records the work saved before the interrupt (it is saved as "
+                 "nodes finish); see what is left with hyprov plan -f hyprov.yaml, and run apply again: it resumes",
+                 code=130)
+
+
+@pytest.mark.parametrize(("args", "hint"), [
+    (["plan"], "this command changes nothing: nothing was left half done; run it again"),
+    (["state", "list"], "this command changes nothing: nothing was left half done; run it again"),
+    (["state", "rm", "-f", "t.yaml", "x"],
+     "the state is written whole or not at all; check it with hyprov state list -f t.yaml"),
+    (["destroy"], "the state records the work saved before the interrupt (it is saved as nodes finish); "
+     "see what is left with hyprov plan -f hyprov.yaml, and run destroy again: it resumes"),
+])
+def test_interrupted_hint_per_command(args: list[str], hint: str, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from hyprov import cli, commands
+
+    def interrupted(_: object) -> int:
+        raise KeyboardInterrupt
+
+    for name in ("cmd_plan", "cmd_state", "cmd_destroy"):
+        monkeypatch.setattr(commands, name, interrupted)
+    assert cli.main(args) == 130
+    assert capsys.readouterr().err.splitlines() == ["hyprov: error: interrupted", f"hyprov: hint: {hint}"]
