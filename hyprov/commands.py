@@ -180,17 +180,25 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _check_stale(p: Plan, t: Topology, state: State | None, source: str) -> None:
+def _check_stale(p: Plan, t: Topology, state: State | None, source: str, file: str) -> None:
+    again = f"make a new plan with: hyprov plan -f {file} --out {source}"
     if p.topology_digest != t.digest:
         raise StaleState(f"saved plan {source} is stale: the topology file, or a license or CA "
-                         "certificate file it names, changed since it was made",
-                         "make a new plan with: hyprov plan --out FILE")
+                         "certificate file it names, changed since it was made", again)
     lineage = state.lineage if state else None
     serial = state.serial if state else None
-    if (p.lineage, p.serial) != (lineage, serial):
-        raise StaleState(f"saved plan {source} is stale: the state changed since it was made "
-                         f"(plan: serial {p.serial}, state: serial {serial})",
-                         "make a new plan with: hyprov plan --out FILE")
+    if (p.lineage, p.serial) == (lineage, serial):
+        return
+    if p.lineage is None:
+        why = f"it was made when there was no state, and now there is one (serial {serial})"
+    elif state is None:
+        why = f"it was made from state serial {p.serial}, and now there is no state"
+    elif p.lineage != lineage:
+        why = (f"the state is another one: its lineage differs (plan: lineage {p.lineage} serial {p.serial}, "
+               f"state: lineage {lineage} serial {serial})")
+    else:
+        why = f"the state changed since it was made (plan: serial {p.serial}, state: serial {serial})"
+    raise StaleState(f"saved plan {source} is stale: {why}", again)
 
 
 def _confirm(args: argparse.Namespace, question: str) -> bool:
@@ -232,7 +240,7 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
             if getattr(args, "planfile", None):
                 p = _read_plan(args.planfile, args.file)
                 state = _read_state(backend, args.file)
-                _check_stale(p, t, state, args.planfile)
+                _check_stale(p, t, state, args.planfile, args.file)
             else:
                 p, state, transports = _make_plan(t, backend, args, destroy=destroy, connector=connector)
                 if not args.json:

@@ -4,6 +4,7 @@ every failure is ``hyprov: error: ...`` then ``hyprov: hint: ...`` on stderr, ex
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -217,3 +218,54 @@ def test_interrupted_hint_per_command(args: list[str], hint: str, monkeypatch: p
         monkeypatch.setattr(commands, name, interrupted)
     assert cli.main(args) == 130
     assert capsys.readouterr().err.splitlines() == ["hyprov: error: interrupted", f"hyprov: hint: {hint}"]
+
+
+# ------------------------------------------------------------------ a stale saved plan
+
+
+def _state_files(d: Path) -> None:
+    for f in d.glob("hyprov.state.json*"):
+        f.unlink()
+
+
+def test_stale_plan_says_how_the_state_differs(topo_dir: Path) -> None:
+    again = "make a new plan with: hyprov plan -f hyprov.yaml --out p.plan"
+    ok = {"cwd": topo_dir}
+    # made with no state; applied meanwhile
+    assert hyprov("plan", "--out", "p.plan", **ok).returncode == 0
+    assert hyprov("apply", "--auto-approve", **ok).returncode == 0
+    serial = json.loads((topo_dir / "hyprov.state.json").read_text())["serial"]
+    assert_error(hyprov("apply", "p.plan", **ok),
+                 f"saved plan p.plan is stale: it was made when there was no state, and now there is one "
+                 f"(serial {serial})", again)
+    # the state moved on (same lineage)
+    assert hyprov("plan", "--out", "p.plan", **ok).returncode == 0
+    assert hyprov("state", "rm", "service.dp2", **ok).returncode == 0
+    assert_error(hyprov("apply", "p.plan", **ok), f"saved plan p.plan is stale: the state changed since it was "
+                 f"made (plan: serial {serial}, state: serial {serial + 1})", again)
+    # another state with the same serial
+    assert hyprov("plan", "--out", "p.plan", **ok).returncode == 0
+    old = json.loads((topo_dir / "hyprov.state.json").read_text())
+    _state_files(topo_dir)
+    assert hyprov("apply", "--auto-approve", **ok).returncode == 0
+    new = json.loads((topo_dir / "hyprov.state.json").read_text())
+    assert new["lineage"] != old["lineage"]
+    assert_error(hyprov("apply", "p.plan", **ok),
+                 f"saved plan p.plan is stale: the state is another one: its lineage differs (plan: lineage "
+                 f"{old['lineage']} serial {old['serial']}, state: lineage {new['lineage']} serial {new['serial']})",
+                 again)
+    # no state any more
+    assert hyprov("plan", "--out", "p.plan", **ok).returncode == 0
+    _state_files(topo_dir)
+    assert_error(hyprov("apply", "p.plan", **ok),
+                 f"saved plan p.plan is stale: it was made from state serial {new['serial']}, and now there is "
+                 "no state", again)
+
+
+def test_stale_plan_topology_changed_hint_names_the_file(tmp_path: Path) -> None:
+    write(tmp_path, local_topology(), "t.yaml")
+    assert hyprov("plan", "-f", "t.yaml", "--out", "p.plan", cwd=tmp_path).returncode == 0
+    write(tmp_path, local_topology(dps=3), "t.yaml")
+    assert_error(hyprov("apply", "-f", "t.yaml", "p.plan", cwd=tmp_path),
+                 "saved plan p.plan is stale: the topology file, or a license or CA certificate file it names, "
+                 "changed since it was made", "make a new plan with: hyprov plan -f t.yaml --out p.plan")
