@@ -207,8 +207,26 @@ def _confirm(args: argparse.Namespace, question: str) -> bool:
     if not sys.stdin.isatty():
         raise HyprovError("refusing to apply without confirmation: standard input is not a terminal",
                           "review the plan and pass --auto-approve, or apply a saved plan file")
+    if getattr(args, "json", False):  # stdout is JSON lines only: ask on stderr
+        print(f"{question} (yes/no) ", end="", file=sys.stderr, flush=True)
+        return sys.stdin.readline().strip() == "yes"
     answer = input(f"{question} (yes/no) ")
     return answer.strip() == "yes"
+
+
+def _summary(destroy: bool, counts: dict[str, int], outcomes: dict[str, Any], failed: bool) -> dict[str, Any]:
+    """apply/destroy --json's last line: the counts and each node's outcome. ``node`` and
+    ``event`` (the human sentence) are there as on every line, for readers of those two."""
+    word = "Destroy" if destroy else "Apply"
+    text = (f"{word} finished with failures" if failed else f"{word} complete") + \
+        f": {counts['added']} added, {counts['changed']} changed, {counts['destroyed']} destroyed."
+    return {"node": "hyprov", "event": text, "kind": "summary", "result": "failed" if failed else "complete",
+            "added": counts["added"], "changed": counts["changed"], "destroyed": counts["destroyed"],
+            "nodes": {name: {"status": o.status, "detail": o.detail} for name, o in sorted(outcomes.items())}}
+
+
+def _print_json(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj), flush=True)
 
 
 def _emitter(args: argparse.Namespace) -> Any:
@@ -248,10 +266,12 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
                 if p.errors:
                     raise HyprovError("the plan has errors: nothing was applied", "fix them or use --target")
                 if not p.has_changes:
+                    if args.json:
+                        _print_json(_summary(destroy, {"added": 0, "changed": 0, "destroyed": 0}, {}, False))
                     return EXIT_OK
                 question = "Destroy everything hyprov installed?" if destroy else "Apply these changes?"
                 if not _confirm(args, question):
-                    print("Apply cancelled.")
+                    print("Apply cancelled.", file=sys.stderr if args.json else sys.stdout)
                     return EXIT_ERROR
             if state is None:
                 state = shell.read_or_new(backend)
@@ -271,6 +291,8 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
         _close(transports)
         connector.close_unused()
     c = result.counts
+    if args.json:
+        _print_json(_summary(destroy, c, result.outcomes, result.failed))
     if result.failed:
         print("\nApply finished with failures:", file=sys.stderr)
         for name, o in sorted(result.outcomes.items()):
@@ -278,8 +300,9 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
         raise ApplyError(f"apply failed on {sum(o.status == 'failed' for o in result.outcomes.values())} node(s); "
                          f"state records what was done ({c['added']} added, {c['changed']} changed, "
                          f"{c['destroyed']} destroyed)", "fix the cause and run apply again: it resumes")
-    word = "Destroy" if destroy else "Apply"
-    print(f"{word} complete: {c['added']} added, {c['changed']} changed, {c['destroyed']} destroyed.")
+    if not args.json:
+        word = "Destroy" if destroy else "Apply"
+        print(f"{word} complete: {c['added']} added, {c['changed']} changed, {c['destroyed']} destroyed.")
     if outcomes is not None:
         outcomes.update(result.outcomes)
     return EXIT_OK

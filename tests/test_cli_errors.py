@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from topo import ENV, hyprov, local_topology, write
@@ -269,3 +270,58 @@ def test_stale_plan_topology_changed_hint_names_the_file(tmp_path: Path) -> None
     assert_error(hyprov("apply", "-f", "t.yaml", "p.plan", cwd=tmp_path),
                  "saved plan p.plan is stale: the topology file, or a license or CA certificate file it names, "
                  "changed since it was made", "make a new plan with: hyprov plan -f t.yaml --out p.plan")
+
+
+# ------------------------------------------------------------------ apply/destroy --json: JSON lines only
+
+
+def json_lines(stdout: str) -> list[dict[str, Any]]:
+    lines = stdout.splitlines()
+    assert lines, "no output"
+    return [json.loads(ln) for ln in lines]  # fails on any line of plain text
+
+
+def test_apply_json_is_json_lines_ending_with_a_summary(topo_dir: Path) -> None:
+    r = hyprov("apply", "--auto-approve", "--json", cwd=topo_dir)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    events = json_lines(r.stdout)
+    *steps, summary = events
+    assert {"node": "hyprov", "event": steps[0]["event"], "kind": "info"} == steps[0]
+    assert steps[0]["event"].startswith("shared_cert created")
+    assert {"node": "dp1", "event": "restarted", "kind": "done"} in steps
+    assert {e["kind"] for e in steps} == {"info", "progress", "done"}
+    assert summary == {"node": "hyprov", "event": "Apply complete: 10 added, 0 changed, 0 destroyed.",
+                       "kind": "summary", "result": "complete", "added": 10, "changed": 0, "destroyed": 0,
+                       "nodes": {n: {"status": "done", "detail": ""} for n in ("cp1", "dp1", "dp2")}}
+    # nothing to do: still one summary line
+    r = hyprov("apply", "--auto-approve", "--json", cwd=topo_dir)
+    assert r.returncode == 0 and json_lines(r.stdout) == [{
+        "node": "hyprov", "event": "Apply complete: 0 added, 0 changed, 0 destroyed.", "kind": "summary",
+        "result": "complete", "added": 0, "changed": 0, "destroyed": 0, "nodes": {}}]
+    r = hyprov("destroy", "--auto-approve", "--json", cwd=topo_dir)
+    assert r.returncode == 0, r.stderr
+    summary = json_lines(r.stdout)[-1]
+    assert summary["event"] == "Destroy complete: 0 added, 0 changed, 10 destroyed."
+    assert (summary["result"], summary["destroyed"]) == ("complete", 10)
+
+
+def test_failed_apply_json_keeps_stdout_json_and_the_error_on_stderr(tmp_path: Path) -> None:
+    write(tmp_path, local_topology(restart="false"))
+    r = hyprov("apply", "--auto-approve", "--json", cwd=tmp_path)
+    assert_error(r, "apply failed on 1 node(s); state records what was done (10 added, 0 changed, 0 destroyed)",
+                 "fix the cause and run apply again: it resumes")
+    events = json_lines(r.stdout)
+    assert {"node": "cp1", "event": "failed: cp1: command failed (exit 1): false: no output",
+            "kind": "failed"} in events
+    summary = events[-1]
+    assert (summary["kind"], summary["result"], summary["added"]) == ("summary", "failed", 10)
+    assert summary["event"] == "Apply finished with failures: 10 added, 0 changed, 0 destroyed."
+    assert summary["nodes"]["cp1"] == {"status": "failed",
+                                       "detail": "cp1: command failed (exit 1): false: no output"}
+    assert summary["nodes"]["dp1"]["status"] == "not started"
+
+
+def test_apply_without_json_is_unchanged(topo_dir: Path) -> None:
+    r = hyprov("apply", "--auto-approve", cwd=topo_dir)
+    assert r.returncode == 0 and r.stdout.endswith("Apply complete: 10 added, 0 changed, 0 destroyed.\n")
+    assert "{" not in r.stdout.splitlines()[-2]
