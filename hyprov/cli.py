@@ -8,23 +8,90 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
-from .errors import HyprovError
+from .errors import HyprovError, UsageError
 
 if TYPE_CHECKING:
     from .model import Topology
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+EXIT_INTERRUPTED = 130
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse prints a usage block, ``hyprov plan: error: ...`` and exits 2; hyprov's
+    errors are ``hyprov: error: ...`` and a hint, exit 1 (2 means "changes present" for
+    plan --detailed-exitcode and "not healthy" for status). Sub-parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, f"see {self.prog} --help")
+
+
+def count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``minimum`` (--parallelism, --days)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def seconds(*, zero: bool) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds, > 0 (or >= 0 when ``zero``).
+    nan would compare false with everything and inf overflow the clocks."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number of seconds, got {text!r}")
+        if value < 0 or (value == 0 and not zero):
+            raise argparse.ArgumentTypeError(f"must be {'0 or more' if zero else 'more than 0'} seconds, "
+                                             f"got {text}")
+        return value
+
+    return parse
+
+
+def _days(text: str) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    value = count(1)(text)
+    try:
+        datetime.now(UTC) + timedelta(days=value)
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"{value} days is past the year 9999") from None
+    return value
+
+
+def topology(file: str) -> Topology:
+    """The topology named by ``-f``, validated; a directory gets a hint (config.py's
+    "cannot read: Is a directory" has none)."""
+    from .shell import topology as load
+
+    try:
+        return load(file)
+    except HyprovError as exc:
+        if exc.hint is None and Path(file).is_dir():
+            exc.hint = (f"-f names the topology file, not a directory: e.g. -f {Path(file) / 'hyprov.yaml'}")
+        raise
 
 
 def _topology(args: argparse.Namespace) -> Topology:
-    from .shell import topology
-
     return topology(args.file)
 
 
@@ -74,7 +141,8 @@ def _add_file(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hyprov", description="Declarative provisioning for Kong hybrid mode.")
+    parser: argparse.ArgumentParser = Parser(prog="hyprov",
+                                             description="Declarative provisioning for Kong hybrid mode.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -91,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("gen-cert", help="drop-in for `kong hybrid gen_cert` (shared mode)")
     p.add_argument("paths", nargs="*", metavar="CERT KEY")
-    p.add_argument("--days", type=int, default=1095)
+    p.add_argument("--days", type=_days, default=1095, help="validity (default 1095)")
     p.add_argument("--key-type", default="ec-p384",
                    choices=("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096"))
     p.set_defaults(func=cmd_gen_cert)
@@ -110,6 +178,28 @@ def _register_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [_register_commands]
 
 
+# what an interrupted command leaves behind (the hint under "hyprov: error: interrupted")
+_READ_ONLY = {"validate", "render", "plan", "show", "graph", "firewall", "status", "list", "pull", "history"}
+
+
+def _interrupted_hint(args: argparse.Namespace | None) -> str:
+    command = getattr(args, "command", None)
+    file = getattr(args, "file", None) or "FILE"
+    if command in ("apply", "destroy"):
+        return (f"the state records the work saved before the interrupt (it is saved as nodes finish); "
+                f"see what is left with hyprov plan -f {file}, and run {command} again: it resumes")
+    if command in _READ_ONLY or getattr(args, "state_command", None) in _READ_ONLY:
+        return "this command changes nothing: nothing was left half done; run it again"
+    if command == "state":
+        return f"the state is written whole or not at all; check it with hyprov state list -f {file}"
+    return "run the command again"
+
+
+def _command_prog(args: argparse.Namespace) -> str:
+    words = [getattr(args, k, None) for k in ("command", "state_command")]
+    return " ".join(["hyprov", *(w for w in words if w)])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # The pure build (topology, state, resources, plan) makes millions of small long-lived
     # objects and no cyclic garbage: the cyclic collector would walk them over and over for
@@ -117,9 +207,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (apply's rollout, status --watch) turns it back on with shell.build_done().
     gc_was_enabled = gc.isenabled()
     gc.disable()
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args: argparse.Namespace | None = None
     try:
+        args, extra = build_parser().parse_known_args(argv)
+        if extra:  # argparse would blame the top-level parser: name the sub-command's help
+            prog = _command_prog(args)
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)}", f"see {prog} --help")
         code: int = args.func(args)
         return code
     except HyprovError as exc:
@@ -128,7 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("hyprov: error: interrupted", file=sys.stderr)
-        return 130
+        print(f"hyprov: hint: {_interrupted_hint(args)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_ERROR
     except Exception as exc:  # a bug: one clear line, the traceback only on request

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ApplyError, HyprovError, StaleState
+from .errors import ApplyError, HyprovError, StaleState, StateError
 
 if TYPE_CHECKING:
     from .backends import StateBackend
@@ -22,9 +22,22 @@ EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
 
 def _topology(args: argparse.Namespace) -> Topology:
-    from .shell import topology
+    from .cli import topology
 
     return topology(args.file)
+
+
+def _read_state(backend: StateBackend, file: str) -> State | None:
+    """``backend.read()``, with a hint when the local state path is a directory (the
+    backend's "cannot read state DIR: Is a directory" has none)."""
+    try:
+        return backend.read()
+    except StateError as exc:
+        path = getattr(backend, "path", None)
+        if exc.hint is None and isinstance(path, Path) and path.is_dir():
+            exc.hint = (f"state.path in {file} names a directory: name the state file, "
+                        f"e.g. {path / 'hyprov.state.json'}")
+        raise
 
 
 def _color() -> bool:
@@ -43,7 +56,7 @@ def _make_plan(t: Topology, backend: StateBackend, args: argparse.Namespace, *, 
 
     from . import shell
 
-    state = backend.read()
+    state = _read_state(backend, args.file)
     pw = shell.password(t) if not destroy else shell.password(t, required=False)
     refresh = getattr(args, "refresh", None)
     pending: Future[tuple[Any, dict[str, Any]]] | None = None
@@ -117,25 +130,45 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _write_plan(path: Path, p: Plan) -> None:
+    """Atomically: a temporary file beside ``path``, then a rename. Each failure names the
+    step that failed and the OS's reason (a bare "No such file or directory" for
+    ``--out /proc/version`` was about the temporary file, not the target)."""
+    where = f"cannot write plan file {path}"
+    if path.is_dir():
+        raise HyprovError(f"{where}: it is a directory", f"--out names a file: e.g. --out {path / 'change.plan'}")
+    parent = path.parent
+    if not parent.is_dir():
+        why = "is not a directory" if parent.exists() else "does not exist"
+        raise HyprovError(f"{where}: {parent} {why}", f"save the plan in an existing directory, or mkdir -p {parent}")
     tmp = path.with_name(f".{path.name}.tmp")
+    step = f"cannot create the temporary file {tmp}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        step = f"cannot write the temporary file {tmp}"
         with os.fdopen(fd, "w") as fh:
             fh.write(p.dumps())
             fh.flush()
             os.fsync(fh.fileno())
+        step = f"cannot rename {tmp} to it"
         os.replace(tmp, path)
     except OSError as exc:
-        raise HyprovError(f"cannot write plan file {path}: {exc.strerror}") from exc
+        if not step.startswith("cannot create"):
+            tmp.unlink(missing_ok=True)
+        raise HyprovError(f"{where}: {step}: {exc.strerror or exc}",
+                          "the plan is written beside its path, then renamed: choose an --out path in a "
+                          "directory you can write to") from exc
 
 
-def _read_plan(path: str) -> Plan:
+def _read_plan(path: str, file: str = "FILE") -> Plan:
     from .plan import Plan
 
     try:
         text = Path(path).read_text()
     except OSError as exc:
-        raise HyprovError(f"cannot read plan file {path}: {exc.strerror}") from exc
+        make = f"make one with: hyprov plan -f {file} --out PLANFILE"
+        hint = (f"{path} is a directory: name the plan file in it, or {make}" if Path(path).is_dir()
+                else f"{make}" if isinstance(exc, FileNotFoundError) else f"check its permissions, or {make}")
+        raise HyprovError(f"cannot read plan file {path}: {exc.strerror or exc}", hint) from exc
     return Plan.loads(text, path)
 
 
@@ -147,17 +180,25 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _check_stale(p: Plan, t: Topology, state: State | None, source: str) -> None:
+def _check_stale(p: Plan, t: Topology, state: State | None, source: str, file: str) -> None:
+    again = f"make a new plan with: hyprov plan -f {file} --out {source}"
     if p.topology_digest != t.digest:
         raise StaleState(f"saved plan {source} is stale: the topology file, or a license or CA "
-                         "certificate file it names, changed since it was made",
-                         "make a new plan with: hyprov plan --out FILE")
+                         "certificate file it names, changed since it was made", again)
     lineage = state.lineage if state else None
     serial = state.serial if state else None
-    if (p.lineage, p.serial) != (lineage, serial):
-        raise StaleState(f"saved plan {source} is stale: the state changed since it was made "
-                         f"(plan: serial {p.serial}, state: serial {serial})",
-                         "make a new plan with: hyprov plan --out FILE")
+    if (p.lineage, p.serial) == (lineage, serial):
+        return
+    if p.lineage is None:
+        why = f"it was made when there was no state, and now there is one (serial {serial})"
+    elif state is None:
+        why = f"it was made from state serial {p.serial}, and now there is no state"
+    elif p.lineage != lineage:
+        why = (f"the state is another one: its lineage differs (plan: lineage {p.lineage} serial {p.serial}, "
+               f"state: lineage {lineage} serial {serial})")
+    else:
+        why = f"the state changed since it was made (plan: serial {p.serial}, state: serial {serial})"
+    raise StaleState(f"saved plan {source} is stale: {why}", again)
 
 
 def _confirm(args: argparse.Namespace, question: str) -> bool:
@@ -166,8 +207,26 @@ def _confirm(args: argparse.Namespace, question: str) -> bool:
     if not sys.stdin.isatty():
         raise HyprovError("refusing to apply without confirmation: standard input is not a terminal",
                           "review the plan and pass --auto-approve, or apply a saved plan file")
+    if getattr(args, "json", False):  # stdout is JSON lines only: ask on stderr
+        print(f"{question} (yes/no) ", end="", file=sys.stderr, flush=True)
+        return sys.stdin.readline().strip() == "yes"
     answer = input(f"{question} (yes/no) ")
     return answer.strip() == "yes"
+
+
+def _summary(destroy: bool, counts: dict[str, int], outcomes: dict[str, Any], failed: bool) -> dict[str, Any]:
+    """apply/destroy --json's last line: the counts and each node's outcome. ``node`` and
+    ``event`` (the human sentence) are there as on every line, for readers of those two."""
+    word = "Destroy" if destroy else "Apply"
+    text = (f"{word} finished with failures" if failed else f"{word} complete") + \
+        f": {counts['added']} added, {counts['changed']} changed, {counts['destroyed']} destroyed."
+    return {"node": "hyprov", "event": text, "kind": "summary", "result": "failed" if failed else "complete",
+            "added": counts["added"], "changed": counts["changed"], "destroyed": counts["destroyed"],
+            "nodes": {name: {"status": o.status, "detail": o.detail} for name, o in sorted(outcomes.items())}}
+
+
+def _print_json(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj), flush=True)
 
 
 def _emitter(args: argparse.Namespace) -> Any:
@@ -197,9 +256,9 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
     try:
         with shell.locked(backend, args.lock_timeout):
             if getattr(args, "planfile", None):
-                p = _read_plan(args.planfile)
-                state = backend.read()
-                _check_stale(p, t, state, args.planfile)
+                p = _read_plan(args.planfile, args.file)
+                state = _read_state(backend, args.file)
+                _check_stale(p, t, state, args.planfile, args.file)
             else:
                 p, state, transports = _make_plan(t, backend, args, destroy=destroy, connector=connector)
                 if not args.json:
@@ -207,10 +266,12 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
                 if p.errors:
                     raise HyprovError("the plan has errors: nothing was applied", "fix them or use --target")
                 if not p.has_changes:
+                    if args.json:
+                        _print_json(_summary(destroy, {"added": 0, "changed": 0, "destroyed": 0}, {}, False))
                     return EXIT_OK
                 question = "Destroy everything hyprov installed?" if destroy else "Apply these changes?"
                 if not _confirm(args, question):
-                    print("Apply cancelled.")
+                    print("Apply cancelled.", file=sys.stderr if args.json else sys.stdout)
                     return EXIT_ERROR
             if state is None:
                 state = shell.read_or_new(backend)
@@ -230,6 +291,8 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
         _close(transports)
         connector.close_unused()
     c = result.counts
+    if args.json:
+        _print_json(_summary(destroy, c, result.outcomes, result.failed))
     if result.failed:
         print("\nApply finished with failures:", file=sys.stderr)
         for name, o in sorted(result.outcomes.items()):
@@ -237,8 +300,9 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
         raise ApplyError(f"apply failed on {sum(o.status == 'failed' for o in result.outcomes.values())} node(s); "
                          f"state records what was done ({c['added']} added, {c['changed']} changed, "
                          f"{c['destroyed']} destroyed)", "fix the cause and run apply again: it resumes")
-    word = "Destroy" if destroy else "Apply"
-    print(f"{word} complete: {c['added']} added, {c['changed']} changed, {c['destroyed']} destroyed.")
+    if not args.json:
+        word = "Destroy" if destroy else "Apply"
+        print(f"{word} complete: {c['added']} added, {c['changed']} changed, {c['destroyed']} destroyed.")
     if outcomes is not None:
         outcomes.update(result.outcomes)
     return EXIT_OK
@@ -277,22 +341,20 @@ def _wait_connected(args: argparse.Namespace, outcomes: dict[str, Any]) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from . import shell, status
 
-    if args.interval <= 0:
-        raise HyprovError("--interval must be positive")
     shell.build_done()
     return status.run(_topology(args), admin_url=args.admin_url, as_json=args.json, watch=args.watch,
                       interval=args.interval, token=os.environ.get(status.TOKEN_ENV))
 
 
 def _timeout(text: str) -> float:
+    from .cli import seconds
+
     try:
-        value = float(text)
+        float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r} (a PLANFILE after "
                                          "--wait-connected needs the =TIMEOUT form)") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be more than 0 seconds")
-    return value
+    return seconds(zero=False)(text)
 
 
 def cmd_destroy(args: argparse.Namespace) -> int:
@@ -334,26 +396,35 @@ def cmd_state(args: argparse.Namespace) -> int:
     _, backend = _state_rw(args)
     sub = args.state_command
     if sub == "list":
-        st = backend.read()
+        st = _read_state(backend, args.file)
         for addr in sorted(st.resources) if st else []:
             print(addr)
         return EXIT_OK
     if sub == "show":
-        st = backend.read()
+        st = _read_state(backend, args.file)
         if st is None or args.address not in st.resources:
             raise HyprovError(f"no resource {args.address!r} in the state", "see: hyprov state list")
         print(json.dumps({"address": args.address, **st.resources[args.address].to_dict()}, indent=2, sort_keys=True))
         return EXIT_OK
     if sub == "pull":
-        st = backend.read()
+        st = _read_state(backend, args.file)
         sys.stdout.write(to_json(st) if st else "")
         return EXIT_OK
     with shell.locked(backend, args.lock_timeout):
-        st = backend.read()
+        st = _read_state(backend, args.file)
         if st is None:
             raise HyprovError("there is no state yet", "run hyprov apply first")
         if sub == "mv":
-            new = st.move(args.old, args.new)
+            try:
+                new = st.move(args.old, args.new)
+            except StateError as exc:  # state.py's messages have no hint
+                if exc.hint is None:
+                    exc.hint = (f"nothing was changed; choose another name, or if that record is stale, "
+                                f"forget it first: hyprov state rm -f {args.file} ADDRESS"
+                                if "already exists" in str(exc) else
+                                f"nothing was changed; see the addresses with hyprov state list -f {args.file} "
+                                "(a node name moves all of its resources)")
+                raise
             what = f"Moved {args.old} to {args.new}"
         else:
             if args.address in st.resources:
@@ -374,11 +445,13 @@ def cmd_state(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .cli import count, seconds
+
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("-f", "--file", default="hyprov.yaml", help="topology file (default ./hyprov.yaml)")
 
     def lock(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--lock-timeout", type=float, default=0.0, metavar="SECONDS",
+        p.add_argument("--lock-timeout", type=seconds(zero=True), default=0.0, metavar="SECONDS",
                        help="wait this long for the state lock (default: fail at once)")
 
     def refresh(p: argparse.ArgumentParser) -> None:
@@ -395,7 +468,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable plan")
     p.add_argument("--detailed-exitcode", action="store_true", help="exit 0: no changes, 1: error, 2: changes")
     p.add_argument("--target", action="append", metavar="ADDR", help="limit to ADDR and its dependencies")
-    p.add_argument("--parallelism", type=int, default=64)
+    p.add_argument("--parallelism", type=count(1), default=64, metavar="N",
+                   help="hosts read at once by the refresh (default 64)")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("show", help="print a saved plan")
@@ -417,7 +491,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                 "(hyprov status), up to TIMEOUT seconds (default 120); exit 1 if not. "
                                 "Write --wait-connected=TIMEOUT when a PLANFILE follows")
         p.add_argument("--auto-approve", action="store_true", help="do not ask for confirmation")
-        p.add_argument("--parallelism", type=int, default=64, help="hosts worked on at once (default 64)")
+        p.add_argument("--parallelism", type=count(1), default=64, metavar="N",
+                       help="hosts worked on at once (default 64)")
         p.add_argument("--json", action="store_true", help="one JSON event per line")
         p.set_defaults(func=func)
 
@@ -432,7 +507,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common(p)
     p.add_argument("--json", action="store_true", help="machine-readable report (one line per poll)")
     p.add_argument("--watch", action="store_true", help="poll until Ctrl-C")
-    p.add_argument("--interval", type=float, default=5.0, metavar="SECONDS", help="--watch period (default 5)")
+    p.add_argument("--interval", type=seconds(zero=False), default=5.0, metavar="SECONDS",
+                   help="--watch period (default 5)")
     p.add_argument("--admin-url", metavar="URL",
                    help="ask this Admin API directly instead of each CP's admin_listen through SSH")
     p.set_defaults(func=cmd_status)
@@ -557,11 +633,11 @@ def cmd_state_migrate(args: argparse.Namespace) -> int:
     source = shell.backend_for(t)
     target = _backend_named(t, args.to)
     with shell.locked(source, args.lock_timeout), shell.locked(target, args.lock_timeout):
-        st = source.read()
+        st = _read_state(source, args.file)
         if st is None:
             raise HyprovError(f"there is no state to migrate in {source.describe()}",
                               "nothing to move; hyprov apply creates the state")
-        existing = target.read()
+        existing = _read_state(target, args.file)
         refuse = None
         if existing is not None and existing.lineage != st.lineage:
             refuse = (f"it holds a different state (lineage {existing.lineage}, serial {existing.serial}; "

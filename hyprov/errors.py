@@ -44,6 +44,11 @@ class HyprovError(Exception):
         return [text]
 
 
+class UsageError(HyprovError):
+    """The command line itself is wrong (unknown option, bad value, missing argument).
+    Exit 1 like any error: exit 2 means "changes present" / "not healthy"."""
+
+
 class ConfigError(HyprovError):
     """The topology file is invalid; carries every problem found."""
 

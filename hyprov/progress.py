@@ -1,6 +1,7 @@
 """What apply/destroy show while they run, fed by the applier's events.
 
-* ``--json``: one JSON object per event and line (for machines);
+* ``--json``: one JSON object per event and line (for machines): ``node``, ``event``
+  (the text) and ``kind`` (:func:`event_kind`); apply/destroy ends with a ``summary``;
 * stdout not a terminal, or ``TERM=dumb``: one plain line per event
   (``dp3: file /etc/kong/kong.conf updated (2.1 KiB)``);
 * a terminal: a live display, one line per host with its current step or last
@@ -35,6 +36,19 @@ class Display(Protocol):
     def step(self, node: str, text: str) -> None: ...
 
     def finish(self, outcomes: Mapping[str, Any] | None = None) -> None: ...
+
+
+def event_kind(node: str, message: str) -> str:
+    """What an applier event means, for machines (``kind`` in ``--json``) and the live
+    display alike: ``info`` (not about one host), ``failed`` (the host failed), ``done``
+    (its restart step ended: the host is done), else ``progress`` (a step on the host)."""
+    if node == "hyprov":
+        return "info"
+    if message.startswith(("failed:", "health check failed")):
+        return "failed"
+    if message in ("restarted", "no restart command configured"):
+        return "done"
+    return "progress"
 
 
 def is_live_terminal(stream: TextIO, env: Mapping[str, str] | None = None) -> bool:
@@ -80,11 +94,14 @@ class PlainLines:
 
 
 class JsonLines(PlainLines):
-    """One JSON object per event: ``{"node": ..., "event": ...}``."""
+    """One JSON object per event: ``{"node": ..., "event": ..., "kind": ...}``."""
 
     def event(self, node: str, message: str) -> None:
+        self.record({"node": node, "event": message, "kind": event_kind(node, message)})
+
+    def record(self, obj: Mapping[str, Any]) -> None:
         with self.lock:
-            print(json.dumps({"node": node, "event": message}), file=self.stream, flush=True)
+            print(json.dumps(obj), file=self.stream, flush=True)
 
 
 class _Host:
@@ -130,19 +147,19 @@ class LiveDisplay:
         with self.lock:
             if self.done:
                 return
-            host = None if node == "hyprov" else self.hosts.setdefault(node, _Host())
-            if host is None:  # not about one host: scroll it above the block, now
+            kind = event_kind(node, message)
+            if kind == "info":  # not about one host: scroll it above the block, now
                 self._clear_block()
                 self._write(self._fit(f"{node}: {message}") + "\n")
                 self._draw()
                 return
-            if message.startswith("failed:") or message.startswith("health check failed"):
+            host = self.hosts.setdefault(node, _Host())
+            if kind == "failed":
                 host.status = _FAILED
                 host.message = message.removeprefix("failed: ").removeprefix(f"{node}: ")
             else:
                 if host.status != _FAILED:
-                    host.status = "done" if message in ("restarted", "no restart command configured") \
-                        else "running"
+                    host.status = "done" if kind == "done" else "running"
                 host.message = message
             self._maybe_draw()
 

@@ -96,9 +96,9 @@ def test_output_that_is_not_a_terminal_is_unchanged(tmp_path: Path) -> None:
     doc["data_planes"][0]["labels"] = {"a": "b"}
     write(tmp_path, doc)
     r = hyprov("apply", "--auto-approve", "--json", cwd=tmp_path)
-    events = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
-    assert {"node": "dp1", "event": "restarted"} in events
-    assert all(set(e) == {"node", "event"} for e in events)
+    events = [json.loads(ln) for ln in r.stdout.splitlines()]  # JSON lines only (test_cli_errors.py)
+    assert {"node": "dp1", "event": "restarted", "kind": "done"} in events
+    assert all(set(e) == {"node", "event", "kind"} for e in events[:-1]) and events[-1]["kind"] == "summary"
 
 
 # ------------------------------------------------------------------ the renderer alone
