@@ -311,13 +311,13 @@ def test_failed_apply_json_keeps_stdout_json_and_the_error_on_stderr(tmp_path: P
     assert_error(r, "apply failed on 1 node(s); state records what was done (10 added, 0 changed, 0 destroyed)",
                  "fix the cause and run apply again: it resumes")
     events = json_lines(r.stdout)
-    assert {"node": "cp1", "event": "failed: cp1: command failed (exit 1): false: no output",
+    assert {"node": "cp1", "event": "failed: command failed (exit 1): false: no output",
             "kind": "failed"} in events
     summary = events[-1]
     assert (summary["kind"], summary["result"], summary["added"]) == ("summary", "failed", 10)
     assert summary["event"] == "Apply finished with failures: 10 added, 0 changed, 0 destroyed."
     assert summary["nodes"]["cp1"] == {"status": "failed",
-                                       "detail": "cp1: command failed (exit 1): false: no output"}
+                                       "detail": "command failed (exit 1): false: no output"}
     assert summary["nodes"]["dp1"]["status"] == "not started"
 
 
