@@ -97,6 +97,7 @@ class Applier:
         # so a save never re-reads and re-parses the whole document
         self._written: State | None = state if plan.serial is not None else None
         self._last_save = 0.0
+        self._flush: threading.Timer | None = None  # a coalesced save's trailing write
         self._dirty = False  # the state changed since it was last written
         self.connect_fn = connect
         self.now = now
@@ -162,13 +163,19 @@ class Applier:
         ``periodic`` saves (one per node as it finishes its files, one per DP batch but
         the last of the rollout) are coalesced to at
         most one per SAVE_INTERVAL: each save serialises the whole state, so one per
-        node made a 50-host apply spend a second in saves. Skipping one only ever
-        errs safe: a file not yet recorded is rewritten next run with the same
-        content, a restart not yet cleared runs again. Phase ends always save.
+        node made a 50-host apply spend a second in saves; a skipped one is written at
+        the end of the interval (a timer), so a long restart elsewhere never holds it back.
+        Skipping one only ever errs safe: a file not yet recorded is rewritten next run
+        with the same content, a restart not yet cleared runs again. Phase ends and
+        Ctrl-C always save.
         """
         with self.lock:
             now = time.monotonic()
             if periodic and now - self._last_save < SAVE_INTERVAL:
+                if self._flush is None:  # written at the end of the interval, not at the next save
+                    self._flush = threading.Timer(self._last_save + SAVE_INTERVAL - now, self._flush_save)
+                    self._flush.daemon = True
+                    self._flush.start()
                 return
             if self._written is not None:
                 if not self._dirty:
@@ -183,6 +190,18 @@ class Applier:
             self.state = self._written = new
             self._dirty = False
             self._last_save = time.monotonic()
+
+    def _flush_save(self) -> None:
+        """A coalesced save's trailing write (timer thread). A failure here is not lost:
+        the state stays dirty and the next save writes it again, and raises."""
+        with self.lock:
+            self._flush = None
+            if not self._dirty:
+                return
+            try:
+                self._save()
+            except Exception:
+                pass
 
     def _count(self, c: Change) -> None:
         key = {Action.CREATE: "added", Action.UPDATE: "changed", Action.REPLACE: "changed",
@@ -204,7 +223,19 @@ class Applier:
             self._migrations("after")
             self._controller_deletes()
             self._save()
+        except KeyboardInterrupt:
+            # Ctrl-C: what was recorded (files landed, restarts passed) is written before
+            # the command exits; the next apply resumes from there
+            try:
+                self._save()
+            except Exception:
+                pass
+            raise
         finally:
+            with self.lock:
+                if self._flush is not None:
+                    self._flush.cancel()
+                    self._flush = None
             if hashing is not None:
                 hashing.shutdown(wait=True, cancel_futures=True)
             for tr in self.transports.values():

@@ -4,6 +4,11 @@ change (serial + 1), the intent record before any file, everything recorded at t
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -84,3 +89,59 @@ def test_a_bug_in_one_nodes_files_step_stops_the_rollout_without_hanging(
     restarted = [n for n in ("dp2", "dp3") if (tmp_path / ".hyprov" / "hosts" / n / "var" / "restarts").exists()]
     assert restarted == [], "nothing restarts once the files step died"
     assert LocalBackend(str(tmp_path / "hyprov.state.json")).read() is not None
+
+
+def _apply_held_at_cp1s_restart(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
+    """A first apply whose cp1 restart waits for ``release`` (the DPs' files are written
+    meanwhile, ahead of their turn): returns the running apply and the release file."""
+    started, release = tmp_path / "started", tmp_path / "release"
+    restart = (f'if [ "$(basename "$R")" = cp1 ]; then touch {started}; '
+               f'i=0; while [ ! -e {release} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i + 1)); done; fi')
+    write(tmp_path, local_topology(dps=3, restart=restart))
+    proc = subprocess.Popen([sys.executable, "-m", "hyprov", "apply", "--auto-approve"], cwd=tmp_path,
+                            env={**os.environ, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    return proc, release
+
+
+def _recorded_dp_files(tmp_path: Path) -> set[str]:
+    doc = json.loads((tmp_path / "hyprov.state.json").read_text())
+    return {a for a, r in doc["resources"].items() if r["type"] == "file" and r["node"] != "cp1"}
+
+
+def test_coalesced_saves_are_written_at_the_end_of_their_interval(tmp_path: Path) -> None:
+    """The DPs' files land while cp1 restarts; their records, coalesced, are on disk soon
+    after (the interval's trailing write), not only at the next save (after cp1's restart,
+    which could take minutes)."""
+    proc, release = _apply_held_at_cp1s_restart(tmp_path)
+    try:
+        deadline = time.monotonic() + 10
+        while len(_recorded_dp_files(tmp_path)) < 3 * 3:  # three DPs, three files each
+            assert time.monotonic() < deadline, _recorded_dp_files(tmp_path)
+            time.sleep(0.1)
+    finally:
+        release.write_text("")
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+
+
+def test_ctrl_c_during_apply_writes_what_was_done_and_the_rerun_resumes(tmp_path: Path) -> None:
+    proc, release = _apply_held_at_cp1s_restart(tmp_path)
+    time.sleep(0.5)  # the DPs' files land
+    proc.send_signal(signal.SIGINT)
+    release.write_text("")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "hyprov: error: interrupted" in err and "Traceback" not in err, out + err
+    assert len(_recorded_dp_files(tmp_path)) == 9
+    r = subprocess.run([sys.executable, "-m", "hyprov", "plan", "--no-refresh"], cwd=tmp_path,
+                       env={**os.environ, **ENV}, capture_output=True, text=True)
+    assert "+ file.dp" not in r.stdout, "files already landed are not planned again"
+    r = subprocess.run([sys.executable, "-m", "hyprov", "apply", "--auto-approve"], cwd=tmp_path,
+                       env={**os.environ, **ENV}, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "-m", "hyprov", "plan", "--detailed-exitcode"], cwd=tmp_path,
+                       env={**os.environ, **ENV}, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
