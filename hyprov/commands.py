@@ -263,6 +263,8 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
                 p, state, transports = _make_plan(t, backend, args, destroy=destroy, connector=connector)
                 if not args.json:
                     sys.stdout.write(render.render_text(p, color=_color()))
+                elif not args.auto_approve:  # reviewed before the question, off the JSON stream
+                    sys.stderr.write(render.render_text(p, color=False))
                 if p.errors:
                     raise HyprovError("the plan has errors: nothing was applied", "fix them or use --target")
                 if not p.has_changes:
@@ -294,12 +296,14 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
     if args.json:
         _print_json(_summary(destroy, c, result.outcomes, result.failed))
     if result.failed:
-        print("\nApply finished with failures:", file=sys.stderr)
+        word = "destroy" if destroy else "apply"
+        print(f"\n{word.capitalize()} finished with failures:", file=sys.stderr)
         for name, o in sorted(result.outcomes.items()):
             print(f"  {name}: {o.status}{': ' + o.detail if o.detail else ''}", file=sys.stderr)
-        raise ApplyError(f"apply failed on {sum(o.status == 'failed' for o in result.outcomes.values())} node(s); "
-                         f"state records what was done ({c['added']} added, {c['changed']} changed, "
-                         f"{c['destroyed']} destroyed)", "fix the cause and run apply again: it resumes")
+        failed = sum(o.status == "failed" for o in result.outcomes.values())
+        raise ApplyError(f"{word} failed on {failed} node(s); state records what was done ({c['added']} added, "
+                         f"{c['changed']} changed, {c['destroyed']} destroyed)",
+                         f"fix the cause and run {word} again: it resumes")
     if not args.json:
         word = "Destroy" if destroy else "Apply"
         print(f"{word} complete: {c['added']} added, {c['changed']} changed, {c['destroyed']} destroyed.")
