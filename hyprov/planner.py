@@ -54,7 +54,7 @@ def _days_left(not_after: str, now: datetime) -> float:
 def _renewal_reason(attrs: Mapping[str, Any], recorded: Mapping[str, Any], now: datetime, *, ca: bool) -> str | None:
     not_after = recorded.get("not_after")
     if not not_after:
-        return None
+        return None  # recorded without a date: plan() refused it already
     left = _days_left(not_after, now)
     renew = int(attrs.get("renew_before_days", 30))
     threshold = renew + (int(attrs.get("leaf_validity_days", 0)) if ca else 0)
@@ -285,6 +285,12 @@ def plan(
             elif r.type == "migrations":
                 reason = "kong migrations list, then bootstrap if the database is new"
         elif r.type in ("ca", "shared_cert", "cert"):
+            if not recorded.get("not_after"):
+                # hyprov records it with every certificate: without it the renewal date is unknown.
+                # Refused rather than renewed: renewing a root would start a rotation on a damaged record
+                raise HyprovError(f"corrupt state: {addr} records no not_after (the certificate's expiry)",
+                                  "restore the state's backup (a local state keeps a .backup beside it), or "
+                                  "write the date back: openssl x509 -noout -enddate shows it")
             keys = _changed_keys(r.attrs, recorded)
             brought = "cert_file_fingerprint" in keys and _brought_ca_changed(
                 r.attrs, recorded, own_record=not (r.address == "ca.root" and yours_signs))
