@@ -211,7 +211,9 @@ def refresh(
             fw = firewalls.get(name)
             paths = [str(r.attrs["path"]) for r in records] + ([str(fw.attrs["path"])] if fw else [])
             script = hs.read_script(paths) + (nftables.facts_script() if fw else "") if paths else "true"
-            res = tr.run(script)
+            # a transport that can read without preparing the host (the local one: no node
+            # directory made for a node not yet applied) is asked to: a plan changes nothing
+            res = getattr(tr, "read", tr.run)(script)
             if res.exit_status != 0:
                 raise HyprovError(f"reading files failed: {res.stderr.decode(errors='replace').strip()}")
         except HyprovError as exc:
