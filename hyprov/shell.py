@@ -197,6 +197,7 @@ def refresh(
         elif r.type == "firewall" and r.node:
             firewalls[r.node] = r
     drift: dict[str, str] = {}
+    host_digests: dict[str, tuple[str, str]] = {}  # drifted file -> (on the host, expected)
     unreachable: dict[str, str] = {}
     transports: dict[str, Transport] = {}
 
@@ -234,6 +235,8 @@ def refresh(
                 expected = sha256(secret_content(str(a["content"]), password_value))
             if expected is not None and fact.digest != expected:
                 drift[r.address] = "file changed on host"
+                if fact.digest is not None:
+                    host_digests[r.address] = (fact.digest, expected)
             elif a.get("mode") and fact.mode != a["mode"]:
                 drift[r.address] = f"mode changed on host ({fact.mode}, want {a['mode']})"
             elif a.get("owner") and fact.owner != a["owner"]:
@@ -257,7 +260,8 @@ def refresh(
         list(pool.map(read, sorted(files_by_node)))
     from .planner import Facts
 
-    return Facts(drift=drift, unreachable=unreachable, secret_fingerprints=fingerprints.result()), transports
+    return Facts(drift=drift, unreachable=unreachable, secret_fingerprints=fingerprints.result(),
+                 host_digests=host_digests), transports
 
 
 def secret_fingerprints(state: State, password_value: str | None) -> dict[str, str]:
