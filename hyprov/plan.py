@@ -10,11 +10,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from .errors import HyprovError
 
 FORMAT_VERSION = "1.0"
+
+#: how a secret value is shown in plans, text and JSON alike
+SENSITIVE = "(sensitive)"
 
 
 class Action(Enum):
@@ -45,16 +49,24 @@ class Change:
     after: dict[str, Any] | None = field(default=None, hash=False)
     diff: str | None = None  # unified diff of a text file (secrets masked)
     error: str | None = None  # refresh could not read this resource's host
+    # secret attributes that change (kong.conf's pg_password): shown as (sensitive), never held
+    # in before/after themselves, which the applier records
+    sensitive: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
+        before, after = self.before, self.after
+        if self.sensitive:  # shown in JSON as in text, masked in both before and after
+            masked = dict.fromkeys(self.sensitive, SENSITIVE)
+            before = {**(before or {}), **masked}
+            after = {**(after or {}), **masked}
         return {
             "address": self.address,
             "type": self.type,
             "node": self.node,
             "actions": self.action.json_actions,
             "action_reason": self.reason,
-            "before": self.before,
-            "after": self.after,
+            "before": before,
+            "after": after,
             "diff": self.diff,
             "error": self.error,
         }
@@ -62,9 +74,26 @@ class Change:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Change:
         acts = d["actions"]
+        if not isinstance(acts, list) or not acts:
+            raise ValueError(f"{d.get('address')!r}: actions must be a non-empty list")
         action = Action.REPLACE if acts == ["delete", "create"] else Action(acts[0])
-        return cls(d["address"], d["type"], d.get("node"), action, d.get("action_reason"),
-                   d.get("before"), d.get("after"), d.get("diff"), d.get("error"))
+        address, type_, node = d["address"], d["type"], d.get("node")
+        before, after = d.get("before"), d.get("after")
+        if not isinstance(address, str) or not isinstance(type_, str) or not (node is None or isinstance(node, str)):
+            raise ValueError("address, type and node must be strings")
+        if not (before is None or isinstance(before, dict)) or not (after is None or isinstance(after, dict)):
+            raise ValueError(f"{address}: before and after must be objects")
+        for k in ("action_reason", "diff", "error"):
+            if not (d.get(k) is None or isinstance(d[k], str)):
+                raise ValueError(f"{address}: {k} must be a string")
+        # the masked secrets to_json added go back where they came from: out of before/after
+        sensitive = tuple(k for k, v in (after or {}).items()
+                          if v == SENSITIVE and (before or {}).get(k) == SENSITIVE)
+        if sensitive:
+            before = {k: v for k, v in (before or {}).items() if k not in sensitive}
+            after = {k: v for k, v in (after or {}).items() if k not in sensitive}
+        return cls(address, type_, node, action, d.get("action_reason"),
+                   before, after, d.get("diff"), d.get("error"), sensitive)
 
 
 @dataclass(frozen=True)
@@ -88,14 +117,19 @@ class Plan:
         return bool(self.actionable)
 
     def counts(self) -> dict[str, int]:
+        """One per block the plan shows with an action and no error, of every type (services
+        and migrations too, as Terraform counts every resource): nonzero exactly when
+        :attr:`has_changes` (``--detailed-exitcode`` 2). Blocks whose host could not be read
+        are not counted: nothing is applied from them (see :attr:`unreadable`)."""
         out = {"add": 0, "change": 0, "replace": 0, "destroy": 0}
         for c in self.actionable:
-            if c.type in ("service", "migrations"):
-                continue  # restarts and migrations are steps, not installed resources
-            key = {Action.CREATE: "add", Action.UPDATE: "change", Action.REPLACE: "replace",
-                   Action.DELETE: "destroy"}[c.action]
-            out[key] += 1
+            out[_COUNT_KEY[c.action]] += 1
         return out
+
+    @property
+    def unreadable(self) -> int:
+        """Blocks shown with an error (their host could not be read): not in :meth:`counts`."""
+        return sum(1 for c in self.changes if c.error is not None)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -114,17 +148,41 @@ class Plan:
         return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def loads(cls, text: str, source: str) -> Plan:
+    def read(cls, path: str | Path) -> Plan:
+        """Read and load a saved plan file: every problem is a :class:`HyprovError`."""
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise HyprovError(f"cannot read plan file {path}: {exc.strerror}") from exc
+        return cls.loads(data, str(path))
+
+    @classmethod
+    def loads(cls, text: str | bytes, source: str) -> Plan:
+        """``text`` as written by :meth:`dumps` (bytes are decoded as UTF-8 here, so a binary
+        file is refused like any other that is not a plan)."""
         try:
             d = json.loads(text)
+            if not isinstance(d, dict) or "format_version" not in d:
+                raise ValueError("no format_version")
             if d.get("format_version") != FORMAT_VERSION:
                 raise HyprovError(f"{source}: plan format {d.get('format_version')!r} is not {FORMAT_VERSION}",
                                   "make a new plan with this hyprov")
             prior = d["prior_state"]
-            return cls(d["topology_digest"], prior["lineage"], prior["serial"],
-                       tuple(Change.from_json(c) for c in d["resource_changes"]),
-                       tuple(d.get("targets", ())), bool(d.get("destroy")), tuple(d.get("errors", ())),
-                       d.get("root_rotation"))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise HyprovError(f"{source}: not a hyprov plan file ({type(exc).__name__}: {exc})",
-                              "write one with: hyprov plan --out FILE") from exc
+            digest, lineage, serial = d["topology_digest"], prior["lineage"], prior["serial"]
+            if not isinstance(digest, str) or not (lineage is None or isinstance(lineage, str)) or not (
+                    serial is None or (isinstance(serial, int) and not isinstance(serial, bool))):
+                raise ValueError("topology_digest, prior_state.lineage or prior_state.serial has the wrong type")
+            changes = d["resource_changes"]
+            rotation = d.get("root_rotation")
+            if not isinstance(changes, list) or not (rotation is None or isinstance(rotation, dict)):
+                raise ValueError("resource_changes must be a list, root_rotation an object")
+            return cls(digest, lineage, serial, tuple(Change.from_json(c) for c in changes),
+                       tuple(map(str, d.get("targets", ()))), bool(d.get("destroy")),
+                       tuple(map(str, d.get("errors", ()))), rotation)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # UnicodeDecodeError is a ValueError
+            why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"{type(exc).__name__}: {exc}"
+            raise HyprovError(f"{source} is not a hyprov plan file ({why})",
+                              "write one with: hyprov plan --out FILE, and pass that file") from exc
+
+
+_COUNT_KEY = {Action.CREATE: "add", Action.UPDATE: "change", Action.REPLACE: "replace", Action.DELETE: "destroy"}

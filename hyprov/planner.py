@@ -45,6 +45,8 @@ class Facts:
     drift: Mapping[str, str] = field(default_factory=dict)  # file address -> reason
     unreachable: Mapping[str, str] = field(default_factory=dict)  # node -> reason
     secret_fingerprints: Mapping[str, str] = field(default_factory=dict)  # file address -> fingerprint
+    # file address -> (digest on the host, digest hyprov wrote): the files drifted "changed on host"
+    host_digests: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def _days_left(not_after: str, now: datetime) -> float:
@@ -54,7 +56,7 @@ def _days_left(not_after: str, now: datetime) -> float:
 def _renewal_reason(attrs: Mapping[str, Any], recorded: Mapping[str, Any], now: datetime, *, ca: bool) -> str | None:
     not_after = recorded.get("not_after")
     if not not_after:
-        return None
+        return None  # recorded without a date: plan() refused it already
     left = _days_left(not_after, now)
     renew = int(attrs.get("renew_before_days", 30))
     threshold = renew + (int(attrs.get("leaf_validity_days", 0)) if ca else 0)
@@ -277,6 +279,7 @@ def plan(
         rec = prior.get(addr)
         recorded: Mapping[str, Any] = rec.attributes if rec else {}
         action, reason, diff = Action.NOOP, None, None
+        secret_changed = False
 
         if rec is None:
             action, reason = Action.CREATE, "not yet created"
@@ -285,6 +288,12 @@ def plan(
             elif r.type == "migrations":
                 reason = "kong migrations list, then bootstrap if the database is new"
         elif r.type in ("ca", "shared_cert", "cert"):
+            if not recorded.get("not_after"):
+                # hyprov records it with every certificate: without it the renewal date is unknown.
+                # Refused rather than renewed: renewing a root would start a rotation on a damaged record
+                raise HyprovError(f"corrupt state: {addr} records no not_after (the certificate's expiry)",
+                                  "restore the state's backup (a local state keeps a .backup beside it), or "
+                                  "write the date back: openssl x509 -noout -enddate shows it")
             keys = _changed_keys(r.attrs, recorded)
             brought = "cert_file_fingerprint" in keys and _brought_ca_changed(
                 r.attrs, recorded, own_record=not (r.address == "ca.root" and yours_signs))
@@ -318,6 +327,7 @@ def plan(
                 keys.remove("content_digest")  # recorded before hyprov kept the license's digest: same bytes
             source = _dep_changed(r, reissued)
             secret = facts.secret_fingerprints.get(addr)
+            secret_changed = secret is not None and recorded.get("secret_fingerprint") != secret
             if "content_digest" in keys and r.content is not None:
                 old = recorded.get("content") or ""
                 changed = _conf_keys_changed(old, r.content)
@@ -334,7 +344,7 @@ def plan(
                 # a node-made key survives a reissue unless its type changes (renewal keeps the key);
                 # a new certificate always comes with a new key
                 action, reason = Action.UPDATE, f"{source} is (re)issued"
-            elif secret is not None and recorded.get("secret_fingerprint") != secret:
+            elif secret_changed:
                 action, reason = Action.UPDATE, "kong.conf: pg_password changed"
             elif r.attrs.get("source") == "ca_bundle" and rot.phase is None and (old_root := sources.bundle(r, recorded)):
                 action, reason = Action.UPDATE, old_root
@@ -379,11 +389,17 @@ def plan(
         # a renewal-settings update of a leaf is recorded without reaching its node
         err = facts.unreachable.get(r.node) if r.node and not (r.type == "cert" and action is Action.UPDATE) else None
         before = _public(rec.attrs) if rec else None
-        changes[addr] = Change(addr, r.type, r.node, action, reason, before,
-                               _public(r.attrs) if action is not Action.DELETE else None, diff, None)
-        if err:
-            changes[addr] = Change(addr, r.type, r.node, action, reason, before, _public(r.attrs), diff,
-                                   f"{r.node} is unreachable: {err}")
+        after = _public(r.attrs) if action is not Action.DELETE else None
+        sensitive: tuple[str, ...] = ()
+        if r.type == "file":
+            if secret_changed:  # the password itself is never in a plan: its name only, (sensitive)
+                sensitive = ("pg_password",)
+            digests = facts.host_digests.get(addr) if reason and reason.startswith("drift: ") else None
+            if digests is not None and before is not None and after is not None:
+                # what refresh read (Terraform's before is the refreshed object) -> what apply writes back
+                before, after = {**before, "host_digest": digests[0]}, {**after, "host_digest": digests[1]}
+        changes[addr] = Change(addr, r.type, r.node, action, reason, before, after, diff,
+                               f"{r.node} is unreachable: {err}" if err else None, sensitive)
 
     deletes = [a for a in prior if a not in desired]
     deletes.sort(key=_delete_order)

@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .plan import Action, Change, Plan
+from .plan import SENSITIVE, Action, Change, Plan
 
-SENSITIVE = "(sensitive)"
+__all__ = ["SENSITIVE", "render_json", "render_text"]
+
 _HIDDEN = {"content"}
+_CERT_TYPES = ("cert", "ca", "shared_cert")
+# what a certificate's (re)issue decides: known only once apply has issued it
+_ISSUED = ("fingerprint", "serial", "not_after")
+_LATER = "(known after apply)"
 
 
 def _fmt(v: Any) -> str:
@@ -32,13 +37,23 @@ def _attr_lines(c: Change) -> list[str]:
             lines.append(f"      + {k} = {_fmt(a)}")
         elif c.action is Action.DELETE:
             lines.append(f"      - {k} = {_fmt(b)}")
-        elif k in after and _fmt(b) != _fmt(a) and k not in ("secret_fingerprint", "host_digest") and not (
+        elif k == "host_digest":
+            if isinstance(b, str) and isinstance(a, str) and b != a:  # drift: on the host -> written back
+                lines.append(f"      ~ host_digest = {b[:12]}... -> {a[:12]}...")
+        elif k in after and _fmt(b) != _fmt(a) and k != "secret_fingerprint" and not (
                 k == "content_digest" and c.diff):
             lines.append(f"      ~ {k} = {_fmt(b)} -> {_fmt(a)}")
-    if c.after and c.type in ("cert", "ca", "shared_cert") and c.action in (Action.CREATE, Action.REPLACE):
-        lines.append("      + fingerprint = (known after apply)")
+    lines.extend(f"      ~ {k} = {SENSITIVE}" for k in c.sensitive)
+    if c.after and c.type in _CERT_TYPES and c.action is Action.CREATE:
+        lines.append(f"      + fingerprint = {_LATER}")
+    elif c.after and c.type in _CERT_TYPES and c.action is Action.REPLACE:  # renewed or reissued
+        for k in _ISSUED:
+            if k in before:
+                lines.append(f"      ~ {k} = {_fmt(before[k])} -> {_LATER}")
+            elif k == "fingerprint":
+                lines.append(f"      + fingerprint = {_LATER}")
     if c.type == "file" and c.after and "content_digest" not in c.after and c.action is not Action.DELETE:
-        lines.append("      ~ content = (known after apply)")
+        lines.append(f"      {'+' if c.action is Action.CREATE else '~'} content = {_LATER}")
     return lines
 
 
@@ -76,6 +91,8 @@ def render_text(plan: Plan, *, color: bool = False) -> str:
     n = plan.counts()
     out.append(f"Plan: {n['add']} to add, {n['change']} to change, {n['replace']} to replace, "
                f"{n['destroy']} to destroy.")
+    if errored:  # shown above, not counted: nothing is applied from a host that could not be read
+        out.append(f"Not counted: {len(errored)} block(s) above whose host could not be read.")
     for e in plan.errors:
         out.append(f"hyprov: error: {e}")
     return "\n".join(out) + "\n"

@@ -197,6 +197,7 @@ def refresh(
         elif r.type == "firewall" and r.node:
             firewalls[r.node] = r
     drift: dict[str, str] = {}
+    host_digests: dict[str, tuple[str, str]] = {}  # drifted file -> (on the host, expected)
     unreachable: dict[str, str] = {}
     transports: dict[str, Transport] = {}
 
@@ -211,7 +212,9 @@ def refresh(
             fw = firewalls.get(name)
             paths = [str(r.attrs["path"]) for r in records] + ([str(fw.attrs["path"])] if fw else [])
             script = hs.read_script(paths) + (nftables.facts_script() if fw else "") if paths else "true"
-            res = tr.run(script)
+            # a transport that can read without preparing the host (the local one: no node
+            # directory made for a node not yet applied) is asked to: a plan changes nothing
+            res = getattr(tr, "read", tr.run)(script)
             if res.exit_status != 0:
                 raise HyprovError(f"reading files failed: {res.stderr.decode(errors='replace').strip()}")
         except HyprovError as exc:
@@ -232,6 +235,8 @@ def refresh(
                 expected = sha256(secret_content(str(a["content"]), password_value))
             if expected is not None and fact.digest != expected:
                 drift[r.address] = "file changed on host"
+                if fact.digest is not None:
+                    host_digests[r.address] = (fact.digest, expected)
             elif a.get("mode") and fact.mode != a["mode"]:
                 drift[r.address] = f"mode changed on host ({fact.mode}, want {a['mode']})"
             elif a.get("owner") and fact.owner != a["owner"]:
@@ -255,7 +260,8 @@ def refresh(
         list(pool.map(read, sorted(files_by_node)))
     from .planner import Facts
 
-    return Facts(drift=drift, unreachable=unreachable, secret_fingerprints=fingerprints.result()), transports
+    return Facts(drift=drift, unreachable=unreachable, secret_fingerprints=fingerprints.result(),
+                 host_digests=host_digests), transports
 
 
 def secret_fingerprints(state: State, password_value: str | None) -> dict[str, str]:

@@ -122,7 +122,7 @@ def test_drift_is_planned_as_update_and_fixed(tmp_path: Path) -> None:
     r = hyprov("plan", "--detailed-exitcode", cwd=tmp_path)
     assert r.returncode == 2
     assert '~ file.dp2["/etc/kong/kong.conf"]    # drift: file changed on host' in r.stdout
-    assert "Plan: 0 to add, 1 to change, 0 to replace, 0 to destroy." in r.stdout
+    assert "Plan: 0 to add, 2 to change, 0 to replace, 0 to destroy." in r.stdout  # the file, its restart
     host_file(tmp_path, "dp1", "/etc/kong/cluster/cluster.crt").unlink()
     r = hyprov("plan", "--json", cwd=tmp_path)
     reasons = {c["address"]: c["action_reason"] for c in json.loads(r.stdout)["resource_changes"]}
@@ -311,7 +311,7 @@ def test_saved_plan_applies_exactly_and_stale_plans_are_refused(tmp_path: Path) 
     path = write(tmp_path, doc)
     assert hyprov("plan", "--out", "first.plan", cwd=tmp_path).returncode == 0
     show = hyprov("show", "first.plan", cwd=tmp_path)
-    assert "Plan: 10 to add" in show.stdout
+    assert "Plan: 13 to add" in show.stdout  # 10 files and certificates, 3 services
     r = hyprov("apply", "first.plan", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     # a plan made before the state moved is stale
@@ -722,7 +722,7 @@ def test_a_renewed_license_updates_every_node_and_restarts_it(tmp_path: Path) ->
     assert r.returncode == 2, r.stdout + r.stderr
     for node in ("cp1", "dp1", "dp2"):
         assert re.search(rf'^  ~ file\.{node}\["/etc/kong/license\.json"\] +# license file changed$', r.stdout, re.M), r.stdout
-    assert "Plan: 0 to add, 3 to change, 0 to replace, 0 to destroy." in r.stdout, r.stdout
+    assert "Plan: 0 to add, 6 to change, 0 to replace, 0 to destroy." in r.stdout, r.stdout  # 3 files, 3 restarts
     apply_ok(tmp_path)
     for node in ("cp1", "dp1", "dp2"):
         assert host_file(tmp_path, node, "/etc/kong/license.json").read_bytes() == lic.read_bytes()

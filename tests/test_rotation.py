@@ -555,7 +555,7 @@ def test_a_renewal_setting_change_is_recorded_then_used_at_the_next_renewal(tmp_
     (tmp_path / "hyprov.state.json").write_text(json.dumps(st, indent=2, sort_keys=True) + "\n")
     r = hyprov("plan", cwd=tmp_path, env=PASS)
     assert "-/+ cert.dp1    # certificate expires in 9 days, renew_before_days is 20" in r.stdout, r.stdout
-    assert "Plan: 0 to add, 1 to change, 1 to replace, 0 to destroy." in r.stdout, r.stdout  # the cert file
+    assert "Plan: 0 to add, 2 to change, 1 to replace, 0 to destroy." in r.stdout, r.stdout  # the cert file, its restart
     assert hyprov("apply", "--auto-approve", cwd=tmp_path, env=PASS).returncode == 0
     leaf = x509.load_pem_x509_certificate((hosts / "dp1/etc/kong/cluster/cluster.crt").read_bytes())
     assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == dt.timedelta(days=60, minutes=5)

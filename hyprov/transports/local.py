@@ -52,6 +52,16 @@ class LocalTransport:
         The script goes on stdin (``sh -s``) unless the caller has stdin of its own
         (then ``sh -c``): see :mod:`hyprov.transports.base`.
         """
+        self.connect()
+        return self._run(script, stdin, timeout, self.root)
+
+    def read(self, script: str, timeout: float | None = None) -> CommandResult:
+        """Run a script that only reads (refresh) without making the node directory: a
+        plan changes nothing on disk, and a node not yet applied simply has no files.
+        Without the directory the script runs in ``/`` (its paths are ``$HYPROV_ROOT``'s)."""
+        return self._run(script, b"", timeout, self.root if self.root.is_dir() else Path("/"))
+
+    def _run(self, script: str, stdin: bytes, timeout: float | None, cwd: Path) -> CommandResult:
         if stdin:
             if len(script.encode()) > ARG_LIMIT:
                 raise TransportError(self.host, f"a script of {len(script.encode())} bytes is too large to pass "
@@ -59,7 +69,6 @@ class LocalTransport:
             argv, data = ["/bin/sh", "-c", script], stdin
         else:
             argv, data = ["/bin/sh", "-s"], stdin_script(script)
-        self.connect()
         env = dict(os.environ)
         env["HYPROV_ROOT"] = str(self.root)
         try:
@@ -70,7 +79,7 @@ class LocalTransport:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                cwd=self.root,
+                cwd=cwd,
                 env=env,
                 start_new_session=True,
             )
