@@ -203,12 +203,12 @@ class Applier:
             except Exception:
                 pass
 
-    def _count(self, c: Change) -> None:
+    def _count(self, c: Change, delta: int = 1) -> None:
         key = {Action.CREATE: "added", Action.UPDATE: "changed", Action.REPLACE: "changed",
                Action.DELETE: "destroyed"}.get(c.action)
-        if key and c.type not in ("service", "migrations"):
+        if key:  # every type, as the plan's summary counts them (a replace is "changed")
             with self.lock:
-                self.counts[key] += 1
+                self.counts[key] += delta
 
     # ------------------------------------------------------------------ entry
 
@@ -809,10 +809,11 @@ class Applier:
                 if code != 0:
                     raise CommandFailed(runs_on, "kong migrations finish", code, "")
                 self._put(ResourceState(c.address, "migrations", runs_on, None, after))
+                self._count(c)
         except HyprovError as exc:
             self.outcomes.setdefault(runs_on, NodeOutcome()).status = "failed"
-            self.outcomes[runs_on].detail = str(exc)
-            self.emit(runs_on, f"failed: {exc}")
+            self.outcomes[runs_on].detail = str(exc).removeprefix(f"{runs_on}: ")
+            self.emit(runs_on, f"failed: {self.outcomes[runs_on].detail}")
             raise
 
     # -------------------------------------------------------------- restarts
@@ -908,6 +909,7 @@ class Applier:
         prior = self.state.nodes.get(name)
         self._put_node(NodeState(name, False, after.get("kong_version"), prior.migrations_done if prior else False))
         self._put(ResourceState(c.address, "service", name, None, after))
+        self._count(c)
         outcome.status, outcome.restarted = "done", True
         self.emit(name, "restarted" if after.get("restart") else "no restart command configured")
         return True
@@ -924,6 +926,7 @@ class Applier:
             back += [c for c in self.by_node[name] if c.type == "cert" and c.action is not Action.DELETE]
         unproven = self._unproven(name)
         for c in back:
+            self._count(c, -1)  # undone: not in "Apply complete: ..."
             prior = self.prior.resources.get(c.address)
             if unproven:
                 # the .hyprov-prev kept predates the prior record (an earlier run's change was

@@ -163,13 +163,13 @@ def _read_plan(path: str, file: str = "FILE") -> Plan:
     from .plan import Plan
 
     try:
-        text = Path(path).read_text()
+        data = Path(path).read_bytes()
     except OSError as exc:
         make = f"make one with: hyprov plan -f {file} --out PLANFILE"
         hint = (f"{path} is a directory: name the plan file in it, or {make}" if Path(path).is_dir()
                 else f"{make}" if isinstance(exc, FileNotFoundError) else f"check its permissions, or {make}")
         raise HyprovError(f"cannot read plan file {path}: {exc.strerror or exc}", hint) from exc
-    return Plan.loads(text, path)
+    return Plan.loads(data, path)  # bytes: a binary file is "not a hyprov plan file"
 
 
 def cmd_show(args: argparse.Namespace) -> int:

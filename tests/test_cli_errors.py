@@ -290,8 +290,8 @@ def test_apply_json_is_json_lines_ending_with_a_summary(topo_dir: Path) -> None:
     assert steps[0]["event"].startswith("shared_cert created")
     assert {"node": "dp1", "event": "restarted", "kind": "done"} in steps
     assert {e["kind"] for e in steps} == {"info", "progress", "done"}
-    assert summary == {"node": "hyprov", "event": "Apply complete: 10 added, 0 changed, 0 destroyed.",
-                       "kind": "summary", "result": "complete", "added": 10, "changed": 0, "destroyed": 0,
+    assert summary == {"node": "hyprov", "event": "Apply complete: 13 added, 0 changed, 0 destroyed.",
+                       "kind": "summary", "result": "complete", "added": 13, "changed": 0, "destroyed": 0,
                        "nodes": {n: {"status": "done", "detail": ""} for n in ("cp1", "dp1", "dp2")}}
     # nothing to do: still one summary line
     r = hyprov("apply", "--auto-approve", "--json", cwd=topo_dir)
@@ -301,8 +301,8 @@ def test_apply_json_is_json_lines_ending_with_a_summary(topo_dir: Path) -> None:
     r = hyprov("destroy", "--auto-approve", "--json", cwd=topo_dir)
     assert r.returncode == 0, r.stderr
     summary = json_lines(r.stdout)[-1]
-    assert summary["event"] == "Destroy complete: 0 added, 0 changed, 10 destroyed."
-    assert (summary["result"], summary["destroyed"]) == ("complete", 10)
+    assert summary["event"] == "Destroy complete: 0 added, 0 changed, 13 destroyed."
+    assert (summary["result"], summary["destroyed"]) == ("complete", 13)
 
 
 def test_failed_apply_json_keeps_stdout_json_and_the_error_on_stderr(tmp_path: Path) -> None:
@@ -323,5 +323,5 @@ def test_failed_apply_json_keeps_stdout_json_and_the_error_on_stderr(tmp_path: P
 
 def test_apply_without_json_is_unchanged(topo_dir: Path) -> None:
     r = hyprov("apply", "--auto-approve", cwd=topo_dir)
-    assert r.returncode == 0 and r.stdout.endswith("Apply complete: 10 added, 0 changed, 0 destroyed.\n")
+    assert r.returncode == 0 and r.stdout.endswith("Apply complete: 13 added, 0 changed, 0 destroyed.\n")
     assert "{" not in r.stdout.splitlines()[-2]

@@ -109,8 +109,6 @@ def test_a_file_that_is_not_a_plan_is_refused_by_name(tmp_path: Path, data: byte
     assert exc.value.hint == "write one with: hyprov plan --out FILE, and pass that file"
 
 
-@pytest.mark.xfail(strict=True, reason="commands._read_plan decodes the file before Plan.loads "
-                   "(UnicodeDecodeError): it should call Plan.read (hyprov/commands.py, not owned here)")
 @pytest.mark.parametrize("cmd", [("show", "g.plan"), ("apply", "g.plan")])
 def test_show_and_apply_of_a_binary_file_fail_cleanly(tmp_path: Path, cmd: tuple[str, str]) -> None:
     write(tmp_path, local_topology())

@@ -35,7 +35,7 @@ def test_live_display_on_a_terminal(tmp_path: Path) -> None:
     code, out = apply_on_pty(tmp_path)
     assert code == 0, out
     shown = screen(out)
-    assert shown[-1] == "Apply complete: 16 added, 0 changed, 0 destroyed."
+    assert shown[-1] == "Apply complete: 21 added, 0 changed, 0 destroyed."
     block = shown[-7:-1]
     assert re.fullmatch(r"Finished: 5 host\(s\): 5 done \(\d+\.\ds\)", block[0]), block
     assert [ln.split() for ln in block[1:]] == [[n, "done", "restarted"] for n in ("cp1", "dp1", "dp2", "dp3", "dp4")]
@@ -91,7 +91,7 @@ def test_output_that_is_not_a_terminal_is_unchanged(tmp_path: Path) -> None:
     assert events[0].startswith("hyprov: shared_cert created (expires ")
     assert sorted(e for e in events if "restarted" in e) == ["cp1: restarted", "dp1: restarted", "dp2: restarted"]
     assert "dp1: file /etc/kong/kong.conf created (" in r.stdout
-    assert r.stdout.endswith("Apply complete: 10 added, 0 changed, 0 destroyed.\n")
+    assert r.stdout.endswith("Apply complete: 13 added, 0 changed, 0 destroyed.\n")
     doc = local_topology(dps=2)
     doc["data_planes"][0]["labels"] = {"a": "b"}
     write(tmp_path, doc)
