@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -201,6 +202,38 @@ def _check_stale(p: Plan, t: Topology, state: State | None, source: str, file: s
     raise StaleState(f"saved plan {source} is stale: {why}", again)
 
 
+def _check_matches(p: Plan, t: Topology, state: State | None, source: str, file: str) -> None:
+    """A saved plan is applied as written (paths, modes, owners and sources come from it), so
+    each change must be one this topology and state can give: what it creates or updates is
+    a resource of the topology with exactly those attributes (apply-time ones aside), and what
+    it deletes is recorded and no longer wanted. Catches a plan file edited or corrupted
+    after ``plan --out`` (the digests above catch a changed topology or state)."""
+    from . import resources
+    from .plan import Action
+    from .planner import APPLY_TIME_ATTRS, public_attributes
+
+    desired = {} if p.destroy else {r.address: r for r in resources.build(t)}
+    recorded = state.resources if state is not None else {}
+
+    def bare(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
+        return {k: v for k, v in (attrs or {}).items() if k not in APPLY_TIME_ATTRS}
+
+    for c in p.changes:
+        if c.action is Action.NOOP:
+            continue
+        if c.action is Action.DELETE:
+            rec = recorded.get(c.address)
+            ok = rec is not None and c.address not in desired and (rec.type, rec.node) == (c.type, c.node)
+        else:
+            r = desired.get(c.address)
+            ok = r is not None and (r.type, r.node) == (c.type, c.node) and \
+                bare(c.after) == bare(json.loads(json.dumps(public_attributes(r.attrs))))
+        if not ok:
+            raise StaleState(f"saved plan {source} does not match this topology and state at {c.address}: "
+                             "the plan file was edited or damaged after it was made",
+                             f"make a new plan with: hyprov plan -f {file} --out {source}")
+
+
 def _confirm(args: argparse.Namespace, question: str) -> bool:
     if args.auto_approve:
         return True
@@ -259,6 +292,7 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
                 p = _read_plan(args.planfile, args.file)
                 state = _read_state(backend, args.file)
                 _check_stale(p, t, state, args.planfile, args.file)
+                _check_matches(p, t, state, args.planfile, args.file)
             else:
                 p, state, transports = _make_plan(t, backend, args, destroy=destroy, connector=connector)
                 if not args.json:

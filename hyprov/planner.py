@@ -128,7 +128,7 @@ def conf_diff(path: str, old: str, new: str) -> str:
     return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), f"a{path}", f"b{path}"))
 
 
-def _public(attrs: Mapping[str, Any]) -> dict[str, Any]:
+def public_attributes(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """Attributes as shown in plans: no content bodies, no secret references resolved."""
     return {k: v for k, v in sorted(attrs.items()) if k not in ("content", "pem")}
 
@@ -388,8 +388,8 @@ def plan(
             reissued.add(addr)
         # a renewal-settings update of a leaf is recorded without reaching its node
         err = facts.unreachable.get(r.node) if r.node and not (r.type == "cert" and action is Action.UPDATE) else None
-        before = _public(rec.attrs) if rec else None
-        after = _public(r.attrs) if action is not Action.DELETE else None
+        before = public_attributes(rec.attrs) if rec else None
+        after = public_attributes(r.attrs) if action is not Action.DELETE else None
         sensitive: tuple[str, ...] = ()
         if r.type == "file":
             if secret_changed:  # the password itself is never in a plan: its name only, (sensitive)
@@ -409,7 +409,7 @@ def plan(
             f"node {rec.node} was removed from the topology" if rec.node and not any(
                 r.node == rec.node for r in desired.values()) else "no longer in the topology")
         err = facts.unreachable.get(rec.node or "") if rec.node else None
-        changes[addr] = Change(addr, rec.type, rec.node, Action.DELETE, reason, _public(rec.attrs), None, None,
+        changes[addr] = Change(addr, rec.type, rec.node, Action.DELETE, reason, public_attributes(rec.attrs), None, None,
                                f"{rec.node} is unreachable: {err}" if err else None)
 
     if targets and g is not None:

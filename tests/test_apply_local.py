@@ -330,6 +330,31 @@ def test_saved_plan_applies_exactly_and_stale_plans_are_refused(tmp_path: Path) 
     assert path.exists()
 
 
+@pytest.mark.parametrize("edit", [
+    pytest.param(lambda c: c.update(address='file.dp7["/x"]'), id="an address the topology lacks"),
+    pytest.param(lambda c: c["after"].update(path="/etc/passwd"), id="another path"),
+    pytest.param(lambda c: c["after"].update(mode="0666"), id="another mode"),
+    pytest.param(lambda c: c["after"].update(owner="nobody"), id="another owner"),
+    pytest.param(lambda c: c.update(actions=["delete"], after=None), id="a delete of what is wanted"),
+])
+def test_a_saved_plan_edited_after_it_was_made_is_refused(tmp_path: Path, edit: Any) -> None:
+    """apply PLANFILE takes paths, modes and owners from the plan file: a change the topology
+    and state cannot give is refused before anything is touched."""
+    write(tmp_path, local_topology())
+    assert hyprov("plan", "--out", "p.plan", cwd=tmp_path).returncode == 0
+    doc = json.loads((tmp_path / "p.plan").read_text())
+    conf = next(c for c in doc["resource_changes"] if c["address"] == 'file.dp1["/etc/kong/kong.conf"]')
+    edit(conf)
+    (tmp_path / "edited.plan").write_text(json.dumps(doc))
+    r = hyprov("apply", "edited.plan", cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert r.stderr.startswith("hyprov: error: saved plan edited.plan does not match this topology and state at "
+                               ), r.stderr
+    assert not (tmp_path / ".hyprov" / "hosts").exists(), "nothing touched"
+    r = hyprov("apply", "p.plan", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_apply_without_tty_needs_auto_approve(tmp_path: Path) -> None:
     write(tmp_path, local_topology())
     r = hyprov("apply", cwd=tmp_path, input="")
