@@ -120,6 +120,13 @@ class Applier:
                 self.by_node.setdefault(c.node, []).append(c)
         for name in self.by_node:
             self.outcomes[name] = NodeOutcome()
+        # hosts refresh could not read: their changes are not applied (not actionable), and
+        # if a CP's are among them, no DP restarts after it (DPs follow their CPs)
+        self.unreachable = dict(plan.unreachable)
+        for name, why in self.unreachable.items():
+            self.outcomes[name] = NodeOutcome("failed", f"unreachable: {why}; its changes were not applied")
+        cps = {n.name for n in topology.control_planes}
+        self._cp_left_behind = any(c.error and c.node in cps for c in plan.changes)
         # the rollout's pipeline: set when a node's files step ended (done or failed), and
         # what stopped the files step (an error it does not record as a node's failure)
         self._landed: dict[str, threading.Event] = {}
@@ -844,6 +851,8 @@ class Applier:
             if not cp_ok:
                 stopped = True
                 break
+        if dps and self._cp_left_behind:
+            stopped = True  # an unreachable CP has changes this run cannot make
         if dps and not stopped:
             for cp in self.t.control_planes:
                 self._wait_files(cp.name)

@@ -57,7 +57,7 @@ def _make_plan(t: Topology, backend: StateBackend, args: argparse.Namespace, *, 
 
     from . import shell
 
-    state = _read_state(backend, args.file)
+    state = _read_state(backend, getattr(args, "file", "hyprov.yaml"))
     pw = shell.password(t) if not destroy else shell.password(t, required=False)
     refresh = getattr(args, "refresh", None)
     pending: Future[tuple[Any, dict[str, Any]]] | None = None
@@ -299,7 +299,8 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
                     sys.stdout.write(render.render_text(p, color=_color()))
                 elif not args.auto_approve:  # reviewed before the question, off the JSON stream
                     sys.stderr.write(render.render_text(p, color=False))
-                if p.errors:
+                if p.errors and not (p.unreachable and p.has_changes):
+                    # unreachable hosts alone do not stop the others: the applier fails them
                     raise HyprovError("the plan has errors: nothing was applied", "fix them or use --target")
                 if not p.has_changes:
                     if args.json:

@@ -107,6 +107,8 @@ class Plan:
     errors: tuple[str, ...] = ()
     # root CA rotation in progress (hyprov.rotation.Tracker.summary), or a note; None: nothing to say
     root_rotation: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+    # nodes refresh could not read, and why: their changes are shown, not applied (apply fails them)
+    unreachable: tuple[tuple[str, str], ...] = ()
 
     @property
     def actionable(self) -> tuple[Change, ...]:
@@ -140,6 +142,7 @@ class Plan:
             "targets": list(self.targets),
             "resource_changes": [c.to_json() for c in self.changes if c.action is not Action.NOOP or c.error],
             "errors": list(self.errors),
+            "unreachable_nodes": dict(self.unreachable),
             "summary": self.counts(),
             "root_rotation": self.root_rotation,
         }
@@ -174,11 +177,14 @@ class Plan:
                 raise ValueError("topology_digest, prior_state.lineage or prior_state.serial has the wrong type")
             changes = d["resource_changes"]
             rotation = d.get("root_rotation")
-            if not isinstance(changes, list) or not (rotation is None or isinstance(rotation, dict)):
-                raise ValueError("resource_changes must be a list, root_rotation an object")
+            unreachable = d.get("unreachable_nodes", {})
+            if not isinstance(changes, list) or not (rotation is None or isinstance(rotation, dict)) or \
+                    not isinstance(unreachable, dict):
+                raise ValueError("resource_changes must be a list, root_rotation and unreachable_nodes objects")
             return cls(digest, lineage, serial, tuple(Change.from_json(c) for c in changes),
                        tuple(map(str, d.get("targets", ()))), bool(d.get("destroy")),
-                       tuple(map(str, d.get("errors", ()))), rotation)
+                       tuple(map(str, d.get("errors", ()))), rotation,
+                       tuple(sorted((str(k), str(v)) for k, v in unreachable.items())))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:  # UnicodeDecodeError is a ValueError
             why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"{type(exc).__name__}: {exc}"
             raise HyprovError(f"{source} is not a hyprov plan file ({why})",

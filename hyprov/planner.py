@@ -418,8 +418,17 @@ def plan(
     for c in changes.values():
         if c.error:
             errors.append(f"{c.address}: {c.error}")
+    # a host refresh could not read is an error even when nothing of it changes: its files
+    # could not be checked for drift (with --target, only the targeted ones' hosts count)
+    involved = {c.node for c in changes.values()} if targets else \
+        {r.node for r in desired.values()} | {r.node for r in prior.values()}
+    unreachable = tuple(sorted((n, e) for n, e in facts.unreachable.items() if n in involved))
+    errored = {c.node for c in changes.values() if c.error}
+    errors += [f"{n} is unreachable: {e} (its files could not be checked for drift)"
+               for n, e in unreachable if n not in errored]
     return Plan(topology_digest, state.lineage if state else None, state.serial if state else None,
-                tuple(changes.values()), tuple(targets), destroy, tuple(dict.fromkeys(errors)), rot.summary())
+                tuple(changes.values()), tuple(targets), destroy, tuple(dict.fromkeys(errors)), rot.summary(),
+                unreachable)
 
 
 _DELETE_RANK = {"service": 0, "migrations": 0, "firewall": 1, "file": 2, "cert": 3, "shared_cert": 4, "ca": 5}

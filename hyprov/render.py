@@ -62,8 +62,10 @@ def render_text(plan: Plan, *, color: bool = False) -> str:
     actionable = plan.actionable
     errored = [c for c in plan.changes if c.error]
     rotation = plan.root_rotation["message"] + "\n" if plan.root_rotation else None
-    if not actionable and not errored:
+    if not actionable and not errored and not plan.errors:
         return "No changes. The cluster matches the topology.\n" + (f"\n{rotation}" if rotation else "")
+    if not actionable and not errored:  # nothing to do on the hosts read, but some could not be
+        return "\n".join(["No changes on the hosts that could be read.", *_error_lines(plan)]) + "\n"
     out.append("hyprov will perform the following actions:\n")
     if rotation:
         out.append(rotation)
@@ -93,9 +95,16 @@ def render_text(plan: Plan, *, color: bool = False) -> str:
                f"{n['destroy']} to destroy.")
     if errored:  # shown above, not counted: nothing is applied from a host that could not be read
         out.append(f"Not counted: {len(errored)} block(s) above whose host could not be read.")
-    for e in plan.errors:
-        out.append(f"hyprov: error: {e}")
+    out += _error_lines(plan)
     return "\n".join(out) + "\n"
+
+
+def _error_lines(plan: Plan) -> list[str]:
+    out = [f"hyprov: error: {e}" for e in plan.errors]
+    if plan.unreachable:
+        out.append("hyprov: hint: bring the host(s) back or fix their connection settings; apply goes on "
+                   "with the other nodes and fails these")
+    return out
 
 
 def _paint(text: str, action: Action, color: bool) -> str:

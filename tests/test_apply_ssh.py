@@ -171,6 +171,72 @@ def test_unreachable_host_fails_alone_and_rerun_converges(tmp_path: Path, hosts5
     converged(tmp_path)
 
 
+def test_an_unreachable_host_is_an_error_even_with_nothing_to_change(tmp_path: Path, hosts5: SSHHosts) -> None:
+    """A converged cluster, dp2 down: plan (refresh by default) names dp2 and exits 1, never
+    "No changes" (its files could not be checked for drift)."""
+    write(tmp_path, ssh_topology(hosts5, mtls="shared"))
+    apply_ok(tmp_path)
+    down = hosts5.hosts[2]
+    hosts5.stop(down)
+    try:
+        r = hyprov("plan", "--detailed-exitcode", cwd=tmp_path)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "hyprov: error: dp2 is unreachable: " in r.stdout and "matches the topology" not in r.stdout, r.stdout
+        assert "hyprov: hint: bring the host(s) back" in r.stdout
+        assert hyprov("plan", "--no-refresh", "--detailed-exitcode", cwd=tmp_path).returncode == 0
+    finally:
+        hosts5.start(down)
+    converged(tmp_path)
+
+
+def test_an_unreachable_dp_fails_alone_on_a_later_apply_too(tmp_path: Path, hosts5: SSHHosts) -> None:
+    """With state (so apply refreshes first), dp2 down while every node's kong.conf changes:
+    cp1, dp1 and dp3 are updated and restarted, dp2 is reported failed, exit 1; once dp2 is
+    back the next apply converges."""
+    doc = ssh_topology(hosts5, mtls="shared")
+    write(tmp_path, doc)
+    apply_ok(tmp_path)
+    doc["defaults"].setdefault("settings", {})["log_level"] = "warn"
+    write(tmp_path, doc)
+    down = hosts5.hosts[2]
+    hosts5.stop(down)
+    try:
+        r = hyprov("apply", "--auto-approve", cwd=tmp_path)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
+        assert re.search(r"dp2: failed: unreachable: .*its changes were not applied", r.stderr), r.stderr
+        for h in (hosts5.hosts[0], hosts5.hosts[1], hosts5.hosts[3]):
+            assert "log_level = warn" in on_host(h, "/etc/kong/kong.conf").read_text()
+            assert restarts(h) == 2
+    finally:
+        hosts5.start(down)
+    assert "log_level = warn" not in on_host(down, "/etc/kong/kong.conf").read_text()
+    apply_ok(tmp_path)
+    assert "log_level = warn" in on_host(down, "/etc/kong/kong.conf").read_text()
+    converged(tmp_path)
+
+
+def test_an_unreachable_cp_with_changes_holds_back_the_dps(tmp_path: Path, hosts5: SSHHosts) -> None:
+    """cp1 down while every kong.conf changes: DPs follow their CP, so none restarts (nor gets
+    its new files); exit 1; the next apply, cp1 back, rolls all."""
+    doc = ssh_topology(hosts5, mtls="shared")
+    write(tmp_path, doc)
+    apply_ok(tmp_path)
+    doc["defaults"].setdefault("settings", {})["log_level"] = "warn"
+    write(tmp_path, doc)
+    cp = hosts5.hosts[0]
+    hosts5.stop(cp)
+    try:
+        r = hyprov("apply", "--auto-approve", cwd=tmp_path)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert re.search(r"cp1: failed: unreachable: ", r.stderr), r.stderr
+        for h in hosts5.hosts[1:]:
+            assert restarts(h) == 1 and "log_level = warn" not in on_host(h, "/etc/kong/kong.conf").read_text()
+    finally:
+        hosts5.start(cp)
+    apply_ok(tmp_path)
+    converged(tmp_path)
+
+
 def test_changed_host_key_is_refused_with_its_fingerprint(tmp_path: Path, hosts5: SSHHosts) -> None:
     write(tmp_path, ssh_topology(hosts5, mtls="shared"))
     h = hosts5.hosts[1]
