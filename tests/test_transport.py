@@ -431,6 +431,36 @@ def test_ssh_agent_is_used_without_identity_file(ssh_hosts: SSHHosts, tmp_path: 
         agent.wait()
 
 
+def test_an_encrypted_identity_file_is_skipped_for_the_agent(ssh_hosts: SSHHosts, tmp_path: Path,
+                                                              no_agent_home: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """An OpenSSH-format key with a passphrase (paramiko lets cryptography's TypeError out):
+    skipped and named as encrypted, and the agent, which holds it, is used, as ssh does."""
+    enc = tmp_path / "enc_key"
+    enc.write_bytes(ssh_hosts.client_key.read_bytes())
+    enc.chmod(0o600)
+    subprocess.run(["ssh-keygen", "-q", "-p", "-N", "s3cret-pass", "-f", str(enc)], check=True, capture_output=True)
+    t = transport(ssh_hosts, ssh_hosts[0], identity_file=str(enc))
+    with pytest.raises(ConnectError, match=r"enc_key \(encrypted: add it to ssh-agent\)"):
+        t.connect()
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            if sock.exists():
+                break
+            time.sleep(0.01)
+        subprocess.run(["ssh-add", "-q", str(ssh_hosts.client_key)], env={**os.environ, "SSH_AUTH_SOCK": str(sock)},
+                       check=True, capture_output=True)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        t = transport(ssh_hosts, ssh_hosts[0], identity_file=str(enc))
+        assert t.run("echo agent").stdout == b"agent\n"
+        t.close()
+    finally:
+        agent.terminate()
+        agent.wait()
+
+
 def _drop(hosts: SSHHosts, host: SSHHost) -> None:
     assert hosts.drop_connections(host) >= 1
 

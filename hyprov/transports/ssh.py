@@ -399,6 +399,18 @@ def _resolve(params: SSHParams, extra_identities: Sequence[str]) -> _Target:
     )
 
 
+def _load_key(path: str) -> paramiko.PKey:
+    """``PKey.from_path``, with an encrypted key always :class:`paramiko.PasswordRequiredException`:
+    for an OpenSSH-format key paramiko lets cryptography's TypeError ("Key is
+    password-protected, but password was not provided") through instead."""
+    try:
+        return paramiko.PKey.from_path(path)
+    except TypeError as exc:
+        if "password" in str(exc).lower():
+            raise paramiko.PasswordRequiredException(str(exc)) from exc
+        raise
+
+
 def _parse_jump(spec: str) -> tuple[str | None, str, int | None]:
     """``[user@]host[:port]`` (host may be ``[v6]``) -> (user, host, port)."""
     spec = spec.strip()
@@ -672,7 +684,7 @@ class SSHTransport:
 
         for path in target.identities:
             try:
-                key = paramiko.PKey.from_path(path)
+                key = _load_key(path)
             except FileNotFoundError as exc:
                 if target.identities_explicit and path == target.identities[0]:
                     raise ConnectError(
@@ -711,7 +723,10 @@ class SSHTransport:
                 if path in target.identities or not os.path.exists(path):
                     continue
                 try:
-                    key = paramiko.PKey.from_path(path)
+                    key = _load_key(path)
+                except paramiko.PasswordRequiredException:
+                    tried.append(f"{path} (encrypted: add it to ssh-agent)")
+                    continue
                 except (paramiko.SSHException, OSError, ValueError):
                     continue
                 if attempt(key, f"{path} ({fingerprint(key)})"):
