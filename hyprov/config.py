@@ -998,6 +998,10 @@ def _path(base: Path, value: str | None) -> Path | None:
     return p if p.is_absolute() else base / p
 
 
+def _opt_str(p: Path | None) -> str | None:
+    return None if p is None else str(p)
+
+
 def _setting_pairs(*dicts: dict[str, Any]) -> tuple[tuple[str, m.SettingValue], ...]:
     merged: dict[str, Any] = {}
     for d in dicts:
@@ -1012,8 +1016,9 @@ def _connection(base: Path, defaults: dict[str, Any], own: dict[str, Any]) -> m.
         type=ctype,
         user=c.get("user"),
         port=c.get("port"),
-        identity_file=c.get("identity_file"),
-        known_hosts=c.get("known_hosts"),
+        # relative paths are the topology file's, like root, state and secrets_dir (not the cwd's)
+        identity_file=_opt_str(_path(base, c.get("identity_file"))),
+        known_hosts=_opt_str(_path(base, c.get("known_hosts"))),
         host_key_policy=c.get("host_key_policy", "strict"),
         become=c.get("become", "none"),
         proxy_jump=c.get("proxy_jump"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -235,6 +236,25 @@ def test_an_unreachable_cp_with_changes_holds_back_the_dps(tmp_path: Path, hosts
         hosts5.start(cp)
     apply_ok(tmp_path)
     converged(tmp_path)
+
+
+def test_relative_key_paths_are_the_topology_files_not_the_working_directorys(
+        tmp_path: Path, hosts5: SSHHosts) -> None:
+    """identity_file and known_hosts given relative to the topology file (like root, state and
+    secrets_dir) work from any working directory."""
+    proj = tmp_path / "proj"
+    (proj / "keys").mkdir(parents=True)
+    shutil.copy(hosts5.client_key, proj / "keys" / "id")
+    (proj / "keys" / "id").chmod(0o600)
+    shutil.copy(hosts5.known_hosts, proj / "keys" / "known_hosts")
+    doc = ssh_topology(hosts5, mtls="shared")
+    doc["defaults"]["connection"].update(identity_file="keys/id", known_hosts="keys/known_hosts")
+    write(proj, doc)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = hyprov("apply", "-f", "../proj/hyprov.yaml", "--auto-approve", cwd=elsewhere)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert hyprov("plan", "-f", str(proj / "hyprov.yaml"), "--detailed-exitcode", cwd=tmp_path).returncode == 0
 
 
 def test_changed_host_key_is_refused_with_its_fingerprint(tmp_path: Path, hosts5: SSHHosts) -> None:
