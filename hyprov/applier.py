@@ -57,6 +57,7 @@ class NodeOutcome:
     detail: str = ""
     restarted: bool = False
     restarted_at: float | None = None  # epoch s the restart was issued (apply --wait-connected)
+    hint: str | None = None  # what to do about a failure (the error's own hint)
 
 
 @dataclass
@@ -124,7 +125,9 @@ class Applier:
         # if a CP's are among them, no DP restarts after it (DPs follow their CPs)
         self.unreachable = dict(plan.unreachable)
         for name, why in self.unreachable.items():
-            self.outcomes[name] = NodeOutcome("failed", f"unreachable: {why}; its changes were not applied")
+            self.outcomes[name] = NodeOutcome(
+                "failed", f"unreachable: {why}; its changes were not applied",
+                hint="bring the host back or fix its connection settings; the next apply makes its changes")
         cps = {n.name for n in topology.control_planes}
         self._cp_left_behind = any(c.error and c.node in cps for c in plan.changes)
         # the rollout's pipeline: set when a node's files step ended (done or failed), and
@@ -626,6 +629,7 @@ class Applier:
             self._save(periodic=True)
         except HyprovError as exc:
             outcome.status, outcome.detail = "failed", str(exc).removeprefix(f"{name}: ")
+            outcome.hint = exc.hint
             self.emit(name, f"failed: {outcome.detail}")
             self._save(periodic=True)
 
@@ -820,6 +824,7 @@ class Applier:
         except HyprovError as exc:
             self.outcomes.setdefault(runs_on, NodeOutcome()).status = "failed"
             self.outcomes[runs_on].detail = str(exc).removeprefix(f"{runs_on}: ")
+            self.outcomes[runs_on].hint = exc.hint
             self.emit(runs_on, f"failed: {self.outcomes[runs_on].detail}")
             raise
 
@@ -912,6 +917,7 @@ class Applier:
                     raise CommandFailed(name, f"health check ({health})", ran["health"], steps.output("health"))
         except HyprovError as exc:
             outcome.status, outcome.detail = "failed", str(exc).removeprefix(f"{name}: ")
+            outcome.hint = exc.hint
             self.emit(name, f"failed: {outcome.detail}")
             self._save()
             return False

@@ -255,7 +255,8 @@ def _summary(destroy: bool, counts: dict[str, int], outcomes: dict[str, Any], fa
         f": {counts['added']} added, {counts['changed']} changed, {counts['destroyed']} destroyed."
     return {"node": "hyprov", "event": text, "kind": "summary", "result": "failed" if failed else "complete",
             "added": counts["added"], "changed": counts["changed"], "destroyed": counts["destroyed"],
-            "nodes": {name: {"status": o.status, "detail": o.detail} for name, o in sorted(outcomes.items())}}
+            "nodes": {name: {"status": o.status, "detail": o.detail, **({"hint": o.hint} if o.hint else {})}
+                      for name, o in sorted(outcomes.items())}}
 
 
 def _print_json(obj: dict[str, Any]) -> None:
@@ -335,6 +336,8 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
         print(f"\n{word.capitalize()} finished with failures:", file=sys.stderr)
         for name, o in sorted(result.outcomes.items()):
             print(f"  {name}: {o.status}{': ' + o.detail if o.detail else ''}", file=sys.stderr)
+            if o.hint:  # the failure's own advice (a host key, sudo, a firewall), under its node
+                print(f"      hint: {o.hint}", file=sys.stderr)
         failed = sum(o.status == "failed" for o in result.outcomes.values())
         raise ApplyError(f"{word} failed on {failed} node(s); state records what was done ({c['added']} added, "
                          f"{c['changed']} changed, {c['destroyed']} destroyed)",

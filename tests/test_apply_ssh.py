@@ -204,7 +204,8 @@ def test_an_unreachable_dp_fails_alone_on_a_later_apply_too(tmp_path: Path, host
     try:
         r = hyprov("apply", "--auto-approve", cwd=tmp_path)
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
-        assert re.search(r"dp2: failed: unreachable: .*its changes were not applied", r.stderr), r.stderr
+        assert re.search(r"dp2: failed: unreachable: .*its changes were not applied\n      hint: bring the host",
+                         r.stderr), r.stderr
         for h in (hosts5.hosts[0], hosts5.hosts[1], hosts5.hosts[3]):
             assert "log_level = warn" in on_host(h, "/etc/kong/kong.conf").read_text()
             assert restarts(h) == 2
@@ -264,6 +265,7 @@ def test_changed_host_key_is_refused_with_its_fingerprint(tmp_path: Path, hosts5
     r = hyprov("apply", "--auto-approve", cwd=tmp_path)
     assert r.returncode == 1
     assert new_fp in r.stderr and "dp1" in r.stderr
+    assert "      hint: if the host was really reinstalled, remove the old key with `ssh-keygen -R" in r.stderr, r.stderr
     assert not on_host(h, "/etc/kong/kong.conf").exists()
 
 
