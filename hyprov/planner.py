@@ -368,7 +368,7 @@ def plan(
                 action = Action.UPDATE
                 reason = "restart: " + ", ".join(changes[d].address.split('"')[1] for d in changed_files) + " changed"
             elif node_state is not None and node_state.pending_restart:
-                action, reason = Action.UPDATE, "restart left pending by an interrupted or failed run"
+                action, reason = Action.UPDATE, "restart left pending by an earlier apply (interrupted, failed or --target)"
             elif "kong_version" in keys:
                 action = Action.UPDATE
                 reason = f"restart: kong_version {recorded.get('kong_version')} -> {r.attrs['kong_version']}"

@@ -200,7 +200,7 @@ def test_failed_restart_stays_pending_until_it_succeeds(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
     r = hyprov("plan", cwd=tmp_path)
-    assert "~ service.dp1    # restart left pending by an interrupted or failed run" in r.stdout
+    assert "~ service.dp1    # restart left pending by an earlier apply (interrupted, failed or --target)" in r.stdout
     assert "kong.conf" not in r.stdout, "the files were written: only the restart is pending"
     flag.unlink()
     apply_ok(tmp_path)

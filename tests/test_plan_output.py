@@ -74,7 +74,7 @@ def test_summary_counts_every_block_shown_in_text_json_and_show(tmp_path: Path) 
 def test_a_pending_restart_alone_is_one_change_as_the_exit_code_says() -> None:
     p = make_plan(topo(BASE), recorded(topo(BASE)).with_node(NodeState("dp2", True, "3.9.1")))
     text = render.render_text(p)
-    assert "  ~ service.dp2    # restart left pending by an interrupted or failed run\n" in text
+    assert "  ~ service.dp2    # restart left pending by an earlier apply (interrupted, failed or --target)\n" in text
     assert "Plan: 0 to add, 1 to change, 0 to replace, 0 to destroy.\n" in text
     assert p.has_changes and p.counts() == {"add": 0, "change": 1, "replace": 0, "destroy": 0}
     assert json.loads(render.render_json(p))["summary"] == p.counts()

@@ -102,7 +102,7 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, tuple[str, str 
      {'file.dp2["/etc/kong/kong.conf"]': ("~", "drift: file changed on host"),
       "service.dp2": ("~", "restart: /etc/kong/kong.conf changed")}),
     ("pending-restart-survives", {}, {"pending": "dp1"},
-     {"service.dp1": ("~", "restart left pending by an interrupted or failed run")}),
+     {"service.dp1": ("~", "restart left pending by an earlier apply (interrupted, failed or --target)")}),
     ("leaf-renewal-by-expiry", {}, {"not_after": NOW + timedelta(days=12)},
      {"cert.cp1": ("-/+", "certificate expires in 12 days, renew_before_days is 30")}),
     ("version-upgrade-restarts-cp-first", edit(_set("cluster.kong_version", "3.10.0")), {},
