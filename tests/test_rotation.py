@@ -305,9 +305,11 @@ def test_a_renewal_setting_change_rotates_nothing_and_reissues_nothing(pki: dict
     if "leaf_validity_days" in pki:
         assert f"leaf_validity_days 90 -> {pki['leaf_validity_days']} (from the next issue)" in got["cert.dp1"][1]
     assert "the root CA is not rotated" in got["ca.root"][1]
-    # nothing reaches a node: one that cannot be reached does not hold the change up
+    # nothing reaches a node: one that cannot be reached does not hold the change up (it is
+    # reported, and apply goes on with every change, none of them being dp1's files)
     down = make_plan(topo(_settings(**pki)), recorded(T), Facts(unreachable={"dp1": "connection refused"}))
-    assert not down.errors and actions(down) == got
+    assert actions(down) == got and down.unreachable == (("dp1", "connection refused"),)
+    assert down.errors == ("dp1 is unreachable: connection refused (its files could not be checked for drift)",)
     text = render.render_text(p)
     assert "Root CA rotation" not in text
     assert "0 to add, 5 to change, 0 to replace, 0 to destroy" in text
