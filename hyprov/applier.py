@@ -9,9 +9,10 @@ leaves the later ones as they were (the migrations CP's files, then ``migrations
 before``; each CP, one at a time in topology order; each DP batch once every CP
 restarted and the previous batch passed; each restart gated by its health
 command), then ``migrations after`` once every node is done, then deletes.
-State is saved when each node finishes a step; a node's ``pending_restart`` is saved before its first file is
-written and cleared only after its restart succeeded; its file records are put
-in the state before its restart starts, so any save after its restart holds them.
+State is saved when each node finishes a step; a node's ``pending_restart`` is
+saved before its first file is written and cleared only after its restart
+succeeded; its file records are put in the state before its restart starts, so
+any save after its restart holds them.
 """
 
 from __future__ import annotations
