@@ -98,6 +98,9 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
             continue
         why = tool.missing()
         if why:
+            if args.smoke and os.environ.get("CI"):  # CI keeps every tool's harness alive
+                print(f"[bench] error: {tool.name} is missing in CI: {why}", file=sys.stderr)
+                return 1
             print(f"[bench] skipping {tool.name}: {why}")
             continue
         tools.append(tool)
@@ -135,9 +138,9 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     doc = runner.results_doc(bench, argv, meta, started, plan, issuance)
     if interrupted:
         doc["interrupted"] = True
-    _write_outputs(doc, json_path, md, png)
+    pictured = _write_outputs(doc, json_path, md, png)
     took = time.monotonic() - t0
-    bad = bool(bench.failures) or pure_failed or interrupted
+    bad = bool(bench.failures) or pure_failed or interrupted or not pictured
     print(f"[bench] {'FAILED' if bad else 'ok'}: {len(bench.samples)} phase runs, "
           f"{len(bench.failures)} failed their check, pure parts {'FAILED' if pure_failed else 'ok'}; "
           f"{took:.0f}s")

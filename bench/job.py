@@ -191,6 +191,8 @@ def verify(job: Job, phase: str, crt: bytes, key: bytes) -> list[str]:
             p = up / d.removeprefix("/etc/")
             if not p.is_dir():
                 problems.append(f"{n.name}: directory {d} missing")
+            elif stat.S_IMODE(p.stat().st_mode) != 0o755:
+                problems.append(f"{n.name}: directory {d} mode {stat.S_IMODE(p.stat().st_mode):04o}, want 0755")
         for path, (content, mode) in files.items():
             p = up / path.removeprefix("/etc/")
             try:
