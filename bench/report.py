@@ -275,6 +275,9 @@ def render(doc: dict[str, Any], png_name: str | None) -> str:
         w("")
     notes = BENCH / "findings.md"
     if notes.exists():
+        w("## Notes (by hand, session by session)\n")
+        w("Not generated: each figure below names the commit and run it was measured on; the "
+          "tables above are this run's.\n")
         w(notes.read_text().rstrip() + "\n")
     return "\n".join(out)
 
