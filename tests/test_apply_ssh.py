@@ -190,17 +190,23 @@ def test_an_unreachable_host_is_an_error_even_with_nothing_to_change(tmp_path: P
     converged(tmp_path)
 
 
-def test_an_unreachable_dp_fails_alone_on_a_later_apply_too(tmp_path: Path, hosts5: SSHHosts) -> None:
-    """With state (so apply refreshes first), dp2 down while every node's kong.conf changes:
-    cp1, dp1 and dp3 are updated and restarted, dp2 is reported failed, exit 1; once dp2 is
-    back the next apply converges."""
+def _converged_then_every_conf_changes_with_one_host_down(tmp_path: Path, hosts5: SSHHosts, down: int) -> SSHHost:
+    """Apply a shared-mode cluster, give every kong.conf a new log_level, stop host ``down``'s
+    sshd (the caller starts it again) and return that host."""
     doc = ssh_topology(hosts5, mtls="shared")
     write(tmp_path, doc)
     apply_ok(tmp_path)
     doc["defaults"].setdefault("settings", {})["log_level"] = "warn"
     write(tmp_path, doc)
-    down = hosts5.hosts[2]
-    hosts5.stop(down)
+    hosts5.stop(hosts5.hosts[down])
+    return hosts5.hosts[down]
+
+
+def test_an_unreachable_dp_fails_alone_on_a_later_apply_too(tmp_path: Path, hosts5: SSHHosts) -> None:
+    """With state (so apply refreshes first), dp2 down while every node's kong.conf changes:
+    cp1, dp1 and dp3 are updated and restarted, dp2 is reported failed, exit 1; once dp2 is
+    back the next apply converges."""
+    down = _converged_then_every_conf_changes_with_one_host_down(tmp_path, hosts5, 2)
     try:
         r = hyprov("apply", "--auto-approve", cwd=tmp_path)
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
@@ -220,13 +226,7 @@ def test_an_unreachable_dp_fails_alone_on_a_later_apply_too(tmp_path: Path, host
 def test_an_unreachable_cp_with_changes_holds_back_the_dps(tmp_path: Path, hosts5: SSHHosts) -> None:
     """cp1 down while every kong.conf changes: DPs follow their CP, so none restarts (nor gets
     its new files); exit 1; the next apply, cp1 back, rolls all."""
-    doc = ssh_topology(hosts5, mtls="shared")
-    write(tmp_path, doc)
-    apply_ok(tmp_path)
-    doc["defaults"].setdefault("settings", {})["log_level"] = "warn"
-    write(tmp_path, doc)
-    cp = hosts5.hosts[0]
-    hosts5.stop(cp)
+    cp = _converged_then_every_conf_changes_with_one_host_down(tmp_path, hosts5, 0)
     try:
         r = hyprov("apply", "--auto-approve", cwd=tmp_path)
         assert r.returncode == 1, r.stdout + r.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -407,9 +408,9 @@ def test_auth_failure_is_a_connect_error(ssh_hosts: SSHHosts, tmp_path: Path,
         missing.connect()
 
 
-def test_ssh_agent_is_used_without_identity_file(ssh_hosts: SSHHosts, tmp_path: Path,
-                                                 no_agent_home: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+@contextlib.contextmanager
+def agent_holding(key: Path, tmp_path: Path) -> Iterator[Path]:
+    """A private ssh-agent holding ``key``: its socket (not put in the environment)."""
     sock = tmp_path / "agent.sock"
     agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
     try:
@@ -417,18 +418,24 @@ def test_ssh_agent_is_used_without_identity_file(ssh_hosts: SSHHosts, tmp_path: 
             if sock.exists():
                 break
             time.sleep(0.01)
-        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
-        subprocess.run(["ssh-add", "-q", str(ssh_hosts.client_key)], env=env, check=True,
+        subprocess.run(["ssh-add", "-q", str(key)], env={**os.environ, "SSH_AUTH_SOCK": str(sock)}, check=True,
                        capture_output=True)
+        yield sock
+    finally:
+        agent.terminate()
+        agent.wait()
+
+
+def test_ssh_agent_is_used_without_identity_file(ssh_hosts: SSHHosts, tmp_path: Path,
+                                                 no_agent_home: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    with agent_holding(ssh_hosts.client_key, tmp_path) as sock:
         t = transport(ssh_hosts, ssh_hosts[0], identity_file=None)
         with pytest.raises(ConnectError, match="no keys at all"):
             t.connect()  # no agent in the environment yet: nothing to offer
         monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
         assert t.run("echo agent").stdout == b"agent\n"
         t.close()
-    finally:
-        agent.terminate()
-        agent.wait()
 
 
 def test_an_encrypted_identity_file_is_skipped_for_the_agent(ssh_hosts: SSHHosts, tmp_path: Path,
@@ -443,22 +450,11 @@ def test_an_encrypted_identity_file_is_skipped_for_the_agent(ssh_hosts: SSHHosts
     t = transport(ssh_hosts, ssh_hosts[0], identity_file=str(enc))
     with pytest.raises(ConnectError, match=r"enc_key \(encrypted: add it to ssh-agent\)"):
         t.connect()
-    sock = tmp_path / "agent.sock"
-    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
-    try:
-        for _ in range(200):
-            if sock.exists():
-                break
-            time.sleep(0.01)
-        subprocess.run(["ssh-add", "-q", str(ssh_hosts.client_key)], env={**os.environ, "SSH_AUTH_SOCK": str(sock)},
-                       check=True, capture_output=True)
+    with agent_holding(ssh_hosts.client_key, tmp_path) as sock:
         monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
         t = transport(ssh_hosts, ssh_hosts[0], identity_file=str(enc))
         assert t.run("echo agent").stdout == b"agent\n"
         t.close()
-    finally:
-        agent.terminate()
-        agent.wait()
 
 
 def _drop(hosts: SSHHosts, host: SSHHost) -> None:
