@@ -78,20 +78,9 @@ def _days(text: str) -> int:
     return value
 
 
-def topology(file: str) -> Topology:
-    """The topology named by ``-f``, validated; a directory gets a hint (config.py's
-    "cannot read: Is a directory" has none)."""
-    from .shell import topology as load
-
-    try:
-        return load(file)
-    except HyprovError as exc:
-        if exc.hint is None and Path(file).is_dir():
-            exc.hint = (f"-f names the topology file, not a directory: e.g. -f {Path(file) / 'hyprov.yaml'}")
-        raise
-
-
 def _topology(args: argparse.Namespace) -> Topology:
+    from .shell import topology
+
     return topology(args.file)
 
 

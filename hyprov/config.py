@@ -95,6 +95,9 @@ def load_topology(path: Path, gate: Gate | None = None) -> m.Topology:
         raw = path.read_bytes()
     except FileNotFoundError as exc:
         raise HyprovError(f"{path}: no such file", "write a hyprov.yaml (see examples/) or pass -f FILE") from exc
+    except IsADirectoryError as exc:
+        raise HyprovError(f"{path}: cannot read: {exc.strerror}",
+                          f"-f names the topology file, not a directory: e.g. -f {path / 'hyprov.yaml'}") from exc
     except OSError as exc:
         raise HyprovError(f"{path}: cannot read: {exc.strerror}") from exc
     return parse_topology(raw, path, gate)

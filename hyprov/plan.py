@@ -10,15 +10,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
 from .errors import HyprovError
+from .kongconf import SENSITIVE  # a secret as shown in kong.conf, plan text and JSON
 
 FORMAT_VERSION = "1.0"
-
-#: how a secret value is shown in plans, text and JSON alike
-SENSITIVE = "(sensitive)"
 
 
 class Action(Enum):
@@ -122,16 +119,11 @@ class Plan:
         """One per block the plan shows with an action and no error, of every type (services
         and migrations too, as Terraform counts every resource): nonzero exactly when
         :attr:`has_changes` (``--detailed-exitcode`` 2). Blocks whose host could not be read
-        are not counted: nothing is applied from them (see :attr:`unreadable`)."""
+        are not counted: nothing is applied from them."""
         out = {"add": 0, "change": 0, "replace": 0, "destroy": 0}
         for c in self.actionable:
             out[_COUNT_KEY[c.action]] += 1
         return out
-
-    @property
-    def unreadable(self) -> int:
-        """Blocks shown with an error (their host could not be read): not in :meth:`counts`."""
-        return sum(1 for c in self.changes if c.error is not None)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -149,15 +141,6 @@ class Plan:
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
-
-    @classmethod
-    def read(cls, path: str | Path) -> Plan:
-        """Read and load a saved plan file: every problem is a :class:`HyprovError`."""
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise HyprovError(f"cannot read plan file {path}: {exc.strerror}") from exc
-        return cls.loads(data, str(path))
 
     @classmethod
     def loads(cls, text: str | bytes, source: str) -> Plan:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .plan import SENSITIVE, Action, Change, Plan
-
-__all__ = ["SENSITIVE", "render_json", "render_text"]
+from .kongconf import SENSITIVE
+from .plan import Action, Change, Plan
 
 _HIDDEN = {"content"}
 _CERT_TYPES = ("cert", "ca", "shared_cert")

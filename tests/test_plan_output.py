@@ -104,7 +104,7 @@ def test_a_file_that_is_not_a_plan_is_refused_by_name(tmp_path: Path, data: byte
     path = tmp_path / "g.plan"
     path.write_bytes(data)
     with pytest.raises(HyprovError) as exc:
-        Plan.read(path)
+        Plan.loads(path.read_bytes(), str(path))
     assert str(exc.value).startswith(f"{path} is not a hyprov plan file (")
     assert exc.value.hint == "write one with: hyprov plan --out FILE, and pass that file"
 
@@ -172,7 +172,7 @@ def test_a_password_change_shows_a_sensitive_line_and_never_the_password(tmp_pat
     assert conf["before"]["pg_password"] == conf["after"]["pg_password"] == "(sensitive)"
     for secret in ("n3w-pa55", ENV["HYPROV_TEST_PG"]):
         assert secret not in r.stdout + (tmp_path / "p.plan").read_text()
-    assert "pg_password" not in (Plan.read(tmp_path / "p.plan").changes[0].after or {})  # never recorded
+    assert "pg_password" not in (Plan.loads((tmp_path / "p.plan").read_bytes(), "p.plan").changes[0].after or {})  # never recorded
     a = hyprov("apply", "p.plan", cwd=tmp_path, env=new)
     assert a.returncode == 0, a.stdout + a.stderr
     assert "pg_password = n3w-pa55" in host_file(tmp_path, "cp1", "/etc/kong/kong.conf").read_text()
