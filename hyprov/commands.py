@@ -23,7 +23,7 @@ EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
 
 def _topology(args: argparse.Namespace) -> Topology:
-    from .cli import topology
+    from .shell import topology
 
     return topology(args.file)
 
@@ -433,7 +433,7 @@ def _state_rw(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def cmd_state(args: argparse.Namespace) -> int:
     from . import shell
-    from .state import to_json
+    from .state import MoveConflict, to_json
 
     _, backend = _state_rw(args)
     sub = args.state_command
@@ -459,13 +459,13 @@ def cmd_state(args: argparse.Namespace) -> int:
         if sub == "mv":
             try:
                 new = st.move(args.old, args.new)
-            except StateError as exc:  # state.py's messages have no hint
-                if exc.hint is None:
-                    exc.hint = (f"nothing was changed; choose another name, or if that record is stale, "
-                                f"forget it first: hyprov state rm -f {args.file} ADDRESS"
-                                if "already exists" in str(exc) else
-                                f"nothing was changed; see the addresses with hyprov state list -f {args.file} "
-                                "(a node name moves all of its resources)")
+            except MoveConflict as exc:  # the hints name the topology file, which state.py does not know
+                exc.hint = (f"nothing was changed; choose another name, or if that record is stale, "
+                            f"forget it first: hyprov state rm -f {args.file} ADDRESS")
+                raise
+            except StateError as exc:
+                exc.hint = (f"nothing was changed; see the addresses with hyprov state list -f {args.file} "
+                            "(a node name moves all of its resources)")
                 raise
             what = f"Moved {args.old} to {args.new}"
         else:

@@ -74,6 +74,10 @@ def resources(draw: st.DrawFn) -> ResourceState:
         st.sampled_from(["ca", "shared_cert", "cert", "file", "firewall", "service", "migrations"])
     )
     attrs = draw(st.dictionaries(_SAFE_KEY, _JSON, max_size=3))
+    if rtype in ("ca", "shared_cert", "cert"):  # a certificate's dates are dates (tested below)
+        for key in ("not_after", "not_before"):
+            if key in attrs:
+                attrs[key] = draw(st.datetimes(timezones=st.just(UTC))).isoformat()
     digest = draw(st.none() | st.text(alphabet="0123456789abcdef", min_size=8, max_size=8))
     if rtype == "ca":
         address = draw(st.sampled_from(["ca.root", "ca.intermediate[0]", "ca.intermediate[1]"]))
@@ -242,6 +246,15 @@ def test_addresses_resources_py_produces_are_accepted() -> None:
     ]:
         r = ResourceState(address, rtype, node)
         assert from_json(to_json(new_state(LINEAGE).with_resource(r)), "x").resources[address] == r
+
+
+@pytest.mark.parametrize("value", ["garbage", 5, [], "2030-01-01T00:00:00"])
+def test_a_certificate_record_whose_date_from_json_would_refuse_cannot_be_made(value: Any) -> None:
+    """to_json writes only what from_json reads back: a certificate's dates are checked when
+    the record is made, not only when a state file is read."""
+    with pytest.raises(StateError, match=r"resource 'cert\.dp1': not_after must be an ISO-8601 date and time"):
+        ResourceState("cert.dp1", "cert", "dp1", None, {"not_after": value})
+    ResourceState("file.dp1[\"/x\"]", "file", "dp1", None, {"not_after": value})  # not a certificate: any value
 
 
 def test_non_json_attribute_values_are_refused() -> None:
