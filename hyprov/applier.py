@@ -124,8 +124,7 @@ class Applier:
             self.outcomes[name] = NodeOutcome()
         # hosts refresh could not read: their changes are not applied (not actionable), and
         # if a CP's are among them, no DP restarts after it (DPs follow their CPs)
-        self.unreachable = dict(plan.unreachable)
-        for name, why in self.unreachable.items():
+        for name, why in plan.unreachable:
             self.outcomes[name] = NodeOutcome(
                 "failed", f"unreachable: {why}; its changes were not applied",
                 hint="bring the host back or fix its connection settings; the next apply makes its changes")

@@ -97,11 +97,9 @@ class JsonLines(PlainLines):
     """One JSON object per event: ``{"node": ..., "event": ..., "kind": ...}``."""
 
     def event(self, node: str, message: str) -> None:
-        self.record({"node": node, "event": message, "kind": event_kind(node, message)})
-
-    def record(self, obj: Mapping[str, Any]) -> None:
         with self.lock:
-            print(json.dumps(obj), file=self.stream, flush=True)
+            print(json.dumps({"node": node, "event": message, "kind": event_kind(node, message)}),
+                  file=self.stream, flush=True)
 
 
 class _Host:
