@@ -47,8 +47,8 @@ def topology_doc(n_dps: int) -> dict[str, object]:
 
 def recorded_state(topo_path: Path) -> str:
     from hyprov import resources
-    from hyprov.applier import secret_fingerprint
     from hyprov.config import load_topology
+    from hyprov.kongconf import secret_fingerprint
     from hyprov.state import NodeState, ResourceState, new_state, to_json
 
     t = load_topology(topo_path)
@@ -77,11 +77,15 @@ def recorded_state(topo_path: Path) -> str:
     from dataclasses import replace
 
     s = replace(s, resources=FrozenMap(res), nodes=nodes)
+    from hyprov import convergence
+
+    s = convergence.stamped(t, s, now)  # as the apply that recorded it stamps its converged DPs
+    assert len(s.converged) == len(t.data_planes), "every DP of the recorded state is converged"
     return to_json(s)
 
 
 def phases(topo_path: Path) -> dict[str, float]:
-    from hyprov import planner, resources, schemacache, shell
+    from hyprov import convergence, planner, resources, schemacache, shell
     from hyprov.backends.local import LocalBackend
     from hyprov.config import load_topology
 
@@ -94,13 +98,16 @@ def phases(topo_path: Path) -> dict[str, float]:
     state = LocalBackend(t.state.path).read()
     out["state read"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    res = resources.build(t)
+    now = datetime.now(UTC)
+    skip = convergence.skippable(t, state, now)  # as hyprov.commands._make_plan does
+    res = resources.build(t, skip)
     out["resources"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     facts = planner.Facts(secret_fingerprints=shell.secret_fingerprints(state, PASSWORD))
-    p = planner.plan(res, None, state, datetime.now(UTC), topology_digest=t.digest, facts=facts)
+    p = planner.plan(res, None, state, now, topology_digest=t.digest, facts=facts, converged=skip)
     out["diff"] = time.perf_counter() - t0
     assert not p.has_changes, "the state holds everything: the plan must be empty"
+    out["skipped"] = len(skip)
     return out
 
 

@@ -17,7 +17,6 @@ any save after its restart holds them.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -33,6 +32,7 @@ from . import kongconf, rootca
 from . import model as m
 from .backends import StateBackend
 from .errors import CommandFailed, HyprovError, PKIError, StaleState, TransportError
+from .kongconf import secret_fingerprint
 from .plan import Action, Change, Plan
 from .resources import sha256
 from .state import NodeState, ResourceState, State
@@ -40,12 +40,6 @@ from .transports.base import Transport
 
 Emit = Callable[[str, str], None]
 SAVE_INTERVAL = 0.25  # seconds between coalesced per-node state saves  # (node or "hyprov", message)
-
-
-def secret_fingerprint(secret: str, lineage: str, address: str) -> str:
-    """A slow, salted fingerprint: lets the plan notice a password change without
-    storing anything a fast brute force could reverse."""
-    return hashlib.pbkdf2_hmac("sha256", secret.encode(), f"hyprov:{lineage}:{address}".encode(), 100_000).hex()[:32]
 
 
 def secret_content(masked: str, password: str | None) -> str:
@@ -232,6 +226,7 @@ class Applier:
             self._rollout()  # files, migrations before, restarts: pipelined; every node's files recorded
             self._migrations("after")
             self._controller_deletes()
+            self._stamp_converged()
             self._save()
         except KeyboardInterrupt:
             # Ctrl-C: what was recorded (files landed, restarts passed) is written before
@@ -254,6 +249,18 @@ class Applier:
                 except Exception:
                     pass
         return ApplyResult(self.state, self.outcomes, self.counts)
+
+    def _stamp_converged(self) -> None:
+        """Vouch for the data planes this run left converged, so the next plan skips them
+        (hyprov.convergence); saved with the run's last write."""
+        if self.plan.destroy:
+            return
+        from . import convergence
+
+        with self.lock:
+            stamped = convergence.stamped(self.t, self.state, self.now())
+            if stamped is not self.state:
+                self.state, self._dirty = stamped, True
 
     def _start_fingerprints(self) -> ThreadPoolExecutor | None:
         """Start computing the fingerprint of each kong.conf that carries the password (a

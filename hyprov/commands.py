@@ -75,11 +75,15 @@ def _make_plan(t: Topology, backend: StateBackend, args: argparse.Namespace, *, 
         fingerprinter = ThreadPoolExecutor(1, thread_name_prefix="hyprov-fingerprint")
         fingerprints = fingerprinter.submit(shell.secret_fingerprints, state, pw)
         fingerprinter.shutdown(wait=False)
+    targets = tuple(getattr(args, "target", None) or ())
+    now = shell.now()
     try:
-        from . import planner, resources
+        from . import convergence, resources
         from .planner import Facts
 
-        res = resources.build(t)
+        # data planes known to be converged are not built (hyprov.convergence)
+        skip = convergence.skippable(t, state, now) if not (targets or destroy) else frozenset()
+        res = resources.build(t, skip)
     except BaseException:
         if pending is not None:
             _close(_settled(pending))
@@ -94,9 +98,18 @@ def _make_plan(t: Topology, backend: StateBackend, args: argparse.Namespace, *, 
             facts = Facts(secret_fingerprints=facts.secret_fingerprints)
     elif fingerprints is not None:
         facts = Facts(secret_fingerprints=fingerprints.result())
-    p = planner.plan(res, None, state, shell.now(), topology_digest=t.digest, facts=facts,
-                     targets=tuple(getattr(args, "target", None) or ()), destroy=destroy)
+    p = convergence.finish_plan(t, state, now, facts, skip, res, targets=targets, destroy=destroy)
     return p, state, transports
+
+
+def _stamp_unchanged(t: Topology, backend: StateBackend, state: State, p: Plan) -> None:
+    """An apply with nothing to do still vouches for the data planes (hyprov.convergence), so
+    later plans skip them: a plan with no change and no error says every node is converged."""
+    from . import convergence, shell
+
+    stamped = convergence.stamped(t, state, shell.now(), plan=None if p.targets else p)
+    if stamped is not state:
+        backend.write(stamped.bump_serial_if_changed(state), state.serial)
 
 
 def _settled(pending: Any) -> dict[str, Any]:
@@ -292,6 +305,8 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
             if getattr(args, "planfile", None):
                 p = _read_plan(args.planfile, args.file)
                 state = _read_state(backend, args.file)
+                if state is not None:
+                    state.records.check()  # every record, before anything is touched
                 _check_stale(p, t, state, args.planfile, args.file)
                 _check_matches(p, t, state, args.planfile, args.file)
             else:
@@ -303,7 +318,11 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
                 if p.errors and not (p.unreachable and p.has_changes):
                     # unreachable hosts alone do not stop the others: the applier fails them
                     raise HyprovError("the plan has errors: nothing was applied", "fix them or use --target")
+                if state is not None:
+                    state.records.check()  # every record, before anything is touched
                 if not p.has_changes:
+                    if state is not None and not destroy:
+                        _stamp_unchanged(t, backend, state, p)
                     if args.json:
                         _print_json(_summary(destroy, {"added": 0, "changed": 0, "destroyed": 0}, {}, False))
                     return EXIT_OK

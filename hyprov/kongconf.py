@@ -11,6 +11,7 @@ bring (read and checked when the topology is loaded, see
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -140,3 +141,10 @@ def render_env(topology: m.Topology, node: m.Node, password: str | None = None) 
     """Docker's --env-file form. Kong 3.x takes a KONG_* value as it is (it strips comments
     and unescapes '\\#' in kong.conf only), so '#' stays as it is here."""
     return "".join(f"KONG_{k.upper()}={v}\n" for k, v in _one_line(settings(topology, node, password), conf=False))
+
+
+def secret_fingerprint(secret: str, lineage: str, address: str) -> str:
+    """A slow, salted fingerprint of the password a kong.conf holds (recorded in state): lets
+    the plan notice a password change without storing anything a fast brute force could
+    reverse. Here, not in the applier: a plan needs it without importing the applier."""
+    return hashlib.pbkdf2_hmac("sha256", secret.encode(), f"hyprov:{lineage}:{address}".encode(), 100_000).hex()[:32]

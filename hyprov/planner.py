@@ -250,13 +250,18 @@ def plan(
     facts: Facts | None = None,
     targets: Sequence[str] = (),
     destroy: bool = False,
+    converged: frozenset[str] = frozenset(),
 ) -> Plan:
     """``g`` may be None: the resources are then taken in their own order (checked by
-    :func:`graph.creation_order`) and a graph is built only for ``targets``."""
+    :func:`graph.creation_order`) and a graph is built only for ``targets``. ``converged``:
+    nodes left out of ``resources`` because they are known to be converged
+    (hyprov.convergence): their records are neither diffed nor deleted."""
     facts = facts or Facts()
     if g is None and targets:
         g = graphmod.build(resources)
-    prior = dict(state.resources) if state else {}
+    # looked up, never copied: a record is checked when first used (state.Records)
+    prior: Mapping[str, Any] = state.resources if state else {}
+    node_of = state.records.node_of if state else (lambda a: None)
     prior_nodes = dict(state.nodes) if state else {}
     desired = {} if destroy else {r.address: r for r in resources}
     changes: dict[str, Change] = {}
@@ -401,7 +406,7 @@ def plan(
         changes[addr] = Change(addr, r.type, r.node, action, reason, before, after, diff,
                                f"{r.node} is unreachable: {err}" if err else None, sensitive)
 
-    deletes = [a for a in prior if a not in desired]
+    deletes = state.records.not_in(desired, converged) if state else []
     deletes.sort(key=_delete_order)
     for addr in deletes:
         rec = prior[addr]
@@ -421,7 +426,7 @@ def plan(
     # a host refresh could not read is an error even when nothing of it changes: its files
     # could not be checked for drift (with --target, only the targeted ones' hosts count)
     involved = {c.node for c in changes.values()} if targets else \
-        {r.node for r in desired.values()} | {r.node for r in prior.values()}
+        {r.node for r in desired.values()} | converged | {node_of(a) for a in prior} if facts.unreachable else set()
     unreachable = tuple(sorted((n, e) for n, e in facts.unreachable.items() if n in involved))
     errored = {c.node for c in changes.values() if c.error}
     errors += [f"{n} is unreachable: {e} (its files could not be checked for drift)"

@@ -66,8 +66,9 @@ def issuer_of_leaves(topology: m.Topology) -> str:
     return ca_addresses(topology)[-1]
 
 
-def build(topology: m.Topology) -> list[Resource]:
-    """Every desired resource, in a deterministic order (CAs, certs, then per node)."""
+def build(topology: m.Topology, skip: frozenset[str] = frozenset()) -> list[Resource]:
+    """Every desired resource, in a deterministic order (CAs, certs, then per node), but those
+    of the nodes in ``skip`` (known to be converged: hyprov.convergence)."""
     out: list[Resource] = []
     pki = topology.pki
     if pki is not None:
@@ -92,7 +93,8 @@ def build(topology: m.Topology) -> list[Resource]:
     cp_services = [f"service.{cp.name}" for cp in topology.control_planes]
     issuer = issuer_of_leaves(topology) if pki is not None else None
     for node in topology.nodes:
-        out.extend(_node_resources(topology, node, cp_services, issuer))
+        if node.name not in skip:
+            out.extend(_node_resources(topology, node, cp_services, issuer))
     cp0 = topology.control_planes[0] if topology.control_planes else None
     if cp0 is not None and topology.database is not None and cp0.kong.migrations.list is not None:
         cp = cp0
@@ -103,11 +105,11 @@ def build(topology: m.Topology) -> list[Resource]:
             "conf_path": cp.kong.conf_path,
         }, (file_address(cp.name, cp.kong.conf_path),)))
     if topology.firewall.mode == "nftables":
-        out.extend(firewall_resources(topology))
+        out.extend(firewall_resources(topology, skip))
     return out
 
 
-def firewall_resources(topology: m.Topology) -> list[Resource]:
+def firewall_resources(topology: m.Topology, skip: frozenset[str] = frozenset()) -> list[Resource]:
     """firewall.mode nftables: one ``table inet hyprov`` per node, a file-like resource whose
     content is the ruleset (hyprov.nftables). It depends on nothing: the applier loads it in
     each node's file step, so a CP lets its DPs in before any of them restarts."""
@@ -115,6 +117,8 @@ def firewall_resources(topology: m.Topology) -> list[Resource]:
 
     out = []
     for node in topology.nodes:
+        if node.name in skip:
+            continue
         text = nftables.ruleset(topology, node)
         out.append(Resource(f"firewall.{node.name}", "firewall", node.name, {
             "table": nftables.TABLE, "path": nftables.RULESET_PATH, "content_digest": sha256(text),

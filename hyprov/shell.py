@@ -266,10 +266,11 @@ def refresh(
 
 def secret_fingerprints(state: State, password_value: str | None) -> dict[str, str]:
     """Without refresh the plan still notices a changed password (slow fingerprint)."""
-    from .applier import secret_fingerprint
+    from .kongconf import secret_fingerprint
 
     if password_value is None:
         return {}
-    return {r.address: secret_fingerprint(password_value, state.lineage, r.address)
-            for r in state.resources.values() if r.type == "file" and r.attributes.get("secret_env")}
+    records = state.records  # looked at, not checked: a plan checks only the records it uses
+    return {a: secret_fingerprint(password_value, state.lineage, a) for a in records
+            if a.startswith("file.") and (attrs := records.peek(a)) is not None and attrs.get("secret_env")}
 

@@ -32,7 +32,7 @@ from collections.abc import (
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cached_property
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar, cast
 
 from hyprov.errors import StateError
 
@@ -43,6 +43,7 @@ __all__ = [
     "FrozenMap",
     "JSONValue",
     "NodeState",
+    "Records",
     "ResourceState",
     "State",
     "check_no_secrets",
@@ -54,8 +55,8 @@ __all__ = [
     "upgrade",
 ]
 
-#: The state schema version this hyprov writes.
-STATE_VERSION = 1
+#: The state schema version this hyprov writes (2: ``converged``, hyprov.convergence).
+STATE_VERSION = 2
 
 #: The resource types hyprov produces today (informative: not enforced, so a
 #: new resource type does not need a state schema change).
@@ -137,6 +138,140 @@ class FrozenMap(Mapping[K, V]):
 
     def __repr__(self) -> str:
         return f"FrozenMap({self._data!r})"
+
+
+class Records(Mapping[str, "ResourceState"]):
+    """The state's resources: address -> :class:`ResourceState`, in sorted address order.
+
+    A state read for a plan may hold 60,000 records of which the plan uses a few dozen
+    (hyprov.convergence skips the nodes that are known to be converged), so a record
+    read from a file stays the decoded JSON it was until it is first looked up; it is
+    then checked exactly as :func:`from_json` checks it (a damaged record is a ``corrupt
+    state file`` naming it) and kept. :meth:`check` checks them all: commands that write
+    state call it before touching anything. Immutable like :class:`FrozenMap`; a change
+    makes a new instance sharing the entries.
+    """
+
+    __slots__ = ("_data", "_good_nodes", "_screened", "_source", "_text", "_unscreened")
+
+    #: records checked one by one before the whole text is screened at once (a plan that
+    #: skips converged nodes checks a few dozen; one that diffs all checks them all)
+    SCREEN_AFTER = 256
+
+    def __init__(self, data: dict[str, Any], source: str = "state", *, screened: bool = False,
+                 text: str | None = None) -> None:
+        self._data = data  # address -> ResourceState, or the decoded entry not yet checked
+        self._source = source
+        self._screened = screened  # the whole text passed the secret screen (from_json)
+        self._good_nodes: set[str] = set()
+        self._text = None if screened else text  # the JSON the entries were decoded from
+        self._unscreened = 0
+
+    @classmethod
+    def of(cls, items: Mapping[str, ResourceState] | Iterable[tuple[str, ResourceState]]) -> Records:
+        """From made records, each checked against its key."""
+        if isinstance(items, Records):
+            return items
+        pairs = sorted(items.items() if isinstance(items, Mapping) else items, key=lambda kv: kv[0])
+        for addr, r in pairs:
+            if not isinstance(r, ResourceState):
+                raise StateError(f"resource recorded under {addr!r} is not a ResourceState")
+            if addr != r.address:
+                raise StateError(f"resource recorded under {addr!r} has address {r.address!r}")
+        return cls(dict(pairs))
+
+    def __getitem__(self, address: str) -> ResourceState:
+        r = self._data[address]
+        if type(r) is ResourceState:
+            return r
+        if not self._screened and self._text is not None:
+            self._unscreened += 1
+            if self._unscreened > self.SCREEN_AFTER:  # many to check: the whole text at once is cheaper
+                text, self._text = self._text, None
+                self._screened = _screened_clean(text) and _addresses_well_formed(self._data)
+        made = _record(address, r, self._source, self._screened, self._good_nodes)
+        self._data[address] = made  # safe to share: the same record whoever checks it first
+        return made
+
+    def get(self, address: str, default: Any = None) -> Any:
+        return self[address] if address in self._data else default
+
+    def __contains__(self, address: object) -> bool:
+        return address in self._data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def keys(self) -> KeysView[str]:
+        return self._data.keys()
+
+    def check(self) -> None:
+        """Check every record not yet checked (raises the first problem)."""
+        for address, r in self._data.items():
+            if type(r) is not ResourceState:
+                self[address]
+
+    def node_of(self, address: str) -> str | None:
+        """The node a record names, without checking the record (None if it names none,
+        or names it wrongly: the record's own check reports that when it is used)."""
+        r = self._data[address]
+        node = r.node if type(r) is ResourceState else r.get("node") if type(r) is dict else None
+        return node if type(node) is str else None
+
+    def not_in(self, wanted: Mapping[str, Any], nodes: frozenset[str]) -> list[str]:
+        """The addresses neither in ``wanted`` nor of one of ``nodes``, unchecked (the planner's
+        deletes; one loop here rather than a :meth:`node_of` call per record)."""
+        out = []
+        for address, r in self._data.items():
+            if address in wanted:
+                continue
+            node = r.node if type(r) is ResourceState else r.get("node") if type(r) is dict else None
+            if type(node) is not str or node not in nodes:  # an odd one is checked where it is deleted
+                out.append(address)
+        return out
+
+    def peek(self, address: str) -> Mapping[str, Any] | None:
+        """A record's attributes without checking the record: for cheap decisions that
+        fall back to the checked record when anything is unusual (hyprov.convergence)."""
+        r = self._data.get(address)
+        if type(r) is ResourceState:
+            return r.attributes
+        attrs = r.get("attributes") if type(r) is dict else None
+        return attrs if type(attrs) is dict else None
+
+    def replaced(self, r: ResourceState) -> Records:
+        """These records with ``r`` added or replacing the one at its address."""
+        data = dict(self._data)
+        new = r.address not in data
+        data[r.address] = r
+        if new and len(data) > 1 and r.address < next(reversed(self._data)):
+            data = dict(sorted(data.items(), key=lambda kv: kv[0]))
+        return self._like(data)
+
+    def without(self, address: str) -> Records:
+        data = dict(self._data)
+        del data[address]
+        return self._like(data)
+
+    def _like(self, data: dict[str, Any]) -> Records:
+        # the text still covers every entry not yet checked (a new record is a checked one)
+        out = Records(data, self._source, screened=self._screened, text=self._text)
+        out._good_nodes, out._unscreened = self._good_nodes, self._unscreened
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return dict(self.items()) == dict(other.items())
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.items()))
+
+    def __repr__(self) -> str:
+        return f"Records({len(self._data)} records)"
 
 
 # --------------------------------------------------------------------------
@@ -469,6 +604,9 @@ class State:
     serial: int
     resources: Mapping[str, ResourceState] = field(default_factory=FrozenMap)
     nodes: Mapping[str, NodeState] = field(default_factory=FrozenMap)
+    # node -> the digest of what its records were last found converged with
+    # (hyprov.convergence); every change of the node's records or node record drops it
+    converged: Mapping[str, str] = field(default_factory=FrozenMap)
 
     def __post_init__(self) -> None:
         if self.version != STATE_VERSION:
@@ -477,36 +615,59 @@ class State:
             raise StateError("state lineage must be a non-empty string")
         if isinstance(self.serial, bool) or not isinstance(self.serial, int) or self.serial < 0:
             raise StateError(f"state serial must be a non-negative integer, got {self.serial!r}")
-        for addr, r in self.resources.items():
-            if addr != r.address:
-                raise StateError(f"resource recorded under {addr!r} has address {r.address!r}")
         for name, n in self.nodes.items():
             if name != n.name:
                 raise StateError(f"node recorded under {name!r} is named {n.name!r}")
-        object.__setattr__(self, "resources", FrozenMap(self.resources))
+        for name, digest in self.converged.items():
+            if not isinstance(name, str) or not _NODE_NAME.match(name) or not isinstance(digest, str):
+                raise StateError(f"bad converged entry {name!r}: {digest!r}")
+        object.__setattr__(self, "resources", Records.of(self.resources))
         object.__setattr__(self, "nodes", FrozenMap(self.nodes))
+        object.__setattr__(self, "converged", FrozenMap(self.converged))
+
+    @property
+    def records(self) -> Records:
+        """``resources`` as the :class:`Records` it always is (lazily checked records)."""
+        return cast(Records, self.resources)
 
     # -- changes ------------------------------------------------------------
 
     def with_resource(self, r: ResourceState) -> State:
         """Add or replace the resource at ``r.address``."""
-        return replace(self, resources={**self.resources, r.address: r})
+        records = self.records
+        touched = {r.node, records.node_of(r.address) if r.address in records else None}
+        return replace(self, resources=records.replaced(r), converged=self._unstamped(touched))
 
     def without_resource(self, address: str) -> State:
         """Forget a resource (``state rm``); a missing address is an error."""
         if address not in self.resources:
             raise StateError(f"no resource {address!r} in state")
-        return replace(self, resources={a: r for a, r in self.resources.items() if a != address})
+        records = self.records
+        return replace(self, resources=records.without(address),
+                       converged=self._unstamped({records.node_of(address)}))
 
     def with_node(self, n: NodeState) -> State:
         """Add or replace the node record for ``n.name``."""
-        return replace(self, nodes={**self.nodes, n.name: n})
+        return replace(self, nodes={**self.nodes, n.name: n}, converged=self._unstamped({n.name}))
 
     def without_node(self, name: str) -> State:
         """Forget a node record (its resources are untouched)."""
         if name not in self.nodes:
             raise StateError(f"no node {name!r} in state")
-        return replace(self, nodes={k: v for k, v in self.nodes.items() if k != name})
+        return replace(self, nodes={k: v for k, v in self.nodes.items() if k != name},
+                       converged=self._unstamped({name}))
+
+    def with_converged(self, stamps: Mapping[str, str]) -> State:
+        """Record that these nodes were found converged (hyprov.convergence): node -> digest."""
+        return replace(self, converged={**self.converged, **stamps})
+
+    def _unstamped(self, names: Iterable[str | None]) -> Mapping[str, str]:
+        """``converged`` without these nodes: their records change, so what vouched for them no
+        longer does. Every change goes through here, so no record changes under a stamp."""
+        drop = {n for n in names if n is not None} & self.converged.keys()
+        if not drop:
+            return self.converged
+        return {k: v for k, v in self.converged.items() if k not in drop}
 
     def move(self, old: str, new: str) -> State:
         """``state mv``: rename one resource address, or a whole node.
@@ -557,7 +718,7 @@ class State:
         nodes = {k: v for k, v in self.nodes.items() if k != old}
         if old in self.nodes:
             nodes[new] = replace(self.nodes[old], name=new)
-        return replace(self, resources=resources, nodes=nodes)
+        return replace(self, resources=resources, nodes=nodes, converged=self._unstamped({old, new}))
 
     # -- serial ---------------------------------------------------------------
 
@@ -600,7 +761,7 @@ def new_state(lineage: str) -> State:
 
 def _content_json(state: State) -> str:
     doc = _to_doc(state)
-    return json.dumps([doc["resources"], doc["nodes"]], sort_keys=True, allow_nan=False)
+    return json.dumps([doc["resources"], doc["nodes"], doc["converged"]], sort_keys=True, allow_nan=False)
 
 
 def _to_doc(state: State) -> dict[str, Any]:
@@ -610,6 +771,7 @@ def _to_doc(state: State) -> dict[str, Any]:
         "serial": state.serial,
         "resources": {a: r.to_dict() for a, r in state.resources.items()},
         "nodes": {n: v.to_dict() for n, v in state.nodes.items()},
+        "converged": dict(state.converged),
     }
 
 
@@ -629,10 +791,14 @@ def to_json(state: State) -> str:
 
 Upgrade: TypeAlias = Callable[[dict[str, Any]], dict[str, Any]]
 
+def _v1_to_v2(doc: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 adds ``converged`` (node -> digest); a version 1 state vouches for no node."""
+    return {**doc, "converged": {}}
+
+
 #: ``UPGRADES[v]`` turns a version ``v`` document into a version ``v + 1``
-#: document. Version 1 is the first, so the chain is empty today; when version
-#: 2 comes, add ``UPGRADES[1]`` and bump :data:`STATE_VERSION`.
-UPGRADES: dict[int, Upgrade] = {}
+#: document; for a version 3, add ``UPGRADES[2]`` and bump :data:`STATE_VERSION`.
+UPGRADES: dict[int, Upgrade] = {1: _v1_to_v2}
 
 
 def upgrade(
@@ -800,11 +966,44 @@ def _check_cert_dates(addr: str, attrs: Mapping[str, Any], source_name: str) -> 
         raise StateError(f"{source_name}: corrupt state file: resource {addr!r}: {why}", hint=_CERT_DATE_HINT)
 
 
-def from_json(text: str, source_name: str) -> State:
+def _record(addr: str, r: Any, source_name: str, screened: bool, good_nodes: set[str]) -> ResourceState:
+    """One decoded state entry -> its checked :class:`ResourceState`. ``screened``: the whole
+    text passed the secret screen and every address the address form (:func:`from_json`);
+    otherwise each record is screened on its own (a record read lazily, :class:`Records`)."""
+    try:
+        # to_json writes all four fields: four keys, node and digest among them, and
+        # _trusted reads type and attributes (None when absent)
+        if type(r) is dict and len(r) == 4 and "node" in r and "digest" in r and \
+                (screened or _ADDRESS.match(addr) is not None):
+            fast = ResourceState._trusted(addr, r, good_nodes)
+            if fast is not None and (screened or _plainly_clean(fast.attributes)):
+                if fast.type in _CERT_TYPES:
+                    _check_cert_dates(addr, fast.attributes, source_name)
+                return fast
+        where = f"resource {addr!r}"
+        _expect(isinstance(r, dict), source_name, f"{where} must be an object")
+        _keys(r, {"type", "attributes"}, {"node", "digest"}, source_name, where)
+        _expect(isinstance(r["type"], str), source_name, f"{where}: type must be a string")
+        _expect(_opt_str(r.get("node")), source_name, f"{where}: node must be a string")
+        _expect(_opt_str(r.get("digest")), source_name, f"{where}: digest must be a string")
+        _expect(isinstance(r["attributes"], Mapping), source_name, f"{where}: bad attributes")
+        if r["type"] in _CERT_TYPES:  # before the record's own check: the file's message
+            _check_cert_dates(addr, r["attributes"], source_name)
+        return ResourceState(address=addr, type=r["type"], node=r.get("node"), digest=r.get("digest"),
+                             attributes=r["attributes"])
+    except StateError as exc:
+        if str(exc).startswith(f"{source_name}:"):
+            raise
+        raise StateError(f"{source_name}: {exc}", hint=exc.hint) from exc
+
+
+def from_json(text: str, source_name: str, *, lazy: bool = False) -> State:
     """Parse, upgrade and validate a state document.
 
     Every problem is a :class:`StateError` naming ``source_name`` (and, for
     broken JSON, the line and column) so the user can find and fix the file.
+    ``lazy``: each resource record is checked when first used (:class:`Records`), not
+    here; the backends read so, and commands that write state check them all first.
     """
     try:
         doc = json.loads(text)
@@ -815,7 +1014,7 @@ def from_json(text: str, source_name: str) -> State:
         ) from exc
     _expect(isinstance(doc, dict), source_name, "the top level must be an object")
     doc = upgrade(doc, source_name)
-    _keys(doc, {"version", "lineage", "serial", "resources", "nodes"}, set(), source_name, "state")
+    _keys(doc, {"version", "lineage", "serial", "resources", "nodes", "converged"}, set(), source_name, "state")
     _expect(isinstance(doc["lineage"], str) and bool(doc["lineage"]), source_name, "bad lineage")
     serial = doc["serial"]
     _expect(
@@ -825,36 +1024,18 @@ def from_json(text: str, source_name: str) -> State:
     )
     _expect(isinstance(doc["resources"], dict), source_name, "'resources' must be an object")
     _expect(isinstance(doc["nodes"], dict), source_name, "'nodes' must be an object")
-    trusted = _screened_clean(text) and _addresses_well_formed(doc["resources"])
-    good_nodes: set[str] = set()
+    converged = doc["converged"]
+    _expect(isinstance(converged, dict) and all(isinstance(v, str) and _NODE_NAME.match(k)
+                                                for k, v in converged.items()),
+            source_name, "'converged' must map node names to digests")
+    raw: dict[str, Any] = doc["resources"]
+    if list(raw) != sorted(raw):  # to_json writes them sorted; a hand-edited file may not be
+        raw = dict(sorted(raw.items(), key=lambda kv: kv[0]))
+    screened = not lazy and _screened_clean(text) and _addresses_well_formed(raw)
+    resources = Records(raw, source_name, screened=screened, text=text)
+    if not lazy:
+        resources.check()
     try:
-        resources: dict[str, ResourceState] = {}
-        for addr, r in doc["resources"].items():
-            # to_json writes all four fields: four keys, node and digest among them, and
-            # _trusted reads type and attributes (None when absent)
-            if trusted and type(r) is dict and len(r) == 4 and "node" in r and "digest" in r:
-                fast = ResourceState._trusted(addr, r, good_nodes)
-                if fast is not None:
-                    if fast.type in _CERT_TYPES:
-                        _check_cert_dates(addr, fast.attributes, source_name)
-                    resources[addr] = fast
-                    continue
-            where = f"resource {addr!r}"
-            _expect(isinstance(r, dict), source_name, f"{where} must be an object")
-            _keys(r, {"type", "attributes"}, {"node", "digest"}, source_name, where)
-            _expect(isinstance(r["type"], str), source_name, f"{where}: type must be a string")
-            _expect(_opt_str(r.get("node")), source_name, f"{where}: node must be a string")
-            _expect(_opt_str(r.get("digest")), source_name, f"{where}: digest must be a string")
-            _expect(isinstance(r["attributes"], dict), source_name, f"{where}: bad attributes")
-            if r["type"] in _CERT_TYPES:  # before the record's own check: the file's message
-                _check_cert_dates(addr, r["attributes"], source_name)
-            resources[addr] = ResourceState(
-                address=addr,
-                type=r["type"],
-                node=r.get("node"),
-                digest=r.get("digest"),
-                attributes=r["attributes"],
-            )
         nodes: dict[str, NodeState] = {}
         for name, n in doc["nodes"].items():
             if (type(n) is dict and len(n) == 3 and "kong_version" in n and type(n.get("pending_restart")) is bool
@@ -884,6 +1065,7 @@ def from_json(text: str, source_name: str) -> State:
             serial=serial,
             resources=resources,
             nodes=nodes,
+            converged=converged,
         )
     except StateError as exc:
         if str(exc).startswith(f"{source_name}:"):

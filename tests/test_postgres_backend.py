@@ -32,7 +32,7 @@ from hyprov.backends import current_holder
 from hyprov.backends.local import LocalBackend
 from hyprov.backends.postgres import SCHEMA_VERSION, PostgresBackend
 from hyprov.errors import Locked, StaleState, StateError
-from hyprov.state import NodeState, ResourceState, State, new_state, to_json
+from hyprov.state import STATE_VERSION, NodeState, ResourceState, State, new_state, to_json
 
 pytestmark = pytest.mark.postgres
 # the real-server fixtures (tests/pgserver.py)
@@ -161,7 +161,7 @@ def test_cas_refuses_the_second_writer_with_the_same_prior_serial(pg_fresh_dsn: 
         save(b, with_files(read_b, "from-b"), read_b)
     assert a.read() == s1
     with pytest.raises(StaleState, match="stored lineage"):
-        b.write(State(version=1, lineage=str(uuid.uuid4()), serial=2), 1)
+        b.write(State(version=STATE_VERSION, lineage=str(uuid.uuid4()), serial=2), 1)
     with pytest.raises(StateError, match="refusing to write serial 1 over serial 1 with changed content"):
         a.write(with_files(s1, "sneaky"), 1)
     assert a.read() == s1

@@ -48,10 +48,10 @@ def test_refresh_runs_while_the_resources_are_built(setup: Any, monkeypatch: pyt
 
     real_build = resources.build
 
-    def build(topology: Any) -> Any:
+    def build(topology: Any, *skip: Any) -> Any:
         assert started.wait(10), "the refresh had not started before the build"
         release.set()
-        return real_build(topology)
+        return real_build(topology, *skip)
 
     monkeypatch.setattr(shell, "refresh", fake_refresh)
     monkeypatch.setattr(resources, "build", build)
@@ -65,7 +65,7 @@ def test_a_failed_build_closes_the_refresh_connections(setup: Any, monkeypatch: 
     tr = FakeTransport()
     monkeypatch.setattr(shell, "refresh", lambda *a: (Facts(), {"cp1": tr}))
 
-    def broken(topology: Any) -> Any:
+    def broken(topology: Any, *skip: Any) -> Any:
         raise GraphError("cycle: a -> b -> a")
 
     monkeypatch.setattr(resources, "build", broken)
@@ -88,9 +88,9 @@ def test_first_apply_connects_while_the_plan_is_made(setup: Any, monkeypatch: py
     connector = RecordingConnector()
     real_build = resources.build
 
-    def build(topology: Any) -> Any:
+    def build(topology: Any, *skip: Any) -> Any:
         assert connector.early == ["cp1", "dp1", "dp2"], "connections start before the build"
-        return real_build(topology)
+        return real_build(topology, *skip)
 
     monkeypatch.setattr(resources, "build", build)
     commands._make_plan(t, backend, args, connector=connector)

@@ -411,8 +411,8 @@ def test_upgrade_runs_each_step_in_order() -> None:
 
 
 def test_future_version_is_refused_with_upgrade_hint() -> None:
-    text = to_json(sample_state()).replace('"version": 1', f'"version": {STATE_VERSION + 1}')
-    with pytest.raises(StateError, match=r"new\.json: state version 2 is newer") as ei:
+    text = to_json(sample_state()).replace(f'"version": {STATE_VERSION}', f'"version": {STATE_VERSION + 1}')
+    with pytest.raises(StateError, match=rf"new\.json: state version {STATE_VERSION + 1} is newer") as ei:
         from_json(text, "new.json")
     assert ei.value.hint is not None and "upgrade hyprov" in ei.value.hint
 
@@ -702,7 +702,7 @@ def test_writes_parse_only_documents_they_did_not_write(state_path: Path, monkey
     parsed: list[str] = []
     compared: list[int] = []
     real_parse, real_equal = local_mod.from_json, State.content_equal
-    monkeypatch.setattr(local_mod, "from_json", lambda text, name: parsed.append(text) or real_parse(text, name))
+    monkeypatch.setattr(local_mod, "from_json", lambda text, name, **kw: parsed.append(text) or real_parse(text, name, **kw))
     monkeypatch.setattr(State, "content_equal", lambda a, b: compared.append(1) or real_equal(a, b))
     ours, theirs = LocalBackend(state_path), LocalBackend(state_path)
     s0 = new_state(LINEAGE)

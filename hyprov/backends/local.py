@@ -98,7 +98,7 @@ class LocalBackend:
                 f"{self.path}: corrupt state file: not UTF-8 (byte {exc.start})",
                 hint="the file was left untouched; fix it or restore the .backup beside it",
             ) from exc
-        return from_json(text, str(self.path))
+        return from_json(text, str(self.path), lazy=True)  # records are checked as used (state.Records)
 
     # -- writing ----------------------------------------------------------------
 

@@ -401,7 +401,7 @@ class PostgresBackend:
                 self._sql("SELECT document::text FROM {s}.states WHERE workspace = %s"),
                 (self.workspace,),
             ).fetchone()
-        return None if row is None else from_json(str(row[0]), self.describe())
+        return None if row is None else from_json(str(row[0]), self.describe(), lazy=True)
 
     def history(self) -> list[HistoryEntry]:
         """The recorded serials of this workspace, newest first."""

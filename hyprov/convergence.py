@@ -1,0 +1,214 @@
+"""Which data planes are known to be converged, so that a plan need not rebuild and diff them.
+
+A plan of a 10,000-DP cluster where nothing changed spent most of its time building 60,000
+desired resources and comparing them with 60,000 recorded ones, only to find them equal.
+Build systems solve this with an action cache; so does hyprov, per data plane:
+
+* When an apply ends, every data plane the planner finds converged (no change at all, no
+  restart owed) gets a *stamp* in the state (``State.converged``): a digest of everything the
+  planner judges that node by: hyprov's own code, the topology except its list of data planes,
+  the recorded CAs, and the node as declared (defaults applied, licenses read).
+* Any change to a node's records or node record drops its stamp (``State.with_resource``,
+  ``without_resource``, ``with_node``, ``move``: the only ways a state changes), so a stamp
+  never vouches for records written after it.
+* A plan skips a data plane (builds none of its resources, reads none of its records) when its
+  stamp equals the digest computed now, it owes no restart, its certificate is not due for
+  renewal, and nothing read from the hosts concerns it (drift, unreachable). ``--target``,
+  destroy, and a root rotation in progress skip nothing.
+* A plan that changes a CA (or the shared certificate) is made again without skipping: such a
+  change reaches every node.
+
+Control planes are never skipped: they are few, and a CP's files depend on every DP (nftables).
+The skip is an optimisation only: a plan with it equals the plan without it (tested on the
+planner's tables and on generated topologies). A state edited by hand should have the node's
+``converged`` entry removed too (``hyprov state rm`` and ``state mv`` do it themselves).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import fields
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import model as m
+
+if TYPE_CHECKING:
+    from .plan import Plan
+    from .planner import Facts
+    from .resources import Resource
+    from .state import State
+
+CASCADING_TYPES = frozenset({"ca", "shared_cert"})  # a change of one of these reaches every node
+
+
+@cache
+def code_digest() -> str | None:
+    """SHA-256 of hyprov's own source: a stamp made by other code vouches for nothing (the
+    same topology may render another kong.conf). None (no skipping, no stamps) when a source
+    file cannot be read, e.g. from a zip."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    try:
+        for path in sorted(root.rglob("*.py")):
+            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+        for path in sorted((root.parent / "schemas").glob("*.json")):
+            h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+class Stamper:
+    """The digests of one topology's data planes against one state's recorded CAs."""
+
+    def __init__(self, topology: m.Topology, state: State, code: str) -> None:
+        t = topology
+        cas = ["shared_cert"] if t.pki is None else \
+            ["ca.root"] + [f"ca.intermediate[{i}]" for i in range(len(t.pki.intermediates))]
+        recorded = {a: state.resources[a].to_dict() for a in cas if a in state.resources}
+        cluster = repr((t.source, t.cluster, t.pki, t.shared_cert, t.database, t.control_planes, t.firewall,
+                        t.secrets_dir, t.state))
+        self._cluster = hashlib.sha256(
+            "\0".join((code, cluster, json.dumps(recorded, sort_keys=True))).encode()).digest()
+        # DPs share their option objects (one KongOptions for 10,000 DPs): each is written
+        # out once, by identity (the value is kept, so its id stays its own)
+        self._reprs: dict[int, tuple[object, str]] = {}
+        self._fields: dict[type, tuple[str, ...]] = {}
+
+    def node(self, node: m.Node) -> str:
+        """The node's digest: the cluster's, and the node as declared."""
+        names = self._fields.get(type(node))
+        if names is None:
+            names = self._fields[type(node)] = tuple(f.name for f in fields(node))
+        parts = [type(node).__name__]
+        for name in names:
+            value = getattr(node, name)
+            if value is None or type(value) is str:
+                parts.append(repr(value))
+                continue
+            seen = self._reprs.get(id(value))
+            if seen is None or seen[0] is not value:
+                seen = self._reprs[id(value)] = (value, repr(value))
+            parts.append(seen[1])
+        return hashlib.sha256(self._cluster + "\0".join(parts).encode()).hexdigest()
+
+
+def _renewal_due(cert: Mapping[str, Any] | None, now: datetime) -> bool:
+    """The certificate record is missing, odd, or due (the planner then says which)."""
+    from .planner import _renewal_reason
+
+    if cert is None or not isinstance(cert.get("not_after"), str):
+        return True
+    try:
+        return _renewal_reason(cert, cert, now, ca=False) is not None
+    except (TypeError, ValueError):
+        return True
+
+
+def skippable(topology: m.Topology, state: State | None, now: datetime) -> frozenset[str]:
+    """The data planes a plan may skip, facts from the hosts aside (:func:`concerned`)."""
+    code = code_digest()
+    if state is None or not state.converged or code is None:
+        return frozenset()
+    records = state.records
+    root = records.peek("ca.root")
+    if root is not None and isinstance(root.get("rotation"), Mapping):
+        return frozenset()  # a root rotation in progress: its phases look at every node
+    stamper: Stamper | None = None
+    out = []
+    for dp in topology.data_planes:
+        stamp = state.converged.get(dp.name)
+        if stamp is None:
+            continue
+        node_state = state.nodes.get(dp.name)
+        if node_state is not None and node_state.pending_restart:
+            continue
+        stamper = stamper or Stamper(topology, state, code)
+        if stamp != stamper.node(dp):
+            continue
+        if topology.pki is not None and _renewal_due(records.peek(f"cert.{dp.name}"), now):
+            continue
+        out.append(dp.name)
+    return frozenset(out)
+
+
+def concerned(state: State | None, facts: Facts) -> set[str]:
+    """The nodes something read from the hosts is about (drift, unreachable): never skipped."""
+    out = set(facts.unreachable)
+    if state is not None:
+        records = state.records
+        for addr in (*facts.drift, *facts.host_digests, *facts.secret_fingerprints):
+            node = records.node_of(addr) if addr in records else None
+            if node is not None:
+                out.add(node)
+    return out
+
+
+def cascades(plan: Plan) -> bool:
+    """The plan changes what every node depends on: made again without skipping."""
+    return plan.root_rotation is not None or any(c.type in CASCADING_TYPES for c in plan.changes)
+
+
+def finish_plan(topology: m.Topology, state: State | None, now: datetime, facts: Facts, skip: frozenset[str],
+                built: list[Resource], *, targets: tuple[str, ...] = (), destroy: bool = False) -> Plan:
+    """The plan, from the resources ``built`` without the nodes in ``skip`` (:func:`skippable`,
+    decided before the hosts were read): a node the facts concern is built after all, and a
+    plan that :func:`cascades` is made again in full. Equal to the plan without skipping."""
+    from . import planner, resources
+
+    if skip and (about := concerned(state, facts) & skip):
+        skip = skip - about
+        built = resources.build(topology, skip)
+    p = planner.plan(built, None, state, now, topology_digest=topology.digest, facts=facts, targets=targets,
+                     destroy=destroy, converged=skip)
+    if skip and cascades(p):
+        p = planner.plan(resources.build(topology), None, state, now, topology_digest=topology.digest, facts=facts,
+                         targets=targets, destroy=destroy)
+    return p
+
+
+def plan(topology: m.Topology, state: State | None, now: datetime, facts: Facts | None = None, *,
+         targets: tuple[str, ...] = (), destroy: bool = False) -> Plan:
+    """``planner.plan`` over the topology's resources, skipping the converged data planes."""
+    from . import resources
+    from .planner import Facts
+
+    skip = skippable(topology, state, now) if not (targets or destroy) else frozenset()
+    return finish_plan(topology, state, now, facts or Facts(), skip, resources.build(topology, skip),
+                       targets=targets, destroy=destroy)
+
+
+def stamped(topology: m.Topology, state: State, now: datetime, plan: Plan | None = None) -> State:
+    """``state`` with a stamp for each data plane the planner finds converged in it: the full
+    plan, nothing skipped, no facts (what the records say). Called when an apply ends; an apply
+    with nothing to do passes its ``plan``, which has no change and no error: every node is
+    converged (facts from the hosts only add changes)."""
+    from . import planner, resources
+    from .errors import HyprovError
+
+    code = code_digest()
+    if code is None or not topology.data_planes:
+        return state
+    if plan is None:
+        try:
+            plan = planner.plan(resources.build(topology), None, state, now, topology_digest=topology.digest)
+        except HyprovError:
+            return state  # a record the planner refuses: nothing is vouched for (the next plan says why)
+    if plan.root_rotation is not None or plan.errors:
+        return state
+    changed = {c.node for c in plan.changes}
+    stamper = Stamper(topology, state, code)
+    stamps = {}
+    for dp in topology.data_planes:
+        node_state = state.nodes.get(dp.name)
+        if dp.name in changed or (node_state is not None and node_state.pending_restart):
+            continue
+        stamp = stamper.node(dp)
+        if state.converged.get(dp.name) != stamp:
+            stamps[dp.name] = stamp
+    return state.with_converged(stamps) if stamps else state
