@@ -263,6 +263,18 @@ def render(doc: dict[str, Any], png_name: str | None) -> str:
               f"{r['load_validate']:.2f} | {r['state_read']:.2f} | {r['resources']:.2f} | "
               f"{r['diff']:.2f} | {per * 1000:.3f} |")
         w("")
+        if any("full" in r for r in plan):
+            w("The state vouches for every DP as converged, as the apply that recorded it does "
+              "(`hyprov.convergence`), so the plan skips them all. The same state without those "
+              "entries, every DP built and diffed (the first plan after upgrading hyprov, or after "
+              "a change outside `data_planes`):\n")
+            w("| DPs | wall s median (min–max) | peak RSS MiB |")
+            w("|---|---|---|")
+            for r in plan:
+                if "full" in r:
+                    f = r["full"]
+                    w(f"| {r['dps']:,} | {f['wall']:.2f} ({f['min']:.2f}–{f['max']:.2f}) | {f['rss_mib']:.0f} |")
+            w("")
     iss = doc.get("pure_issuance")
     if iss and iss.get("rows"):
         w("### Certificate issuance (`bench/bench_issuance.py`)\n")

@@ -172,6 +172,7 @@ class Bench:
 # ------------------------------------------------------------------------- pure parts
 
 _ROW = re.compile(r"^\|\s*(\d+)\s*\|(.*)\|\s*$")
+_FULL_ROW = re.compile(r"^\|\s*(\d+) \(nothing skipped\)\s*\|(.*)\|\s*$")  # bench_plan.FULL_TAG
 
 
 def pure_plan(sizes: list[int], runs: int) -> list[dict[str, Any]]:
@@ -182,14 +183,21 @@ def pure_plan(sizes: list[int], runs: int) -> list[dict[str, Any]]:
         proc = subprocess.run([sys.executable, str(SOURCE["root"] / "bench" / "bench_plan.py"), "--dps",
                                str(n), "--runs", str(runs)], capture_output=True, text=True, cwd=REPO,
                               env=_env())
-        row = None
+        row, full = None, None
         for line in proc.stdout.splitlines():
+            f = _FULL_ROW.match(line)
+            if f:
+                cells = [c.strip() for c in f.group(2).split("|")]
+                full = {k: float(v) for k, v in zip(["wall", "min", "max", "rss_mib"], cells, strict=True)}
+                continue
             m = _ROW.match(line)
             if m:
                 cells = [c.strip() for c in m.group(2).split("|")]
                 keys = ["wall", "min", "max", "rss_mib", "load_validate", "state_read",
                         "resources", "diff"]
                 row = {"dps": int(m.group(1)), **{k: float(v) for k, v in zip(keys, cells, strict=True)}}
+        if row is not None and full is not None:
+            row["full"] = full
         if proc.returncode != 0 or row is None:
             out.append({"dps": n, "error": (proc.stdout + proc.stderr)[-LOG_TAIL:]})
             _say(f"    FAILED: {(proc.stderr or proc.stdout).strip()[-300:]}")
