@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cache
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,16 +49,18 @@ CASCADING_TYPES = frozenset({"ca", "shared_cert"})  # a change of one of these r
 
 @cache
 def code_digest() -> str | None:
-    """SHA-256 of hyprov's own source: a stamp made by other code vouches for nothing (the
-    same topology may render another kong.conf). None (no skipping, no stamps) when a source
-    file cannot be read, e.g. from a zip."""
-    root = Path(__file__).resolve().parent
+    """SHA-256 of hyprov's own source and schema: a stamp made by other code vouches for
+    nothing (the same topology may render another kong.conf). None (no skipping, no stamps)
+    when the sources cannot be read, e.g. from a zip."""
+    here = Path(__file__).resolve()
+    root = here.parent
     h = hashlib.sha256()
     try:
-        for path in sorted(root.rglob("*.py")):
+        sources = sorted(root.rglob("*.py"))
+        if here not in sources:  # not running from source files: nothing to vouch with
+            return None
+        for path in sources + sorted(root.rglob("*.json")):  # the code and the topology schema
             h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
-        for path in sorted((root.parent / "schemas").glob("*.json")):
-            h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     except OSError:
         return None
     return h.hexdigest()
@@ -78,34 +81,38 @@ class Stamper:
         # DPs share their option objects (one KongOptions for 10,000 DPs): each is written
         # out once, by identity (the value is kept, so its id stays its own)
         self._reprs: dict[int, tuple[object, str]] = {}
-        self._fields: dict[type, tuple[str, ...]] = {}
+        self._getters: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
 
     def node(self, node: m.Node) -> str:
         """The node's digest: the cluster's, and the node as declared."""
-        names = self._fields.get(type(node))
-        if names is None:
-            names = self._fields[type(node)] = tuple(f.name for f in fields(node))
-        parts = [type(node).__name__]
-        for name in names:
-            value = getattr(node, name)
-            if value is None or type(value) is str:
+        cls = type(node)
+        getter = self._getters.get(cls)
+        if getter is None:
+            getter = self._getters[cls] = attrgetter(*(f.name for f in fields(node)))
+        reprs = self._reprs
+        parts = [cls.__name__]
+        for value in getter(node):
+            if value is None or value.__class__ is str:
                 parts.append(repr(value))
                 continue
-            seen = self._reprs.get(id(value))
+            seen = reprs.get(id(value))
             if seen is None or seen[0] is not value:
-                seen = self._reprs[id(value)] = (value, repr(value))
+                seen = reprs[id(value)] = (value, repr(value))
             parts.append(seen[1])
         return hashlib.sha256(self._cluster + "\0".join(parts).encode()).hexdigest()
 
 
 def _renewal_due(cert: Mapping[str, Any] | None, now: datetime) -> bool:
-    """The certificate record is missing, odd, or due (the planner then says which)."""
-    from .planner import _renewal_reason
-
-    if cert is None or not isinstance(cert.get("not_after"), str):
+    """The certificate record is missing or odd, or its renewal is due or close (the
+    planner then says which): due when less than renew_before_days are left
+    (planner._renewal_reason), with a minute to spare."""
+    if cert is None:
+        return True
+    not_after, renew = cert.get("not_after"), cert.get("renew_before_days", 30)
+    if not isinstance(not_after, str) or type(renew) is not int:
         return True
     try:
-        return _renewal_reason(cert, cert, now, ca=False) is not None
+        return datetime.fromisoformat(not_after) - now < timedelta(days=max(renew, 0), minutes=1)
     except (TypeError, ValueError):
         return True
 
