@@ -214,6 +214,14 @@ class Records(Mapping[str, "ResourceState"]):
             if type(r) is not ResourceState:
                 self[address]
 
+    def expect(self, used: int) -> None:
+        """About ``used`` records are going to be read: many, and the whole text is screened
+        at once now, while little else is in memory (its lower-case copy doubles it); few,
+        and each is checked alone. Either way the text is let go."""
+        text, self._text = self._text, None
+        if text is not None and used > self.SCREEN_AFTER and not self._screened:
+            self._screened = _screened_clean(text) and _addresses_well_formed(self._data)
+
     def node_of(self, address: str) -> str | None:
         """The node a record names, without checking the record (None if it names none,
         or names it wrongly: the record's own check reports that when it is used)."""
