@@ -1040,7 +1040,7 @@ def from_json(text: str, source_name: str, *, lazy: bool = False) -> State:
     if list(raw) != sorted(raw):  # to_json writes them sorted; a hand-edited file may not be
         raw = dict(sorted(raw.items(), key=lambda kv: kv[0]))
     screened = not lazy and _screened_clean(text) and _addresses_well_formed(raw)
-    resources = Records(raw, source_name, screened=screened, text=text)
+    resources = Records(raw, source_name, screened=screened, text=text if lazy else None)
     if not lazy:
         resources.check()
     try:
