@@ -70,9 +70,10 @@ class Stamper:
     """The digests of one topology's data planes against one state's recorded CAs."""
 
     def __init__(self, topology: m.Topology, state: State, code: str) -> None:
+        from .resources import ca_addresses
+
         t = topology
-        cas = ["shared_cert"] if t.pki is None else \
-            ["ca.root"] + [f"ca.intermediate[{i}]" for i in range(len(t.pki.intermediates))]
+        cas = ca_addresses(t) if t.pki is not None else ["shared_cert"]
         recorded = {a: state.resources[a].to_dict() for a in cas if a in state.resources}
         cluster = repr((t.source, t.cluster, t.pki, t.shared_cert, t.database, t.control_planes, t.firewall,
                         t.secrets_dir, t.state))

@@ -140,6 +140,12 @@ class FrozenMap(Mapping[K, V]):
         return f"FrozenMap({self._data!r})"
 
 
+def _node_of(entry: Any) -> str | None:
+    """The node a record, checked or not, names (None if none, or not a string)."""
+    node = entry.node if type(entry) is ResourceState else entry.get("node") if type(entry) is dict else None
+    return node if type(node) is str else None
+
+
 class Records(Mapping[str, "ResourceState"]):
     """The state's resources: address -> :class:`ResourceState`, in sorted address order.
 
@@ -187,8 +193,7 @@ class Records(Mapping[str, "ResourceState"]):
         if not self._screened and self._text is not None:
             self._unscreened += 1
             if self._unscreened > self.SCREEN_AFTER:  # many to check: the whole text at once is cheaper
-                text, self._text = self._text, None
-                self._screened = _screened_clean(text) and _addresses_well_formed(self._data)
+                self._let_go_of_text(screen=True)
         made = _record(address, r, self._source, self._screened, self._good_nodes)
         self._data[address] = made  # safe to share: the same record whoever checks it first
         return made
@@ -218,26 +223,24 @@ class Records(Mapping[str, "ResourceState"]):
         """About ``used`` records are going to be read: many, and the whole text is screened
         at once now, while little else is in memory (its lower-case copy doubles it); few,
         and each is checked alone. Either way the text is let go."""
+        self._let_go_of_text(screen=used > self.SCREEN_AFTER)
+
+    def _let_go_of_text(self, *, screen: bool) -> None:
         text, self._text = self._text, None
-        if text is not None and used > self.SCREEN_AFTER and not self._screened:
+        if screen and text is not None and not self._screened:
             self._screened = _screened_clean(text) and _addresses_well_formed(self._data)
 
     def node_of(self, address: str) -> str | None:
         """The node a record names, without checking the record (None if it names none,
         or names it wrongly: the record's own check reports that when it is used)."""
-        r = self._data[address]
-        node = r.node if type(r) is ResourceState else r.get("node") if type(r) is dict else None
-        return node if type(node) is str else None
+        return _node_of(self._data[address])
 
     def not_in(self, wanted: Mapping[str, Any], nodes: frozenset[str]) -> list[str]:
         """The addresses neither in ``wanted`` nor of one of ``nodes``, unchecked (the planner's
         deletes; one loop here rather than a :meth:`node_of` call per record)."""
         out = []
         for address, r in self._data.items():
-            if address in wanted:
-                continue
-            node = r.node if type(r) is ResourceState else r.get("node") if type(r) is dict else None
-            if type(node) is not str or node not in nodes:  # an odd one is checked where it is deleted
+            if address not in wanted and _node_of(r) not in nodes:  # an odd one is checked where deleted
                 out.append(address)
         return out
 
