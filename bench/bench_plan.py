@@ -126,7 +126,13 @@ def main() -> int:
         return 0
     if args.state_for:
         tp = Path(args.state_for)
-        (tp.parent / "hyprov.state.json").write_text(recorded_state(tp))
+        text = recorded_state(tp)
+        (tp.parent / "hyprov.state.json").write_text(text)
+        # the same state without its converged entries, made here too: a harness holding the
+        # decoded state would have its heap counted in each timed child's peak RSS
+        doc = json.loads(text)
+        doc["converged"] = {}
+        (tp.parent / UNSTAMPED).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
         return 0
     rows, full = [], []
     for n in [int(x) for x in args.dps.split(",")]:
@@ -142,19 +148,11 @@ def main() -> int:
             walls, peaks = _time_plan(d, env, args.runs)
             if not walls:
                 return 1
-            # the split by phase in a fresh process, as the command runs (not in this one,
-            # whose heap still holds what built the state)
-            r = subprocess.run([sys.executable, __file__, "--phases-of", str(tp)], env=env,
-                               capture_output=True, text=True, check=True)
-            ph = json.loads(r.stdout)
-            assert ph["skipped"] == n, "every DP of a converged state is skipped"
-            rows.append((n, statistics.median(walls), min(walls), max(walls), max(peaks), ph))
+            rows.append((n, statistics.median(walls), min(walls), max(walls), max(peaks),
+                         _phases(tp, env, n, args.runs)))
             # the same state without its converged entries: the first plan after upgrading hyprov
             # or a change outside data_planes (every node built and diffed)
-            state_path = Path(d) / "hyprov.state.json"
-            doc = json.loads(state_path.read_text())
-            doc["converged"] = {}
-            state_path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+            os.replace(Path(d) / UNSTAMPED, Path(d) / "hyprov.state.json")
             walls, peaks = _time_plan(d, env, args.runs)
             if not walls:
                 return 1
@@ -173,6 +171,21 @@ def main() -> int:
 
 
 FULL_TAG = "(nothing skipped)"
+UNSTAMPED = "nothing-skipped.state.json"
+
+
+def _phases(tp: Path, env: dict[str, str], n: int, runs: int) -> dict[str, float]:
+    """The split by phase, each the fastest of ``runs`` fresh processes (as the command runs,
+    not in this one, whose heap would change what is measured): the in-process phases exclude
+    the interpreter's start-up and imports, so their sum per DP is what growth is judged by."""
+    best: dict[str, float] = {}
+    for _ in range(max(runs, 1)):
+        r = subprocess.run([sys.executable, __file__, "--phases-of", str(tp)], env=env,
+                           capture_output=True, text=True, check=True)
+        ph = json.loads(r.stdout)
+        assert ph.pop("skipped") == n, "every DP of a converged state is skipped"
+        best = {k: min(v, best.get(k, v)) for k, v in ph.items()}
+    return best
 
 
 def _time_plan(d: str, env: dict[str, str], runs: int) -> tuple[list[float], list[float]]:
