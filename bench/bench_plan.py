@@ -80,9 +80,9 @@ def recorded_state(topo_path: Path) -> str:
     from dataclasses import replace
 
     s = replace(s, resources=FrozenMap(res), nodes=nodes)
-    from hyprov import convergence
+    from hyprov import convergence, shell
 
-    s = convergence.stamped(t, s, now)  # as the apply that recorded it stamps its converged DPs
+    s = convergence.stamped(t, s, now, shell.code_digest())  # as the apply that recorded it stamps its converged DPs
     assert len(s.converged) == len(t.data_planes), "every DP of the recorded state is converged"
     return to_json(s)
 
@@ -102,7 +102,7 @@ def phases(topo_path: Path) -> dict[str, float]:
     out["state read"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     now = datetime.now(UTC)
-    skip = convergence.skippable(t, state, now)  # as hyprov.commands._make_plan does
+    skip = convergence.skippable(t, state, now, shell.code_digest())  # as hyprov.commands._make_plan does
     res = resources.build(t, skip)
     out["resources"] = time.perf_counter() - t0
     t0 = time.perf_counter()

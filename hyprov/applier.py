@@ -255,10 +255,10 @@ class Applier:
         (hyprov.convergence); saved with the run's last write."""
         if self.plan.destroy:
             return
-        from . import convergence
+        from . import convergence, shell
 
         with self.lock:
-            stamped = convergence.stamped(self.t, self.state, self.now())
+            stamped = convergence.stamped(self.t, self.state, self.now(), shell.code_digest())
             if stamped is not self.state:
                 self.state, self._dirty = stamped, True
 

@@ -82,7 +82,7 @@ def _make_plan(t: Topology, backend: StateBackend, args: argparse.Namespace, *, 
         from .planner import Facts
 
         # data planes known to be converged are not built (hyprov.convergence)
-        skip = convergence.skippable(t, state, now) if not (targets or destroy) else frozenset()
+        skip = convergence.skippable(t, state, now, shell.code_digest()) if not (targets or destroy) else frozenset()
         res = resources.build(t, skip)
     except BaseException:
         if pending is not None:
@@ -107,7 +107,7 @@ def _stamp_unchanged(t: Topology, backend: StateBackend, state: State, p: Plan) 
     later plans skip them: a plan with no change and no error says every node is converged."""
     from . import convergence, shell
 
-    stamped = convergence.stamped(t, state, shell.now(), plan=None if p.targets else p)
+    stamped = convergence.stamped(t, state, shell.now(), shell.code_digest(), plan=None if p.targets else p)
     if stamped is not state:
         backend.write(stamped.bump_serial_if_changed(state), state.serial)
 

@@ -31,9 +31,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import fields
 from datetime import datetime, timedelta
-from functools import cache
 from operator import attrgetter
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import model as m
@@ -45,25 +43,6 @@ if TYPE_CHECKING:
     from .state import State
 
 CASCADING_TYPES = frozenset({"ca", "shared_cert"})  # a change of one of these reaches every node
-
-
-@cache
-def code_digest() -> str | None:
-    """SHA-256 of hyprov's own source and schema: a stamp made by other code vouches for
-    nothing (the same topology may render another kong.conf). None (no skipping, no stamps)
-    when the sources cannot be read, e.g. from a zip."""
-    here = Path(__file__).resolve()
-    root = here.parent
-    h = hashlib.sha256()
-    try:
-        sources = sorted(root.rglob("*.py"))
-        if here not in sources:  # not running from source files: nothing to vouch with
-            return None
-        for path in sources + sorted(root.rglob("*.json")):  # the code and the topology schema
-            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
-    except OSError:
-        return None
-    return h.hexdigest()
 
 
 class Stamper:
@@ -118,18 +97,18 @@ def _renewal_due(cert: Mapping[str, Any] | None, now: datetime) -> bool:
         return True
 
 
-def skippable(topology: m.Topology, state: State | None, now: datetime) -> frozenset[str]:
-    """The data planes a plan may skip, facts from the hosts aside (:func:`concerned`)."""
+def skippable(topology: m.Topology, state: State | None, now: datetime, code: str | None) -> frozenset[str]:
+    """The data planes a plan may skip, facts from the hosts aside (:func:`concerned`).
+    ``code``: the digest of the running hyprov (``shell.code_digest``); None skips nothing."""
     if state is None:
         return frozenset()
-    out = _skippable(topology, state, now)
+    out = _skippable(topology, state, now, code)
     # about six records a node: what the plan reads of them is checked as it is read
     state.records.expect(6 * (len(topology.nodes) - len(out)))
     return out
 
 
-def _skippable(topology: m.Topology, state: State, now: datetime) -> frozenset[str]:
-    code = code_digest()
+def _skippable(topology: m.Topology, state: State, now: datetime, code: str | None) -> frozenset[str]:
     if not state.converged or code is None:
         return frozenset()
     records = state.records
@@ -190,25 +169,24 @@ def finish_plan(topology: m.Topology, state: State | None, now: datetime, facts:
 
 
 def plan(topology: m.Topology, state: State | None, now: datetime, facts: Facts | None = None, *,
-         targets: tuple[str, ...] = (), destroy: bool = False) -> Plan:
+         code: str | None, targets: tuple[str, ...] = (), destroy: bool = False) -> Plan:
     """``planner.plan`` over the topology's resources, skipping the converged data planes."""
     from . import resources
     from .planner import Facts
 
-    skip = skippable(topology, state, now) if not (targets or destroy) else frozenset()
+    skip = skippable(topology, state, now, code) if not (targets or destroy) else frozenset()
     return finish_plan(topology, state, now, facts or Facts(), skip, resources.build(topology, skip),
                        targets=targets, destroy=destroy)
 
 
-def stamped(topology: m.Topology, state: State, now: datetime, plan: Plan | None = None) -> State:
+def stamped(topology: m.Topology, state: State, now: datetime, code: str | None, plan: Plan | None = None) -> State:
     """``state`` with a stamp for each data plane the planner finds converged in it: the full
     plan, nothing skipped, no facts (what the records say). Called when an apply ends; an apply
     with nothing to do passes its ``plan``, which has no change and no error: every node is
-    converged (facts from the hosts only add changes)."""
+    converged (facts from the hosts only add changes). ``code`` as for :func:`skippable`."""
     from . import planner, resources
     from .errors import HyprovError
 
-    code = code_digest()
     if code is None or not topology.data_planes:
         return state
     if plan is None:

@@ -29,6 +29,8 @@ from hyprov.plan import Plan
 from hyprov.planner import Facts
 from hyprov.state import NodeState, State, from_json, to_json
 
+CODE = "c0de" * 16  # the running hyprov's digest (shell.code_digest), fixed here
+
 
 def full_plan(t: Topology, s: State | None, facts: Facts | None = None, now: Any = NOW) -> Plan:
     return planner.plan(resources.build(t), None, s, now, topology_digest=t.digest, facts=facts)
@@ -36,13 +38,13 @@ def full_plan(t: Topology, s: State | None, facts: Facts | None = None, now: Any
 
 def same(t: Topology, s: State, facts: Facts | None = None, now: Any = NOW) -> Plan:
     """The plan with skipping, asserted equal to the plan without."""
-    skipping = convergence.plan(t, s, now, facts)
+    skipping = convergence.plan(t, s, now, facts, code=CODE)
     assert skipping.dumps() == full_plan(t, s, facts, now).dumps()
     return skipping
 
 
 def converged(t: Topology) -> State:
-    s = convergence.stamped(t, recorded(t), NOW)
+    s = convergence.stamped(t, recorded(t), NOW, CODE)
     assert set(s.converged) == {dp.name for dp in t.data_planes}
     return s
 
@@ -53,7 +55,7 @@ def converged(t: Topology) -> State:
 @pytest.mark.parametrize(("doc", "case"), [pytest.param(d, c, id=i) for i, d, c, _ in CASES])
 def test_planner_table_is_the_same_when_skipping(doc: dict[str, Any], case: dict[str, Any]) -> None:
     base = topo(BASE)
-    prior = convergence.stamped(base, recorded(base, not_after=case.get("not_after", NOW + timedelta(days=80))), NOW)
+    prior = convergence.stamped(base, recorded(base, not_after=case.get("not_after", NOW + timedelta(days=80))), NOW, CODE)
     if "pending" in case:
         prior = prior.with_node(NodeState(case["pending"], True, "3.9.1"))
     same(topo(doc or BASE), prior, Facts(drift=case.get("drift", {})))
@@ -62,7 +64,7 @@ def test_planner_table_is_the_same_when_skipping(doc: dict[str, Any], case: dict
 def test_a_converged_cluster_skips_every_data_plane_and_plans_nothing() -> None:
     t = topo(BASE)
     s = converged(t)
-    assert convergence.skippable(t, s, NOW) == {"dp1", "dp2"}
+    assert convergence.skippable(t, s, NOW, CODE) == {"dp1", "dp2"}
     assert not same(t, s).has_changes
 
 
@@ -70,7 +72,7 @@ def test_a_certificate_coming_due_is_not_skipped() -> None:
     t = topo(BASE)
     s = converged(t)  # leaves expire in 80 days, renewed 30 days before
     later = NOW + timedelta(days=55)
-    assert convergence.skippable(t, s, later) == frozenset()
+    assert convergence.skippable(t, s, later, CODE) == frozenset()
     p = same(t, s, now=later)
     assert {"cert.dp1", "cert.dp2"} <= {c.address for c in p.actionable}
 
@@ -93,15 +95,24 @@ def test_a_ca_change_plans_every_node_in_full() -> None:
     assert "cert.dp1" in {c.address for c in p.actionable}
     # the recorded CA replaced (an apply interrupted after it): the stamps no longer match
     s2 = s.with_resource(replace(ca, attributes={**ca.attrs, "fingerprint": "cd" * 32}))
-    assert convergence.skippable(t, s2, NOW) == frozenset()
+    assert convergence.skippable(t, s2, NOW, CODE) == frozenset()
     same(t, s2)
 
 
-def test_another_hyprov_vouches_for_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_code_digest_is_that_of_the_running_sources() -> None:
+    from hyprov import shell
+
+    digest = shell.code_digest()
+    assert digest is not None and len(digest) == 64 and int(digest, 16) >= 0
+    t = topo(BASE)
+    assert convergence.skippable(t, convergence.stamped(t, recorded(t), NOW, digest), NOW, digest) == {"dp1", "dp2"}
+
+
+def test_another_hyprov_vouches_for_nothing() -> None:
     t = topo(BASE)
     s = converged(t)
-    monkeypatch.setattr(convergence, "code_digest", lambda: "0" * 64)
-    assert convergence.skippable(t, s, NOW) == frozenset()
+    assert convergence.skippable(t, s, NOW, "0" * 64) == frozenset()
+    assert convergence.skippable(t, s, NOW, None) == frozenset()  # hyprov not run from its sources
 
 
 # ------------------------------------------------------------------ generated changes
@@ -165,7 +176,7 @@ def test_skipping_never_changes_a_plan(cps: int, dps: int, mtls: str, inter: int
     or shared certificate coming due: a renewal that reaches every node)."""
     doc = local_topology(cps=cps, dps=dps, mtls=mtls, intermediates=inter)
     t0 = topo(doc)
-    s = convergence.stamped(t0, _ca_expiring_in(recorded(t0), ca_days if mtls == "pki" else ca_days - 90), NOW)
+    s = convergence.stamped(t0, _ca_expiring_in(recorded(t0), ca_days if mtls == "pki" else ca_days - 90), NOW, CODE)
     facts, now = Facts(), NOW + timedelta(days=days)
     for kind in kinds:
         doc, s, more, _ = _perturb(kind, json.loads(json.dumps(doc)), s, i, days)
@@ -178,9 +189,9 @@ def test_a_ca_coming_due_plans_every_node_in_full(mtls: str) -> None:
     """The CA (pki: leaf_validity_days + renew_before_days = 120 days ahead) or the shared
     certificate (30 days) is renewed by time alone: nothing the stamps cover changed."""
     t = topo(local_topology(dps=2, mtls=mtls, intermediates=1))
-    s = convergence.stamped(t, _ca_expiring_in(recorded(t), 130 if mtls == "pki" else 40), NOW)
+    s = convergence.stamped(t, _ca_expiring_in(recorded(t), 130 if mtls == "pki" else 40), NOW, CODE)
     later = NOW + timedelta(days=20)  # the leaves (80 days) are not due
-    assert convergence.skippable(t, s, later) == {"dp1", "dp2"}
+    assert convergence.skippable(t, s, later, CODE) == {"dp1", "dp2"}
     p = same(t, s, now=later)
     assert {c.node for c in p.actionable} >= {"dp1", "dp2"}
 
@@ -208,7 +219,7 @@ def test_a_version_1_state_is_upgraded_without_stamps() -> None:
     doc["version"] = 1
     del doc["converged"]
     s = from_json(json.dumps(doc), "old.json")
-    assert s.converged == {} and convergence.skippable(t, s, NOW) == frozenset()
+    assert s.converged == {} and convergence.skippable(t, s, NOW, CODE) == frozenset()
     assert json.loads(to_json(s))["version"] == 2
 
 
@@ -236,7 +247,7 @@ def test_a_damaged_record_is_reported_when_used_and_by_check() -> None:
     with pytest.raises(StateError, match=bad):
         from_json(text, "s.json")  # eager: every record
     lazy = from_json(text, "s.json", lazy=True)
-    assert not convergence.plan(t, lazy, NOW).has_changes  # dp1 is skipped: its record is not used
+    assert not convergence.plan(t, lazy, NOW, code=CODE).has_changes  # dp1 is skipped: its record is not used
     with pytest.raises(StateError, match=bad):
         lazy.records.check()
     with pytest.raises(StateError, match=bad):
@@ -249,9 +260,9 @@ def test_a_damaged_certificate_record_is_never_skipped() -> None:
     doc = json.loads(to_json(converged(t)))
     doc["resources"]["cert.dp1"]["attributes"]["not_after"] = "tomorrow"
     lazy = from_json(json.dumps(doc), "s.json", lazy=True)
-    assert convergence.skippable(t, lazy, NOW) == {"dp2"}
+    assert convergence.skippable(t, lazy, NOW, CODE) == {"dp2"}
     with pytest.raises(StateError, match=r"resource 'cert\.dp1': not_after must be an ISO-8601 date"):
-        convergence.plan(t, lazy, NOW)
+        convergence.plan(t, lazy, NOW, code=CODE)
 
 
 def test_a_lazily_read_secret_is_refused_when_used() -> None:
