@@ -35,6 +35,8 @@ from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from . import model as m
+from .errors import StateError
+from .state import parse_address
 
 if TYPE_CHECKING:
     from .plan import Plan
@@ -134,14 +136,20 @@ def _skippable(topology: m.Topology, state: State, now: datetime, code: str | No
 
 
 def concerned(state: State | None, facts: Facts) -> set[str]:
-    """The nodes something read from the hosts is about (drift, unreachable): never skipped."""
+    """The nodes something read from the hosts is about (drift, unreachable): never skipped.
+    Both the node a record names and the one its address names: a hand-edited record may
+    disagree with its address, and skipping either node would hide the fact."""
     out = set(facts.unreachable)
-    if state is not None:
-        records = state.records
-        for addr in (*facts.drift, *facts.host_digests, *facts.secret_fingerprints):
-            node = records.node_of(addr) if addr in records else None
-            if node is not None:
-                out.add(node)
+    records = state.records if state is not None else None
+    for addr in (*facts.drift, *facts.host_digests, *facts.secret_fingerprints):
+        try:
+            out.add(parse_address(addr)[1])
+        except StateError:
+            pass  # not an address: nothing it could unskip
+        node = records.node_of(addr) if records is not None and addr in records else None
+        if node is not None:
+            out.add(node)
+    out.discard("")
     return out
 
 

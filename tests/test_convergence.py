@@ -87,6 +87,19 @@ def test_facts_about_a_node_have_it_planned_in_full() -> None:
     assert p.errors == ("dp1 is unreachable: connection refused (its files could not be checked for drift)",)
 
 
+def test_facts_unskip_the_node_an_address_names_even_if_its_record_names_another() -> None:
+    """A hand-edited record of dp1 whose ``node`` says cp1: drift on dp1's kong.conf must
+    still have dp1 planned in full, as the plan that skips nothing does."""
+    t = topo(BASE)
+    s = converged(t)
+    conf = 'file.dp1["/etc/kong/kong.conf"]'
+    s = s.with_resource(replace(s.resources[conf], node="cp1"))
+    facts = Facts(drift={conf: "file changed on host"}, host_digests={conf: ("aa" * 32, "bb" * 32)})
+    assert {"dp1", "cp1"} <= convergence.concerned(s, facts)
+    p = same(t, s, facts)
+    assert conf in {c.address for c in p.actionable}
+
+
 def test_a_ca_change_plans_every_node_in_full() -> None:
     t = topo(BASE)
     s = converged(t)
