@@ -40,12 +40,14 @@ def now() -> datetime:
 
 @cache
 def code_digest() -> str | None:
-    """SHA-256 of hyprov's own source and schema: a stamp made by other code vouches for
-    nothing (the same topology may render another kong.conf). None (no skipping, no stamps)
-    when the sources cannot be read, e.g. from a zip."""
+    """SHA-256 of hyprov's own source and schema, the interpreter and the libraries that
+    parse or render: a stamp made by other code vouches for nothing (the same topology may
+    render another kong.conf; Python's ipaddress prints some IPv6 forms differently from one
+    release to the next). None (no skipping, no stamps) when the sources cannot be read,
+    e.g. from a zip."""
     here = Path(__file__).resolve()  # the code digest covers every module beside this one
     root = here.parent
-    h = hashlib.sha256()
+    h = hashlib.sha256(runtime_identity().encode())
     try:
         sources = sorted(root.rglob("*.py"))
         if here not in sources:  # not running from source files: nothing to vouch with
@@ -55,6 +57,18 @@ def code_digest() -> str | None:
     except OSError:
         return None
     return h.hexdigest()
+
+
+def runtime_identity() -> str:
+    """What besides hyprov's sources decides a rendering: the interpreter (stdlib included)
+    and the YAML and certificate libraries, by version."""
+    import sys
+
+    import cryptography
+    import yaml
+
+    return "\0".join((sys.version, sys.implementation.cache_tag or "", yaml.__version__,
+                       str(yaml.__with_libyaml__), cryptography.__version__))
 
 
 def build_done() -> None:

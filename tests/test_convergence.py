@@ -121,6 +121,28 @@ def test_code_digest_is_that_of_the_running_sources() -> None:
     assert convergence.skippable(t, convergence.stamped(t, recorded(t), NOW, digest), NOW, digest) == {"dp1", "dp2"}
 
 
+@pytest.mark.parametrize("part", ["python", "yaml", "cryptography"])
+def test_code_digest_covers_the_interpreter_and_rendering_libraries(part: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another Python may render the same topology differently (ipaddress's IPv6 forms
+    changed between 3.11 and 3.13): its stamps must not let the plan skip a DP."""
+    import sys
+
+    import cryptography
+    import yaml
+
+    from hyprov import shell
+
+    before = shell.code_digest()
+    shell.code_digest.cache_clear()
+    target, attr = {"python": (sys, "version"), "yaml": (yaml, "__version__"),
+                    "cryptography": (cryptography, "__version__")}[part]
+    monkeypatch.setattr(target, attr, getattr(target, attr) + "+other")
+    try:
+        assert shell.code_digest() not in (None, before)
+    finally:
+        shell.code_digest.cache_clear()
+
+
 def test_another_hyprov_vouches_for_nothing() -> None:
     t = topo(BASE)
     s = converged(t)
