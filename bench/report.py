@@ -16,6 +16,27 @@ PHASE_ORDER = ("first", "noop", "change", "plan --no-refresh", "plan --refresh")
 PLAN_PHASES = ("load_validate", "state_read", "resources", "diff")  # bench_plan.py's split
 
 
+def _lead_table(doc: dict[str, Any], metric: str = "wall", tools: list[str] | None = None,
+                sizes: list[int] | None = None) -> str:
+    """hyprov's lead in one run's results: the other tool's median ``metric`` ÷ hyprov's, per
+    size and phase ("" when there is nothing to compare)."""
+    tools = _tools(doc) if tools is None else tools
+    others = [t for t in tools if t != "hyprov"]
+    if "hyprov" not in tools or not others:
+        return ""
+    rows = ["| hosts | phase | " + " | ".join(f"vs {TOOL_LABEL[t]}" for t in others) + " |",
+            "|---|---|" + "---|" * len(others)]
+    for n in _sizes(doc) if sizes is None else sizes:
+        for ph in ("first", "noop", "change"):
+            hs = _get(doc, n, "hyprov", ph)
+            if hs is None:
+                continue
+            cells = [f"{o[metric]['median'] / hs[metric]['median']:.2f}x" if (o := _get(doc, n, t, ph)) else "-"
+                     for t in others]
+            rows.append(f"| {n} | {PHASE_LABEL[ph]} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
 def _cell(st: dict[str, float] | None, fmt: str = "{:.2f}") -> str:
     if not st:
         return "-"
@@ -206,7 +227,7 @@ def render(doc: dict[str, Any], png_name: str | None) -> str:
         w("")
     for other in doc.get("also") or []:
         qa = "off (`--quickack`)" if other["meta"].get("quickack") else "on"
-        w(f"### Second run: delayed ACKs {qa}\n")
+        w(f"### Another run: {', '.join(map(str, _sizes(other)))} hosts, delayed ACKs {qa}\n")
         w(f"`{other['command']}` ({other['started']}, hyprov {other['meta'].get('hyprov_sha', '')[:10]}); "
           f"{other['meta']['warmup']} warm-up, {other['meta']['runs']} measured; "
           f"{len(other.get('failures') or [])} failed checks.\n")
@@ -220,25 +241,15 @@ def render(doc: dict[str, Any], png_name: str | None) -> str:
                         w(f"| {n} | {TOOL_LABEL[t]} | {PHASE_LABEL[ph]} | {_cell(s2['wall'])} | "
                           f"{_cell(s2['cpu'])} | {_cell(s2.get('host_cpu'))} | {_cell(s2['machine_cpu'])} |")
         w("")
+        if lead := _lead_table(other):
+            w("Wall-time ratio, other ÷ hyprov (medians):\n")
+            w(lead)
     w("### hyprov's lead (wall-time ratio, other tool ÷ hyprov, medians)\n")
-    others = [t for t in tools if t != "hyprov"]
-    if "hyprov" in tools and others:
-        for title, metric in ((None, "wall"), ("Controller CPU ratio (other ÷ hyprov, medians):\n", "cpu")):
-            if title:
-                w(title)
-            w("| hosts | phase | " + " | ".join(f"vs {TOOL_LABEL[t]}" for t in others) + " |")
-            w("|---|---|" + "---|" * len(others))
-            for n in sizes:
-                for ph in ("first", "noop", "change"):
-                    hs = _get(doc, n, "hyprov", ph)
-                    if hs is None:
-                        continue
-                    cells = []
-                    for t in others:
-                        os_ = _get(doc, n, t, ph)
-                        cells.append(f"{os_[metric]['median'] / hs[metric]['median']:.2f}x" if os_ else "-")
-                    w(f"| {n} | {PHASE_LABEL[ph]} | " + " | ".join(cells) + " |")
-            w("")
+    lead = _lead_table(doc, "wall", tools, sizes)
+    if lead:
+        w(lead)
+        w("Controller CPU ratio (other ÷ hyprov, medians):\n")
+        w(_lead_table(doc, "cpu", tools, sizes))
 
     w("## Goals (issue 7)\n")
     rows = goals(doc)
