@@ -4,6 +4,7 @@ graph, firewall, state. Registered into cli.py's parser."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -134,6 +135,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         p, _, transports = _make_plan(t, backend, args)
         _close(transports)
     if args.out:
+        p = dataclasses.replace(p, password_fingerprint=_password_fingerprint(p, shell.password(t, required=False)))
         _write_plan(Path(args.out), p)
     sys.stdout.write(render.render_json(p) if args.json else render.render_text(p, color=_color()))
     if args.out and not args.json:
@@ -194,11 +196,24 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _check_stale(p: Plan, t: Topology, state: State | None, source: str, file: str) -> None:
+def _password_fingerprint(p: Plan, password: str | None) -> str | None:
+    """Which database password a saved plan was made with (salted, slow: see
+    kongconf.secret_fingerprint); None without one."""
+    from .kongconf import secret_fingerprint
+
+    return None if password is None else secret_fingerprint(password, p.lineage or p.topology_digest, "saved-plan")
+
+
+def _check_stale(p: Plan, t: Topology, state: State | None, source: str, file: str,
+                 password: str | None = None) -> None:
     again = f"make a new plan with: hyprov plan -f {file} --out {source}"
     if p.topology_digest != t.digest:
         raise StaleState(f"saved plan {source} is stale: the topology file, or a license or CA "
                          "certificate file it names, changed since it was made", again)
+    if p.password_fingerprint is not None and _password_fingerprint(p, password) != p.password_fingerprint:
+        env = t.database.password_env if t.database else "the password variable"
+        raise StaleState(f"saved plan {source} is stale: {env} holds another database password than "
+                         "when it was made (the plan would write a pg_password it does not show)", again)
     lineage = state.lineage if state else None
     serial = state.serial if state else None
     if (p.lineage, p.serial) == (lineage, serial):
@@ -307,7 +322,7 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
                 state = _read_state(backend, args.file)
                 if state is not None:
                     state.records.check()  # every record, before anything is touched
-                _check_stale(p, t, state, args.planfile, args.file)
+                _check_stale(p, t, state, args.planfile, args.file, shell.password(t, required=False))
                 _check_matches(p, t, state, args.planfile, args.file)
             else:
                 p, state, transports = _make_plan(t, backend, args, destroy=destroy, connector=connector)

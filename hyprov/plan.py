@@ -106,6 +106,10 @@ class Plan:
     root_rotation: dict[str, Any] | None = field(default=None, hash=False, compare=False)
     # nodes refresh could not read, and why: their changes are shown, not applied (apply fails them)
     unreachable: tuple[tuple[str, str], ...] = ()
+    # a saved plan's slow, salted fingerprint of the database password it was made with
+    # (kongconf.secret_fingerprint): applying it with another password would write a
+    # pg_password the reviewer never saw change, so it is stale then
+    password_fingerprint: str | None = None
 
     @property
     def actionable(self) -> tuple[Change, ...]:
@@ -126,7 +130,8 @@ class Plan:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        extra = {} if self.password_fingerprint is None else {"password_fingerprint": self.password_fingerprint}
+        return extra | {
             "format_version": FORMAT_VERSION,
             "topology_digest": self.topology_digest,
             "prior_state": {"lineage": self.lineage, "serial": self.serial},
@@ -161,13 +166,16 @@ class Plan:
             changes = d["resource_changes"]
             rotation = d.get("root_rotation")
             unreachable = d.get("unreachable_nodes", {})
+            password = d.get("password_fingerprint")
             if not isinstance(changes, list) or not (rotation is None or isinstance(rotation, dict)) or \
                     not isinstance(unreachable, dict):
                 raise ValueError("resource_changes must be a list, root_rotation and unreachable_nodes objects")
+            if not (password is None or isinstance(password, str)):
+                raise ValueError("password_fingerprint must be a string")
             return cls(digest, lineage, serial, tuple(Change.from_json(c) for c in changes),
                        tuple(map(str, d.get("targets", ()))), bool(d.get("destroy")),
                        tuple(map(str, d.get("errors", ()))), rotation,
-                       tuple(sorted((str(k), str(v)) for k, v in unreachable.items())))
+                       tuple(sorted((str(k), str(v)) for k, v in unreachable.items())), password)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:  # UnicodeDecodeError is a ValueError
             why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"{type(exc).__name__}: {exc}"
             raise HyprovError(f"{source} is not a hyprov plan file ({why})",

@@ -330,6 +330,26 @@ def test_saved_plan_applies_exactly_and_stale_plans_are_refused(tmp_path: Path) 
     assert path.exists()
 
 
+def test_a_saved_plan_is_stale_when_the_database_password_changed(tmp_path: Path) -> None:
+    """kong.conf's digest is over the masked text: only the plan's password fingerprint tells
+    that apply would write a pg_password the reviewed plan never showed changing."""
+    doc = local_topology()
+    write(tmp_path, doc)
+    apply_ok(tmp_path)
+    doc["control_planes"][0]["admin_listen"] = "127.0.0.1:8011"
+    write(tmp_path, doc)
+    assert hyprov("plan", "--out", "p.plan", cwd=tmp_path).returncode == 0
+    saved = (tmp_path / "p.plan").read_text()
+    assert ENV["HYPROV_TEST_PG"] not in saved and "pg_password" not in saved  # not shown as changing
+    for other in ({"HYPROV_TEST_PG": "another-password"}, {"HYPROV_TEST_PG": ""}):
+        r = hyprov("apply", "p.plan", cwd=tmp_path, env=other)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
+        assert "saved plan p.plan is stale: HYPROV_TEST_PG holds another database password" in r.stderr
+    assert "another-password" not in (tmp_path / ".hyprov" / "hosts" / "cp1" / "etc" / "kong" / "kong.conf").read_text()
+    r = hyprov("apply", "p.plan", cwd=tmp_path)  # the password it was made with
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 @pytest.mark.parametrize("edit", [
     pytest.param(lambda c: c.update(address='file.dp7["/x"]'), id="an address the topology lacks"),
     pytest.param(lambda c: c["after"].update(path="/etc/passwd"), id="another path"),
