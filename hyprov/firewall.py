@@ -2,7 +2,9 @@
 
 Nodes behind NAT are seen by others at their ``firewall_address``. A listener
 bound to loopback needs no flow; it is listed with a note instead of dropped,
-so a reader sees it was considered.
+so a reader sees it was considered (``needed`` false, no source). A node with
+no address has none in its rows either (null in JSON), and a note saying so:
+a script reading ``--json`` must never take a placeholder for an address.
 """
 
 from __future__ import annotations
@@ -11,22 +13,34 @@ from dataclasses import asdict, dataclass
 
 from . import model as m
 
+NO_FLOW = "-"  # the text table's source of a row that needs no flow
+
 
 @dataclass(frozen=True)
 class Flow:
-    source: str
-    destination: str
+    source: str | None  # None: no flow needed (loopback listener), or the node has no address
+    destination: str | None
     port: int
     proto: str
     why: str
     note: str | None = None
+    needed: bool = True  # False: listed for the reader, nothing to open
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
 
 
-def _addr(node: m.Node) -> str:
-    return node.visible_address or f"({node.name}: no address)"
+def _addr(node: m.Node) -> str | None:
+    return node.visible_address
+
+
+def _no_address(*nodes: m.Node) -> str | None:
+    missing = [n.name for n in nodes if n.visible_address is None]
+    return f"{' and '.join(missing)}: no address (set address, or firewall_address behind NAT)" if missing else None
+
+
+def _notes(*notes: str | None) -> str | None:
+    return "; ".join(n for n in notes if n) or None
 
 
 def flows(t: m.Topology) -> list[Flow]:
@@ -34,43 +48,52 @@ def flows(t: m.Topology) -> list[Flow]:
     for cp in t.control_planes:
         for dp in t.data_planes:
             for lst in cp.cluster_listen:
-                out.append(_flow(_addr(dp), cp, lst, f"DP {dp.name} -> CP {cp.name} cluster port (cluster_listen)"))
+                out.append(_flow(dp, cp, lst, "cluster_listen", f"DP {dp.name} -> CP {cp.name} cluster port (cluster_listen)"))
             for lst in cp.telemetry_listen:
-                out.append(_flow(_addr(dp), cp, lst, f"DP {dp.name} -> CP {cp.name} telemetry port"))
+                out.append(_flow(dp, cp, lst, "telemetry_listen", f"DP {dp.name} -> CP {cp.name} telemetry port"))
         for lst in cp.admin_listen:
             if lst.loopback:
-                out.append(Flow("-", _addr(cp), lst.port, "tcp", f"admin sources -> CP {cp.name} admin_listen",
-                                f"admin_listen is {lst.host}: reach it through SSH"))
+                out.append(Flow(None, _addr(cp), lst.port, "tcp", f"admin sources -> CP {cp.name} admin_listen",
+                                f"admin_listen is {lst.host}: reach it through SSH", needed=False))
                 continue
-            for src in t.firewall.admin_sources or ("(no admin_sources set)",):
-                out.append(Flow(src, _dest(cp, lst), lst.port, "tcp", f"admin sources -> CP {cp.name} admin_listen"))
+            for src in t.firewall.admin_sources or (None,):
+                out.append(Flow(src, _dest(cp, lst), lst.port, "tcp", f"admin sources -> CP {cp.name} admin_listen",
+                                _notes(None if src else "no admin_sources set", _no_address(cp))))
         if t.database is not None:
-            out.append(Flow(_addr(cp), t.database.host, t.database.port, "tcp", f"CP {cp.name} -> database"))
+            out.append(Flow(_addr(cp), t.database.host, t.database.port, "tcp", f"CP {cp.name} -> database",
+                            _no_address(cp)))
     for dp in t.data_planes:
         for lst in dp.proxy_listen:
             if lst.loopback:
-                out.append(Flow("-", _addr(dp), lst.port, "tcp", f"proxy sources -> DP {dp.name} proxy_listen",
-                                f"proxy_listen is {lst.host}: only local clients"))
+                out.append(Flow(None, _addr(dp), lst.port, "tcp", f"proxy sources -> DP {dp.name} proxy_listen",
+                                f"proxy_listen is {lst.host}: only local clients", needed=False))
                 continue
             for src in t.firewall.proxy_sources:
-                out.append(Flow(src, _dest(dp, lst), lst.port, "tcp", f"proxy sources -> DP {dp.name} proxy_listen"))
+                out.append(Flow(src, _dest(dp, lst), lst.port, "tcp", f"proxy sources -> DP {dp.name} proxy_listen",
+                                _no_address(dp)))
     return out
 
 
-def _dest(node: m.Node, lst: m.Listen) -> str:
+def _dest(node: m.Node, lst: m.Listen) -> str | None:
     return _addr(node) if lst.host in ("0.0.0.0", "::", "*") else lst.host
 
 
-def _flow(src: str, cp: m.ControlPlane, lst: m.Listen, why: str) -> Flow:
+def _flow(dp: m.DataPlane, cp: m.ControlPlane, lst: m.Listen, setting: str, why: str) -> Flow:
     if lst.loopback:
-        return Flow(src, _addr(cp), lst.port, "tcp", why, f"listener bound to {lst.host}: DPs cannot reach it")
-    return Flow(src, _dest(cp, lst), lst.port, "tcp", why)
+        return Flow(None, _addr(cp), lst.port, "tcp", why,
+                    f"{setting} is {lst.host}: DPs on other hosts cannot reach it", needed=False)
+    return Flow(_addr(dp), _dest(cp, lst), lst.port, "tcp", why, _no_address(dp, cp))
+
+
+def _cell(value: str | None, row: Flow) -> str:
+    """A missing address: ``-`` where no flow is needed, else ``?`` (the note says whose)."""
+    return value if value is not None else NO_FLOW if not row.needed else "?"
 
 
 def render_table(rows: list[Flow]) -> str:
     header = ("FROM", "TO", "PORT", "WHY")
-    body = [(f.source, f.destination, f"{f.port}/{f.proto}", f.why + (f"  [{f.note}]" if f.note else ""))
-            for f in rows]
+    body = [(_cell(f.source, f), _cell(f.destination, f), f"{f.port}/{f.proto}",
+             f.why + (f"  [{f.note}]" if f.note else "")) for f in rows]
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(3)]
     lines = ["  ".join(c.ljust(widths[i]) if i < 3 else c for i, c in enumerate(r)) for r in [header, *body]]
     return "\n".join(line.rstrip() for line in lines) + "\n"
