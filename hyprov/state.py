@@ -826,7 +826,7 @@ def upgrade(
     chain = UPGRADES if upgrades is None else upgrades
     version = doc.get("version")
     if isinstance(version, bool) or not isinstance(version, int):
-        raise StateError(f"{source_name}: corrupt state file: 'version' must be an integer")
+        raise StateError(f"{source_name}: corrupt state file: 'version' must be an integer", hint=_CORRUPT_HINT)
     if version > current:
         raise StateError(
             f"{source_name}: state version {version} is newer than this hyprov supports "
@@ -838,7 +838,8 @@ def upgrade(
         if step is None:
             raise StateError(
                 f"{source_name}: cannot upgrade state version {version} "
-                f"(this hyprov reads versions {min(chain, default=current)}..{current})"
+                f"(this hyprov reads versions {min(chain, default=current)}..{current})",
+                hint="the file was left untouched; read it with the hyprov that wrote it",
             )
         doc = step(dict(doc))
         version += 1
@@ -846,9 +847,13 @@ def upgrade(
     return doc
 
 
+_CORRUPT_HINT = ("the state was left untouched; restore a backup of it (a local state keeps a .backup "
+                 "beside it), or fix the part named")
+
+
 def _expect(cond: bool, source_name: str, what: str) -> None:
     if not cond:
-        raise StateError(f"{source_name}: corrupt state file: {what}")
+        raise StateError(f"{source_name}: corrupt state file: {what}", hint=_CORRUPT_HINT)
 
 
 def _opt_str(value: object) -> bool:
@@ -1005,7 +1010,7 @@ def _record(addr: str, r: Any, source_name: str, screened: bool, good_nodes: set
     except StateError as exc:
         if str(exc).startswith(f"{source_name}:"):
             raise
-        raise StateError(f"{source_name}: {exc}", hint=exc.hint) from exc
+        raise StateError(f"{source_name}: {exc}", hint=exc.hint or _CORRUPT_HINT) from exc
 
 
 def from_json(text: str, source_name: str, *, lazy: bool = False) -> State:
@@ -1081,4 +1086,4 @@ def from_json(text: str, source_name: str, *, lazy: bool = False) -> State:
     except StateError as exc:
         if str(exc).startswith(f"{source_name}:"):
             raise
-        raise StateError(f"{source_name}: {exc}", hint=exc.hint) from exc
+        raise StateError(f"{source_name}: {exc}", hint=exc.hint or _CORRUPT_HINT) from exc

@@ -365,7 +365,8 @@ def load(text_bytes: bytes, file: str) -> tuple[Document, list[Problem]]:
         ctx = exc.context_mark
         if exc.problem and exc.context and ctx and mark and (ctx.line, ctx.column) != (mark.line, mark.column):
             msg += f" ({exc.context} started at line {ctx.line + 1}, column {ctx.column + 1})"
-        hint = None
+        hint = ("check the indentation, quotes and brackets on this line and the one before it "
+                "(a value holding ': ', '#', '[' or '{' needs quotes)")
         lines = text.splitlines()
         if mark and mark.line < len(lines) and lines[mark.line][mark.column:mark.column + 1] == "\t":
             hint = "YAML does not allow tabs for indentation; use spaces"

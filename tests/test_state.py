@@ -475,6 +475,7 @@ def test_corrupt_documents_name_the_file(text: str, where: str) -> None:
         from_json(text, "/srv/hyprov.state.json")
     assert str(ei.value).startswith("/srv/hyprov.state.json:")
     assert where in str(ei.value)
+    assert ei.value.hint, "every corrupt state says what to do about it"
 
 
 # --------------------------------------------------------------------------

@@ -62,6 +62,7 @@ cluster:
   mtls: [shared
 database: {host: pg}
 """, 5, 9, "started at line 4, column 9", cli=True)
+bad("yaml-syntax-hint", "version: 1\ncluster: [\n", 3, 1, "check the indentation, quotes and brackets")
 bad("yaml-tab-indentation", "version: 1\ncluster:\n\tname: c1\n", 3, 1, "tabs")
 bad("empty-file", "", 1, 1, "the file is empty", cli=True)
 bad("only-comments", "# nothing here\n\n", 1, 1, "the file is empty")
