@@ -77,14 +77,19 @@ def _renewal_due(attrs: Mapping[str, Any], recorded: Mapping[str, Any], *, ca: b
     return f"renewal due on {(datetime.fromisoformat(not_after) - timedelta(days=days)).date().isoformat()}"
 
 
+def _shown(value: Any) -> str:
+    """A value in a reason's prose: ``(none)`` for an absent one, not Python's ``None``."""
+    return "(none)" if value is None else str(value)
+
+
 def _settings_reason(r: Resource, keys: list[str], recorded: Mapping[str, Any]) -> str:
     """Why a certificate is updated in place: only its renewal settings changed."""
     parts = []
     for k in keys:
         if r.type == "cert" and k == "validity_days":  # the leaf's own lifetime: used when it is next issued
-            parts.append(f"leaf_validity_days {recorded.get(k)} -> {r.attrs[k]} (from the next issue)")
+            parts.append(f"leaf_validity_days {_shown(recorded.get(k))} -> {_shown(r.attrs[k])} (from the next issue)")
         else:
-            parts.append(f"{k} {recorded.get(k)} -> {r.attrs[k]}")
+            parts.append(f"{k} {_shown(recorded.get(k))} -> {_shown(r.attrs[k])}")
     what = "the root CA is not rotated" if r.address == "ca.root" else "not reissued now"
     return f"settings only: {', '.join(parts)}; {what}, {_renewal_due(r.attrs, recorded, ca=r.type == 'ca')}"
 
@@ -343,7 +348,7 @@ def plan(
                 action, reason = Action.UPDATE, "license file changed"
             elif keys:
                 action = Action.UPDATE
-                reason = ", ".join(f"{k} {recorded.get(k)} -> {r.attrs[k]}" for k in keys)
+                reason = ", ".join(f"{k} {_shown(recorded.get(k))} -> {_shown(r.attrs[k])}" for k in keys)
             elif source and not (r.attrs.get("source") == "on_node" and changes[source].action is Action.REPLACE
                                  and "key_type" not in (changes[source].reason or "")):
                 # a node-made key survives a reissue unless its type changes (renewal keeps the key);
@@ -376,7 +381,7 @@ def plan(
                 action, reason = Action.UPDATE, "restart left pending by an earlier apply (interrupted, failed or --target)"
             elif "kong_version" in keys:
                 action = Action.UPDATE
-                reason = f"restart: kong_version {recorded.get('kong_version')} -> {r.attrs['kong_version']}"
+                reason = f"restart: kong_version {_shown(recorded.get('kong_version'))} -> {_shown(r.attrs['kong_version'])}"
             elif keys:
                 action, reason = Action.UPDATE, "changed: " + ", ".join(keys)
         elif r.type == "migrations":

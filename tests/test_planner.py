@@ -130,6 +130,14 @@ def test_planner_table(doc: dict[str, Any], case: dict[str, Any], expected: dict
     assert got == expected
 
 
+def test_a_reason_shows_an_absent_value_in_prose() -> None:
+    """Not Python's ``None``: the reviewer reads ``owner (none) -> kong``."""
+    p = make_plan(topo(edit(_set("defaults.kong.owner", "kong"))), recorded(topo(BASE)))
+    reasons = actions(p)
+    assert reasons['file.dp1["/etc/kong/kong.conf"]'] == ("~", "owner (none) -> kong")
+    assert not [r for _, r in reasons.values() if r and "None" in r]
+
+
 def test_version_upgrade_orders_cp_restarts_before_dp_restarts() -> None:
     t = topo(edit(_set("cluster.kong_version", "3.10.0")))
     g = graph.build(resources.build(t))
