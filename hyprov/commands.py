@@ -212,8 +212,9 @@ def _check_stale(p: Plan, t: Topology, state: State | None, source: str, file: s
                          "certificate file it names, changed since it was made", again)
     if p.password_fingerprint is not None and _password_fingerprint(p, password) != p.password_fingerprint:
         env = t.database.password_env if t.database else "the password variable"
-        raise StaleState(f"saved plan {source} is stale: {env} holds another database password than "
-                         "when it was made (the plan would write a pg_password it does not show)", again)
+        now = "is not set, and it" if password is None else "holds another database password than the one it"
+        raise StaleState(f"saved plan {source} is stale: {env} {now} was made with "
+                         "(the plan would write a pg_password it does not show)", again)
     lineage = state.lineage if state else None
     serial = state.serial if state else None
     if (p.lineage, p.serial) == (lineage, serial):

@@ -34,8 +34,9 @@ def _addr(node: m.Node) -> str | None:
     return node.visible_address
 
 
-def _no_address(*nodes: m.Node) -> str | None:
-    missing = [n.name for n in nodes if n.visible_address is None]
+def _no_address(*ends: tuple[m.Node, str | None]) -> str | None:
+    """The note for a row whose source or destination is a node without an address."""
+    missing = [node.name for node, value in ends if value is None]
     return f"{' and '.join(missing)}: no address (set address, or firewall_address behind NAT)" if missing else None
 
 
@@ -56,21 +57,23 @@ def flows(t: m.Topology) -> list[Flow]:
                 out.append(Flow(None, _addr(cp), lst.port, "tcp", f"admin sources -> CP {cp.name} admin_listen",
                                 f"admin_listen is {lst.host}: reach it through SSH", needed=False))
                 continue
+            dest = _dest(cp, lst)
             for src in t.firewall.admin_sources or (None,):
-                out.append(Flow(src, _dest(cp, lst), lst.port, "tcp", f"admin sources -> CP {cp.name} admin_listen",
-                                _notes(None if src else "no admin_sources set", _no_address(cp))))
+                out.append(Flow(src, dest, lst.port, "tcp", f"admin sources -> CP {cp.name} admin_listen",
+                                _notes(None if src else "no admin_sources set", _no_address((cp, dest)))))
         if t.database is not None:
             out.append(Flow(_addr(cp), t.database.host, t.database.port, "tcp", f"CP {cp.name} -> database",
-                            _no_address(cp)))
+                            _no_address((cp, _addr(cp)))))
     for dp in t.data_planes:
         for lst in dp.proxy_listen:
             if lst.loopback:
                 out.append(Flow(None, _addr(dp), lst.port, "tcp", f"proxy sources -> DP {dp.name} proxy_listen",
                                 f"proxy_listen is {lst.host}: only local clients", needed=False))
                 continue
+            dest = _dest(dp, lst)
             for src in t.firewall.proxy_sources:
-                out.append(Flow(src, _dest(dp, lst), lst.port, "tcp", f"proxy sources -> DP {dp.name} proxy_listen",
-                                _no_address(dp)))
+                out.append(Flow(src, dest, lst.port, "tcp", f"proxy sources -> DP {dp.name} proxy_listen",
+                                _no_address((dp, dest))))
     return out
 
 
@@ -82,7 +85,8 @@ def _flow(dp: m.DataPlane, cp: m.ControlPlane, lst: m.Listen, setting: str, why:
     if lst.loopback:
         return Flow(None, _addr(cp), lst.port, "tcp", why,
                     f"{setting} is {lst.host}: DPs on other hosts cannot reach it", needed=False)
-    return Flow(_addr(dp), _dest(cp, lst), lst.port, "tcp", why, _no_address(dp, cp))
+    src, dest = _addr(dp), _dest(cp, lst)
+    return Flow(src, dest, lst.port, "tcp", why, _no_address((dp, src), (cp, dest)))
 
 
 def _cell(value: str | None, row: Flow) -> str:

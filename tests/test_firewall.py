@@ -67,7 +67,7 @@ def test_no_address_is_null_with_a_note_never_a_placeholder() -> None:
     d = doc()
     del d["data_planes"][0]["address"]
     rows = [r for r in flows(d) if r[3]]
-    for source, destination, _, _, note in rows:
+    for source, destination, *_ in rows:
         for value in (source, destination):
             assert value is None or ipaddress.ip_network(value, strict=False), value
     missing = [r for r in rows if None in r[:2]]
