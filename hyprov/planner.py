@@ -68,6 +68,19 @@ def _renewal_reason(attrs: Mapping[str, Any], recorded: Mapping[str, Any], now: 
     return None
 
 
+def _ends_with_issuer(recorded: Mapping[str, Any], issuer: Any, now: datetime) -> bool:
+    """The leaf already ends when its issuer does (it was cut to the issuer's notAfter when
+    issued): a new one would end then too, so renewing gains nothing and would repeat on every
+    plan. The issuer's own renewal helps (hyprov's CAs are renewed leaf_validity_days earlier;
+    for a CA you brought the plan says to renew it)."""
+    issuer_end = issuer.attributes.get("not_after") if issuer is not None else None
+    own = recorded.get("not_after")
+    if not (isinstance(issuer_end, str) and isinstance(own, str)):
+        return False
+    end = datetime.fromisoformat(own)
+    return end > now and end >= datetime.fromisoformat(issuer_end)
+
+
 def _renewal_due(attrs: Mapping[str, Any], recorded: Mapping[str, Any], *, ca: bool) -> str:
     """When the recorded certificate is renewed under ``attrs``'s settings (a date)."""
     not_after = recorded.get("not_after")
@@ -315,6 +328,8 @@ def plan(
             keys = [k for k in keys if k not in settings]
             issuer = _dep_changed(r, reissued)
             renew = _renewal_reason(r.attrs, recorded, now, ca=r.type == "ca")
+            if renew and r.type == "cert" and _ends_with_issuer(recorded, prior.get(str(r.attrs.get("issuer"))), now):
+                renew = None
             stale = None if keys or issuer or r.type == "shared_cert" else \
                 sources.certificate(r, recorded, rot.phase is not None)
             if keys == ["cert_file_fingerprint"] and brought:

@@ -274,6 +274,32 @@ def test_a_ca_you_brought_is_never_rotated_and_the_plan_says_so(tmp_path: Path) 
     assert "Note: ca.root is a CA you brought (cert_file): hyprov never rotates it." in text
 
 
+def test_leaves_cut_to_a_ca_you_brought_are_not_renewed_on_every_plan(tmp_path: Path) -> None:
+    """Your CA ends within renew_before_days: each leaf is cut to its notAfter when issued. A new
+    leaf would end on the same day, so the plan says to renew your CA and reissues nothing (it
+    did so on every plan before, with a restart of every node)."""
+    from hyprov import pki
+
+    key = pki.generate_key("ec-p256")
+    now = dt.datetime.now(dt.UTC)
+    (tmp_path / "corp.crt").write_bytes(pki.cert_pem(pki.issue_root(key, common_name="Corp Root",
+                                                                    validity_days=20, now=now)))
+    (tmp_path / "corp.key").write_bytes(pki.key_pem(key))
+    (tmp_path / "corp.key").chmod(0o600)
+    doc = local_topology(mtls="pki", intermediates=0, dps=2)
+    doc["pki"]["root"] = {"cert_file": "corp.crt", "key_file": "corp.key"}
+    write(tmp_path, doc)
+    first = hyprov("apply", "--auto-approve", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    leaf = x509.load_pem_x509_certificate((tmp_path / ".hyprov/hosts/dp1/etc/kong/cluster/cluster.crt").read_bytes())
+    corp = x509.load_pem_x509_certificate((tmp_path / "corp.crt").read_bytes())
+    assert leaf.not_valid_after_utc == corp.not_valid_after_utc, "cut to the CA's notAfter"
+    again = hyprov("plan", "--detailed-exitcode", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "Note: ca.root is a CA you brought (cert_file): hyprov never rotates it. certificate expires in" \
+        in again.stdout
+
+
 def test_zero_intermediates_phase_2_reissues_every_leaf() -> None:
     t = topo(local_topology(mtls="pki", intermediates=0, dps=2))
     p = make_plan(t, started(recorded(t, SOON)))
