@@ -93,6 +93,9 @@ class Change:
                    before, after, d.get("diff"), d.get("error"), sensitive)
 
 
+KEY_DRIFT = "drift: its key "  # a certificate's reason when its key file drifted: a new key comes with it
+
+
 @dataclass(frozen=True)
 class Plan:
     topology_digest: str

@@ -115,6 +115,29 @@ def test_no_secret_in_state_plan_or_output(tmp_path: Path) -> None:
         assert stat.S_IMODE(f.stat().st_mode) == 0o600
 
 
+@pytest.mark.parametrize("keygen", ["on_node", "local"])
+def test_a_node_key_removed_or_changed_by_hand_gets_a_new_pair(tmp_path: Path, keygen: str) -> None:
+    """hyprov never keeps a node's key, so a key drifted on the host cannot be put back: the
+    certificate is reissued with a new key. Before, on_node failed every apply ("key missing")
+    or adopted the changed file as the managed key."""
+    write(tmp_path, local_topology(mtls="pki", intermediates=1, key_generation=keygen))
+    apply_ok(tmp_path)
+    key = "/etc/kong/cluster/cluster.key"
+    host_file(tmp_path, "dp1", key).unlink()
+    host_file(tmp_path, "dp2", key).write_text("garbage\n")
+    p = hyprov("plan", cwd=tmp_path)
+    assert f"-/+ cert.dp1    # drift: its key {key}: file removed on host" in p.stdout, p.stdout
+    assert f"-/+ cert.dp2    # drift: its key {key}: file changed on host" in p.stdout, p.stdout
+    apply_ok(tmp_path)
+    for node in ("dp1", "dp2"):
+        cert = x509.load_pem_x509_certificate(host_file(tmp_path, node, "/etc/kong/cluster/cluster.crt").read_bytes())
+        pair = serialization.load_pem_private_key(host_file(tmp_path, node, key).read_bytes(), None)
+        assert cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) \
+            == pair.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        assert stat.S_IMODE(host_file(tmp_path, node, key).stat().st_mode) == 0o600
+    assert_converged(tmp_path)
+
+
 def test_drift_is_planned_as_update_and_fixed(tmp_path: Path) -> None:
     write(tmp_path, local_topology())
     apply_ok(tmp_path)
