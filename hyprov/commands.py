@@ -319,6 +319,10 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
     try:
         with shell.locked(backend, args.lock_timeout):
             if getattr(args, "planfile", None):
+                if getattr(args, "target", None):
+                    raise HyprovError("--target cannot be used with a saved plan: it is applied as it was made",
+                                      f"make a targeted plan instead: hyprov plan -f {args.file} "
+                                      f"--target ADDR --out {args.planfile}")
                 p = _read_plan(args.planfile, args.file)
                 state = _read_state(backend, args.file)
                 if state is not None:
@@ -339,8 +343,11 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
                 if not p.has_changes:
                     if state is not None and not destroy:
                         _stamp_unchanged(t, backend, state, p)
+                    none = _summary(destroy, {"added": 0, "changed": 0, "destroyed": 0}, {}, False)
                     if args.json:
-                        _print_json(_summary(destroy, {"added": 0, "changed": 0, "destroyed": 0}, {}, False))
+                        _print_json(none)
+                    else:  # every apply ends with its count, a no-op too (scripts grep for it)
+                        print(f"\n{none['event']}")
                     return EXIT_OK
                 question = "Destroy everything hyprov installed?" if destroy else "Apply these changes?"
                 if not _confirm(args, question):

@@ -89,8 +89,9 @@ def test_first_apply_installs_files_with_modes_and_restarts_once(
     assert f"lua_ssl_verify_depth = {depth}" in host_file(tmp_path, "dp1", "/etc/kong/kong.conf").read_text()
     assert "pg_password = pg-s3cret\\#word" in host_file(tmp_path, "cp1", "/etc/kong/kong.conf").read_text()
     assert_converged(tmp_path)
-    apply_ok(tmp_path)
+    noop = apply_ok(tmp_path)
     assert restarts(tmp_path, "dp1") == 1, "a no-op apply must not restart"
+    assert noop.stdout.endswith("\nApply complete: 0 added, 0 changed, 0 destroyed.\n"), noop.stdout
 
 
 def test_no_secret_in_state_plan_or_output(tmp_path: Path) -> None:
@@ -347,6 +348,8 @@ def test_saved_plan_applies_exactly_and_stale_plans_are_refused(tmp_path: Path) 
     r = hyprov("apply", "second.plan", cwd=tmp_path)
     assert r.returncode == 1 and "is stale: the topology file" in r.stderr
     assert hyprov("plan", "--out", "third.plan", cwd=tmp_path).returncode == 0
+    r = hyprov("apply", "third.plan", "--target", "service.dp1", cwd=tmp_path)
+    assert r.returncode == 1 and "--target cannot be used with a saved plan" in r.stderr, r.stdout + r.stderr
     apply_ok(tmp_path)
     r = hyprov("apply", "third.plan", cwd=tmp_path)
     assert r.returncode == 1 and "the state changed since" in r.stderr
