@@ -10,6 +10,7 @@ import argparse
 import gc
 import math
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, as the shell reports a process SIGTERM ended
 
 
 class Parser(argparse.ArgumentParser):
@@ -208,10 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in exc.lines():
             print(line, file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("hyprov: error: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"hyprov: error: interrupted{' (SIGTERM)' if terminated else ''}", file=sys.stderr)
         print(f"hyprov: hint: {_interrupted_hint(args)}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_ERROR
     except Exception as exc:  # a bug: one clear line, the traceback only on request
@@ -227,7 +230,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             gc.enable()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a CI job cancelled, a service stopped): handled like Ctrl-C, so an apply
+    writes what was done and says so instead of dying silently."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def entry() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     sys.exit(main())
 
 
