@@ -120,6 +120,12 @@ def password(t: m.Topology, env: Mapping[str, str] | None = None, *, required: b
         raise HyprovError(f"environment variable {t.database.password_env} is not set "
                           "(the control planes' database password)",
                           f"export {t.database.password_env}=... before plan/apply")
+    if value is not None and value != value.strip():
+        # Kong reads kong.conf with Penlight's config reader, which trims every value: Kong
+        # would log in with another password than the database has, and fail only at start
+        raise HyprovError(f"environment variable {t.database.password_env} starts or ends with whitespace: "
+                          "Kong trims kong.conf values, so it would use another password",
+                          "set the password without leading or trailing spaces (and change it in the database too)")
     return value
 
 

@@ -325,3 +325,13 @@ def test_apply_without_json_is_unchanged(topo_dir: Path) -> None:
     r = hyprov("apply", "--auto-approve", cwd=topo_dir)
     assert r.returncode == 0 and r.stdout.endswith("Apply complete: 13 added, 0 changed, 0 destroyed.\n")
     assert "{" not in r.stdout.splitlines()[-2]
+
+
+@pytest.mark.parametrize("password", [" s3cret", "s3cret ", "s3cret\t"])
+def test_a_password_kong_would_trim_is_refused_before_anything_is_written(topo_dir: Path, password: str) -> None:
+    """Kong trims kong.conf values: it would log in with another password and fail at start."""
+    r = hyprov("plan", cwd=topo_dir, env={"HYPROV_TEST_PG": password})
+    assert_error(r, "environment variable HYPROV_TEST_PG starts or ends with whitespace: Kong trims kong.conf "
+                    "values, so it would use another password",
+                 "set the password without leading or trailing spaces (and change it in the database too)")
+    assert password.strip() not in r.stdout + r.stderr
