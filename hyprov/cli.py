@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("gen-cert", help="drop-in for `kong hybrid gen_cert` (shared mode)")
     p.add_argument("paths", nargs="*", metavar="CERT KEY")
-    p.add_argument("--days", type=_days, default=1095, help="validity (default 1095)")
+    p.add_argument("-d", "--days", type=_days, default=1095, help="validity (default 1095)")
     p.add_argument("--key-type", default="ec-p384",
                    choices=("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096"))
     p.set_defaults(func=cmd_gen_cert)

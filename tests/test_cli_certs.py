@@ -38,6 +38,10 @@ def test_gen_cert_defaults_modes_and_refusal(tmp_path: Path) -> None:
     cert = x509.load_pem_x509_certificate((tmp_path / "a.crt").read_bytes())
     assert pki.key_type_of(cert.public_key()) == "rsa-2048"
     assert (cert.not_valid_after_utc - cert.not_valid_before_utc).days == 30
+    r = hyprov("gen-cert", "b.crt", "b.key", "-d", "5", cwd=tmp_path)  # kong hybrid gen_cert's short flag
+    assert r.returncode == 0, r.stderr
+    cert = x509.load_pem_x509_certificate((tmp_path / "b.crt").read_bytes())
+    assert (cert.not_valid_after_utc - cert.not_valid_before_utc).days == 5
 
 
 def test_encrypted_secrets_need_the_passphrase(tmp_path: Path) -> None:
