@@ -57,6 +57,16 @@ def fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
+def is_ca(cert: x509.Certificate) -> tuple[bool, int | None]:
+    """(may it sign certificates, its pathlen): basicConstraints, as OpenSSL reads it."""
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        # OpenSSL still treats a self-signed v1 certificate as a CA; so do we.
+        return cert.version is x509.Version.v1 and cert.issuer == cert.subject, None
+    return bc.ca, bc.path_length
+
+
 def issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
     if child.issuer != parent.subject:
         return False

@@ -977,10 +977,16 @@ def _chain_certs(doc: Document, base: Path, at: Path_, cert_file: str, chain_fil
         return None
     for key in data:
         try:
-            certchain.load_certs(data[key])
+            certs = certchain.load_certs(data[key])
         except PKIError as exc:
             problems.append(doc.problem((*at, key), f"{key} {cert_file if key == 'cert_file' else chain_file}: {exc}",
                                         "give the certificates in PEM form"))
+            return None
+        if key == "cert_file" and not certchain.is_ca(certs[0])[0]:  # here, not when the first leaf is signed
+            problems.append(doc.problem(
+                (*at, key), f"cert_file {cert_file}: {certs[0].subject.rfc4514_string()} is not a CA certificate "
+                "(basicConstraints CA:FALSE or missing) and cannot sign",
+                "cert_file must start with your CA's own certificate, not a leaf's"))
             return None
     try:
         cert, issuers = certchain.ca_chain(data["cert_file"], data.get("chain_file"))

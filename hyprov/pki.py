@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 from cryptography.x509.oid import AttributeOID, ExtendedKeyUsageOID, NameOID
 
 from hyprov.certchain import fingerprint, load_certs, path_to_root
+from hyprov.certchain import is_ca as _is_ca
 from hyprov.certchain import tolerate_serial_zero as _tolerate_serial_zero
 from hyprov.errors import PKIError
 
@@ -389,15 +390,6 @@ def _name(common_name: str, organization: str | None = None) -> x509.Name:
         return x509.Name(attrs)
     except ValueError as exc:  # e.g. CN longer than 64 characters
         raise PKIError(f"invalid subject {common_name!r}: {exc}") from exc
-
-
-def _is_ca(cert: x509.Certificate) -> tuple[bool, int | None]:
-    try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        # OpenSSL still treats a self-signed v1 certificate as a CA; so do we.
-        return cert.version is x509.Version.v1 and cert.issuer == cert.subject, None
-    return bc.ca, bc.path_length
 
 
 def _aki(issuer_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:

@@ -308,6 +308,18 @@ def test_a_ca_you_bring_is_read_and_checked_at_validation(tmp_path: Path) -> Non
     r = hyprov("validate", cwd=tmp_path)
     assert_clean_failure(r)
     assert r.stderr.startswith(f"{_located(tmp_path, 'chain_file')}: error: chain_file corp-chain.crt: "), r.stderr
+    # a leaf's certificate where the CA's should be: said here, not when the first leaf is signed
+    ca_key, leaf_key = pki.generate_key("ec-p256"), pki.generate_key("ec-p256")
+    now = datetime.now(UTC)
+    ca = pki.issue_root(ca_key, common_name="Some CA", validity_days=30, now=now)
+    leaf = pki.issue_dp_leaf(leaf_key.public_key(), ca, ca_key, node_name="not-a-ca", validity_days=30, now=now)
+    (tmp_path / "leaf.crt").write_bytes(pki.cert_pem(leaf))
+    doc["pki"]["root"] = {"cert_file": "leaf.crt", "key_file": "leaf.key"}
+    write(tmp_path, doc)
+    r = hyprov("validate", cwd=tmp_path)
+    assert_clean_failure(r)
+    assert r.stderr.startswith(f"{_located(tmp_path, 'cert_file')}: error: cert_file leaf.crt: CN=not-a-ca is not "
+                               "a CA certificate (basicConstraints CA:FALSE or missing) and cannot sign"), r.stderr
 
 
 @pytest.mark.parametrize("where", ["root", "intermediate"])
