@@ -434,6 +434,12 @@ def parse_listen(text: str) -> list[m.Listen]:
     return out
 
 
+def _settings_listens(settings: dict[str, Any]) -> dict[str, Any]:
+    """The listeners among kong.conf settings (``*_listen``; the managed ones are refused
+    elsewhere, with their own message)."""
+    return {k: v for k, v in settings.items() if k.endswith("_listen") and k not in MANAGED}
+
+
 def parse_endpoint(text: str) -> m.Endpoint:
     """``host:port`` (``[v6]:port``) -> Endpoint; ValueError without a port or with a bad one."""
     mt = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\w+)|([^\s:\[\]]+):(\w+)", text.strip())
@@ -597,6 +603,8 @@ class _Semantics:
             "control_planes": (m.ControlPlane, ("cluster_listen", "telemetry_listen", "admin_listen")),
             "data_planes": (m.DataPlane, ("proxy_listen",)),
         }
+        # listeners set as plain kong.conf settings (status_listen, stream_listen, ...) take ports too
+        default_listens = _settings_listens(self._dict("defaults", "settings"))
         for section, nodes in (("control_planes", cps), ("data_planes", dps)):
             cls, keys = role_keys[section]
             for i, node in nodes:
@@ -604,30 +612,32 @@ class _Semantics:
                 used: list[tuple[m.Listen, str]] = [
                     (e, f"{key} (Kong's default)") for key in keys if key not in node
                     for e in _default_listens(cls, key)]
-                for key in [k for k in node if k in keys]:
-                    value = node.get(key)
-                    if not isinstance(value, str | list):
+                own = node.get("settings")
+                own_listens = _settings_listens(own) if isinstance(own, dict) and own else {}
+                entries_of: list[tuple[Path_, str, Any]] = [
+                    ((section, i, key, j) if isinstance(node[key], list) else (section, i, key), key, item)
+                    for key in node if key in keys and isinstance(node[key], str | list)
+                    for j, item in enumerate(node[key] if isinstance(node[key], list) else [node[key]])]
+                entries_of += [((section, i, "settings", key) if key in own_listens else ("defaults", "settings", key),
+                                key, item) for key, item in {**default_listens, **own_listens}.items()]
+                for p, key, item in entries_of:
+                    if not isinstance(item, str):
                         continue
-                    items = value if isinstance(value, list) else [value]
-                    for j, item in enumerate(items):
-                        p: Path_ = (section, i, key, j) if isinstance(value, list) else (section, i, key)
-                        if not isinstance(item, str):
-                            continue
-                        try:
-                            entries = parse_listen(item)
-                        except ValueError as exc:
-                            self.err(p, f"{key}: {exc}", "Kong's syntax: host:port [flags], e.g. 0.0.0.0:8443 ssl")
-                            continue
-                        if not entries and key in refuse_off[section]:
-                            role = "control plane" if section == "control_planes" else "data plane"
-                            self.err(p, f"{key} cannot be off on a {role}: Kong refuses to start",
-                                     "remove it to use Kong's default")
-                        for e in entries:
-                            clash = next((okey for other, okey in used if _same_socket(other, e)), None)
-                            if clash:
-                                self.err(p, f"{key} {m.Endpoint(e.host, e.port)} uses port {e.port} "
-                                            f"that {clash} already listens on", "give each listener its own port")
-                            used.append((e, key))
+                    try:
+                        entries = parse_listen(item)
+                    except ValueError as exc:
+                        self.err(p, f"{key}: {exc}", "Kong's syntax: host:port [flags], e.g. 0.0.0.0:8443 ssl")
+                        continue
+                    if not entries and key in refuse_off[section]:
+                        role = "control plane" if section == "control_planes" else "data plane"
+                        self.err(p, f"{key} cannot be off on a {role}: Kong refuses to start",
+                                 "remove it to use Kong's default")
+                    for e in entries:
+                        clash = next((okey for other, okey in used if _same_socket(other, e)), None)
+                        if clash:
+                            self.err(p, f"{key} {m.Endpoint(e.host, e.port)} uses port {e.port} "
+                                        f"that {clash} already listens on", "give each listener its own port")
+                        used.append((e, key))
 
     def _endpoints(self, cps: list[tuple[int, dict[str, Any]]], dps: list[tuple[int, dict[str, Any]]]) -> None:
         cluster = self._dict("cluster")

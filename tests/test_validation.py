@@ -164,6 +164,12 @@ bad("two-listens-same-port", CP + "    cluster_listen: 0.0.0.0:8005\n    telemet
     8, 23, "telemetry_listen 10.0.0.1:8005 uses port 8005 that cluster_listen already listens on", cli=True)
 bad("listen-on-a-default-port", CP + "    admin_listen: 0.0.0.0:8005\n", 7, 19,
     "uses port 8005 that cluster_listen (Kong's default) already listens on")
+bad("settings-listen-on-a-listen-port", CP + "data_planes:\n  - name: dp1\n    proxy_listen: 0.0.0.0:8000\n"
+    "    settings:\n      status_listen: 0.0.0.0:8000\n", 11, 22,
+    "status_listen 0.0.0.0:8000 uses port 8000 that proxy_listen already listens on", cli=True)
+bad("default-settings-listen-on-a-default-port", CP.replace("database: {host: pg}\n",
+    "database: {host: pg}\ndefaults:\n  settings:\n    status_listen: 0.0.0.0:8001\n"), 6, 20,
+    "status_listen 0.0.0.0:8001 uses port 8001 that admin_listen (Kong's default) already listens on")
 bad("same-port-within-one-listen", CP + "data_planes:\n  - name: dp1\n"
     "    proxy_listen: [0.0.0.0:8000, 0.0.0.0:8443 ssl, 127.0.0.1:8000]\n", 9, 52,
     "proxy_listen 127.0.0.1:8000 uses port 8000")
