@@ -166,7 +166,7 @@ def _perturb(kind: str, doc: dict[str, Any], s: State, i: int, days: int) -> tup
         dps.pop(i % len(dps))
     elif kind == "add_dp":
         dps.append({**(dps[0] if dps else {}), "name": f"dpnew{len(dps)}"})
-    elif kind == "server_name":
+    elif kind == "server_name" and doc["cluster"].get("mtls") == "pki":  # shared mode refuses one
         doc["cluster"]["server_name"] = "elsewhere.test.internal"
     elif kind == "kong_version":
         doc["cluster"]["kong_version"] = "3.10.0"

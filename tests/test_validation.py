@@ -164,6 +164,8 @@ bad("two-listens-same-port", CP + "    cluster_listen: 0.0.0.0:8005\n    telemet
     8, 23, "telemetry_listen 10.0.0.1:8005 uses port 8005 that cluster_listen already listens on", cli=True)
 bad("listen-on-a-default-port", CP + "    admin_listen: 0.0.0.0:8005\n", 7, 19,
     "uses port 8005 that cluster_listen (Kong's default) already listens on")
+bad("server-name-in-shared-mode", CP.replace("cluster: {name: c1}", "cluster:\n  name: c1\n  server_name: cp.example.com"),
+    4, 3, "server_name has no effect with mtls: shared", cli=True)
 bad("settings-listen-on-a-listen-port", CP + "data_planes:\n  - name: dp1\n    proxy_listen: 0.0.0.0:8000\n"
     "    settings:\n      status_listen: 0.0.0.0:8000\n", 11, 22,
     "status_listen 0.0.0.0:8000 uses port 8000 that proxy_listen already listens on", cli=True)
