@@ -82,8 +82,8 @@ def test_help_still_works(topo_dir: Path, args: tuple[str, ...]) -> None:
     (("status", "--watch", "--interval", "0"), "argument --interval: must be more than 0 seconds, got 0"),
     (("status", "--watch", "--interval", "inf"), "argument --interval: must be a finite number of seconds, got 'inf'"),
     (("status", "--interval", "nan"), "argument --interval: must be a finite number of seconds, got 'nan'"),
-    (("gen-cert", "--days", "0"), "argument --days: must be at least 1, got 0"),
-    (("gen-cert", "--days", "99999999"), "argument --days: 99999999 days is past the year 9999"),
+    (("gen-cert", "--days", "0"), "argument -d/--days: must be at least 1, got 0"),
+    (("gen-cert", "--days", "99999999"), "argument -d/--days: 99999999 days is past the year 9999"),
 ])
 def test_numeric_flags_out_of_range_are_usage_errors(topo_dir: Path, args: tuple[str, ...], message: str) -> None:
     r = hyprov(*args, cwd=topo_dir)
