@@ -343,11 +343,11 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
                 if not p.has_changes:
                     if state is not None and not destroy:
                         _stamp_unchanged(t, backend, state, p)
-                    none = _summary(destroy, {"added": 0, "changed": 0, "destroyed": 0}, {}, False)
+                    nothing = _summary(destroy, {"added": 0, "changed": 0, "destroyed": 0}, {}, False)
                     if args.json:
-                        _print_json(none)
+                        _print_json(nothing)
                     else:  # every apply ends with its count, a no-op too (scripts grep for it)
-                        print(f"\n{none['event']}")
+                        print(f"\n{nothing['event']}")
                     return EXIT_OK
                 question = "Destroy everything hyprov installed?" if destroy else "Apply these changes?"
                 if not _confirm(args, question):

@@ -652,7 +652,7 @@ class _Semantics:
         sn = cluster.get("server_name")
         if isinstance(sn, str) and not _DNS_NAME.match(sn):
             self.err(("cluster", "server_name"), f"server_name {sn!r} is not a valid DNS name")
-        elif sn is not None and cluster.get("mtls", "shared") == "shared":
+        elif isinstance(sn, str) and cluster.get("mtls", "shared") == "shared":
             self.err(("cluster", "server_name"), "server_name has no effect with mtls: shared: Kong's data "
                      "planes then always send and check kong_clustering",
                      "remove it, or set cluster.mtls: pki to have it checked", key=True)
