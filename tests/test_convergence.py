@@ -165,7 +165,9 @@ def _perturb(kind: str, doc: dict[str, Any], s: State, i: int, days: int) -> tup
     elif kind == "remove_dp" and name:
         dps.pop(i % len(dps))
     elif kind == "add_dp":
-        dps.append({**(dps[0] if dps else {}), "name": f"dpnew{len(dps)}"})
+        taken = {d["name"] for d in dps}  # after a removal, len(dps) may name one already there
+        dps.append({**(dps[0] if dps else {}), "name": next(f"dpnew{k}" for k in range(len(dps) + 1)
+                                                               if f"dpnew{k}" not in taken)})
     elif kind == "server_name" and doc["cluster"].get("mtls") == "pki":  # shared mode refuses one
         doc["cluster"]["server_name"] = "elsewhere.test.internal"
     elif kind == "kong_version":
