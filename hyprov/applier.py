@@ -33,7 +33,7 @@ from . import model as m
 from .backends import StateBackend
 from .errors import CommandFailed, HyprovError, PKIError, StaleState, TransportError
 from .kongconf import secret_fingerprint
-from .plan import KEY_DRIFT, Action, Change, Plan
+from .plan import Action, Change, Plan
 from .resources import sha256
 from .state import NodeState, ResourceState, State
 from .transports.base import Transport
@@ -651,8 +651,7 @@ class Applier:
         if after["key_generation"] == "on_node":
             # a new certificate gets a new key: never adopt whatever key file is there
             # (after a switch from shared mode it is the cluster-wide shared key)
-            rotate = c.action is Action.CREATE or "key_type" in (c.reason or "") or \
-                (c.reason or "").startswith(KEY_DRIFT)
+            rotate = c.new_key
             owner = node.kong.owner and (f"{node.kong.owner}:{node.kong.group}" if node.kong.group else node.kong.owner)
             script = pki.csr_command(after["key_type"], after["key_path"], after["common_name"], owner,
                                      rotate=rotate, under_root=True)

@@ -205,7 +205,7 @@ def _password_fingerprint(p: Plan, password: str | None) -> str | None:
 
 
 def _check_stale(p: Plan, t: Topology, state: State | None, source: str, file: str,
-                 password: str | None = None) -> None:
+                 password: str | None) -> None:
     again = f"make a new plan with: hyprov plan -f {file} --out {source}"
     if p.topology_digest != t.digest:
         raise StaleState(f"saved plan {source} is stale: the topology file, or a license or CA "

@@ -30,10 +30,6 @@ class Flow:
         return asdict(self)
 
 
-def _addr(node: m.Node) -> str | None:
-    return node.visible_address
-
-
 def _no_address(*ends: tuple[m.Node, str | None]) -> str | None:
     """The note for a row whose source or destination is a node without an address."""
     missing = [node.name for node, value in ends if value is None]
@@ -54,7 +50,7 @@ def flows(t: m.Topology) -> list[Flow]:
                 out.append(_flow(dp, cp, lst, "telemetry_listen", f"DP {dp.name} -> CP {cp.name} telemetry port"))
         for lst in cp.admin_listen:
             if lst.loopback:
-                out.append(Flow(None, _addr(cp), lst.port, "tcp", f"admin sources -> CP {cp.name} admin_listen",
+                out.append(Flow(None, cp.visible_address, lst.port, "tcp", f"admin sources -> CP {cp.name} admin_listen",
                                 f"admin_listen is {lst.host}: reach it through SSH", needed=False))
                 continue
             dest = _dest(cp, lst)
@@ -62,12 +58,12 @@ def flows(t: m.Topology) -> list[Flow]:
                 out.append(Flow(src, dest, lst.port, "tcp", f"admin sources -> CP {cp.name} admin_listen",
                                 _notes(None if src else "no admin_sources set", _no_address((cp, dest)))))
         if t.database is not None:
-            out.append(Flow(_addr(cp), t.database.host, t.database.port, "tcp", f"CP {cp.name} -> database",
-                            _no_address((cp, _addr(cp)))))
+            out.append(Flow(cp.visible_address, t.database.host, t.database.port, "tcp", f"CP {cp.name} -> database",
+                            _no_address((cp, cp.visible_address))))
     for dp in t.data_planes:
         for lst in dp.proxy_listen:
             if lst.loopback:
-                out.append(Flow(None, _addr(dp), lst.port, "tcp", f"proxy sources -> DP {dp.name} proxy_listen",
+                out.append(Flow(None, dp.visible_address, lst.port, "tcp", f"proxy sources -> DP {dp.name} proxy_listen",
                                 f"proxy_listen is {lst.host}: only local clients", needed=False))
                 continue
             dest = _dest(dp, lst)
@@ -78,14 +74,14 @@ def flows(t: m.Topology) -> list[Flow]:
 
 
 def _dest(node: m.Node, lst: m.Listen) -> str | None:
-    return _addr(node) if lst.host in ("0.0.0.0", "::", "*") else lst.host
+    return node.visible_address if lst.host in ("0.0.0.0", "::", "*") else lst.host
 
 
 def _flow(dp: m.DataPlane, cp: m.ControlPlane, lst: m.Listen, setting: str, why: str) -> Flow:
     if lst.loopback:
-        return Flow(None, _addr(cp), lst.port, "tcp", why,
+        return Flow(None, cp.visible_address, lst.port, "tcp", why,
                     f"{setting} is {lst.host}: DPs on other hosts cannot reach it", needed=False)
-    src, dest = _addr(dp), _dest(cp, lst)
+    src, dest = dp.visible_address, _dest(cp, lst)
     return Flow(src, dest, lst.port, "tcp", why, _no_address((dp, src), (cp, dest)))
 
 

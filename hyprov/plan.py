@@ -35,6 +35,9 @@ class Action(Enum):
         return {"replace": ["delete", "create"]}.get(self.value, [self.value])
 
 
+KEY_DRIFT = "drift: its key "  # a certificate's reason when its key file drifted: a new key comes with it
+
+
 @dataclass(frozen=True)
 class Change:
     address: str
@@ -68,6 +71,13 @@ class Change:
             "error": self.error,
         }
 
+    @property
+    def new_key(self) -> bool:
+        """A certificate change that needs a new key, not the node's current one: a first
+        issue, a new key type, or a key that drifted on the host (a renewal keeps the key)."""
+        reason = self.reason or ""
+        return self.action is Action.CREATE or "key_type" in reason or reason.startswith(KEY_DRIFT)
+
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Change:
         acts = d["actions"]
@@ -91,9 +101,6 @@ class Change:
             after = {k: v for k, v in (after or {}).items() if k not in sensitive}
         return cls(address, type_, node, action, d.get("action_reason"),
                    before, after, d.get("diff"), d.get("error"), sensitive)
-
-
-KEY_DRIFT = "drift: its key "  # a certificate's reason when its key file drifted: a new key comes with it
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from . import graph as graphmod
 from . import rotation
 from .errors import HyprovError
 from .plan import KEY_DRIFT, Action, Change, Plan
-from .resources import Resource
+from .resources import Resource, file_address
 from .state import State, thaw
 
 if TYPE_CHECKING:
@@ -338,7 +338,7 @@ def plan(
                 action, reason = Action.REPLACE, "changed: " + ", ".join(f"{k}" for k in keys)
             elif issuer:
                 action, reason = Action.REPLACE, f"issuer {issuer} is replaced"
-            elif r.type == "cert" and (key_drift := facts.drift.get(f'file.{r.node}["{r.attrs.get("key_path")}"]')):
+            elif r.type == "cert" and (key_drift := facts.drift.get(file_address(str(r.node), str(r.attrs["key_path"])))):
                 # the key no longer matches the certificate (removed or changed by hand): a new
                 # pair, since hyprov never keeps a node's key (on_node: it never had it)
                 action, reason = Action.REPLACE, f"{KEY_DRIFT}{r.attrs.get('key_path')}: {key_drift}"

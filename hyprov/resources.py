@@ -136,7 +136,7 @@ def _node_resources(topology: m.Topology, node: m.Node, cp_services: list[str], 
 
     def add_file(path: str, mode: str, source: str, deps: tuple[str, ...], *,
                  content: str | None = None, file_owner: str | None = owner, extra: dict[str, Any] | None = None) -> None:
-        addr = f'file.{node.name}["{path}"]'
+        addr = file_address(node.name, path)
         attrs: dict[str, Any] = {"path": path, "owner": file_owner, "group": group, "mode": mode, "source": source}
         if content is not None:
             attrs["content_digest"] = _text_digest(content)

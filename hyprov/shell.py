@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import os
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -62,8 +63,6 @@ def code_digest() -> str | None:
 def runtime_identity() -> str:
     """What besides hyprov's sources decides a rendering: the interpreter (stdlib included)
     and the YAML and certificate libraries, by version."""
-    import sys
-
     import cryptography
     import yaml
 
