@@ -881,7 +881,10 @@ _ADDRESSES_FORM = re.compile(
 
 
 def _addresses_well_formed(addresses: Iterable[str]) -> bool:
-    return _ADDRESSES_FORM.fullmatch("\x00".join(addresses) + "\x00") is not None
+    listed = list(addresses)
+    joined = "\x00".join(listed) + "\x00"
+    # one NUL per address: a NUL inside an address would split it into two valid-looking ones
+    return joined.count("\x00") == len(listed) and _ADDRESSES_FORM.fullmatch(joined) is not None
 
 
 _SECRET_STEMS = ("pass", "priv", "secret")  # every secret word, and "private key", holds one

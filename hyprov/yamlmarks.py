@@ -187,16 +187,53 @@ class _Recursive(Exception):
         self.node = node
 
 
+_BRACKET = re.compile(r"[\[\]{}]")
+_CONTENT_COLUMN = re.compile(r"^[ ]*(?:[-?][ ]+)*", re.MULTILINE)
+
+
+def _depth_bound(text: str) -> int:
+    """A cheap upper bound of the nesting, read off the text without a YAML parser.
+
+    Block collections nest only by indentation: each column holds at most two
+    levels (a mapping and an indentless sequence under it), and each leading
+    "- " or "? " indicator is a column too. Flow collections nest by brackets; a
+    bracket inside a quoted string only raises the bound (a closing one is
+    clamped at zero), so the bound errs on the side of the exact check.
+    """
+    block = max((m.end() - m.start() for m in _CONTENT_COLUMN.finditer(text)), default=0)
+    flow = deepest = 0
+    for m in _BRACKET.finditer(text):
+        if m.group() in "[{":
+            flow += 1
+            deepest = max(deepest, flow)
+        elif flow:
+            flow -= 1
+    return 2 * (block + 1) + deepest
+
+
 def _too_deep(text: str) -> Any:
-    """The mark of the first collection nested deeper than MAX_DEPTH (events only: no recursion)."""
+    """The mark of the first collection nested deeper than MAX_DEPTH, or None.
+
+    Runs before libyaml reads the text: libyaml 0.2.6 (PyYAML 6.0.4's wheels)
+    refuses nesting over 1,000 with its own error while its scanner reads ahead,
+    so hyprov's limit and location would depend on the installed PyYAML. Only a
+    text whose bound exceeds the limit is parsed, with PyYAML's pure-Python
+    parser (events only: no recursion, no depth limit of its own); its syntax
+    errors are left to libyaml's composer, which reports them as before.
+    """
+    if _depth_bound(text) <= MAX_DEPTH:
+        return None
     depth = 0
-    for event in yaml.parse(text, Loader=_Loader):
-        if isinstance(event, yaml.CollectionStartEvent):
-            depth += 1
-            if depth > MAX_DEPTH:
-                return event.start_mark
-        elif isinstance(event, yaml.CollectionEndEvent):
-            depth -= 1
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    return event.start_mark
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.YAMLError:
+        return None
     return None
 
 

@@ -29,7 +29,7 @@ exit 0
 """
 
 
-def setup(tmp: Path) -> dict[str, str]:
+def standin_env(tmp: Path) -> dict[str, str]:
     bin_dir = tmp / "bin"
     bin_dir.mkdir()
     kong = bin_dir / "kong"
@@ -44,7 +44,7 @@ def calls(tmp: Path) -> list[str]:
 
 
 def test_bootstrap_before_the_first_cp_starts_then_up_and_finish_on_upgrade(tmp_path: Path) -> None:
-    env = setup(tmp_path)
+    env = standin_env(tmp_path)
     doc = local_topology(cps=2, dps=1, restart="kong restart -c /etc/kong/kong.conf", health="kong health")
     del doc["defaults"]["kong"]["migrations"]  # Kong's real commands
     write(tmp_path, doc)
@@ -78,7 +78,7 @@ def test_bootstrap_before_the_first_cp_starts_then_up_and_finish_on_upgrade(tmp_
 
 
 def test_failed_migrations_stop_before_any_restart(tmp_path: Path) -> None:
-    env = setup(tmp_path)
+    env = standin_env(tmp_path)
     doc = local_topology(restart="kong restart -c /etc/kong/kong.conf")
     doc["defaults"]["kong"]["migrations"] = {"bootstrap": "false"}
     write(tmp_path, doc)

@@ -475,6 +475,16 @@ def test_very_deep_nesting_does_not_crash(tmp_path: Path) -> None:
     assert (lines[0]["line"], lines[0]["col"]) == ("2", "73")
 
 
+def test_very_deep_block_nesting_is_hyprovs_own_error(tmp_path: Path) -> None:
+    """Indentation nests too: 1,500 levels pass libyaml 0.2.6's limit of 1,000, so hyprov's
+    check must act before libyaml reads the text (the 65th mapping is on line 65, column 65)."""
+    text = "".join(" " * i + "k:\n" for i in range(1500)) + " " * 1500 + "v\n"
+    (tmp_path / "deep.yaml").write_text(text)
+    lines = assert_clean_failure(hyprov("validate", "-f", "deep.yaml", cwd=tmp_path))
+    assert (lines[0]["line"], lines[0]["col"]) == ("65", "65")
+    assert "nested more than 64 levels" in lines[0]["message"]
+
+
 def test_harmless_aliases_are_fine(tmp_path: Path) -> None:
     text = """\
 version: 1
