@@ -35,7 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from hyprov import pki
+from hyprov.certs import pki
 
 # Set in the parent before forking; workers inherit them.
 _CA: tuple[x509.Certificate, pki.PrivateKey] | None = None

@@ -49,10 +49,10 @@ def topology_doc(n_dps: int) -> dict[str, object]:
 
 
 def recorded_state(topo_path: Path) -> str:
-    from hyprov import resources
-    from hyprov.config import load_topology
-    from hyprov.kongconf import secret_fingerprint
-    from hyprov.state import NodeState, ResourceState, new_state, to_json
+    from hyprov.model.kongconf import secret_fingerprint
+    from hyprov.model.load import load_topology
+    from hyprov.plan import resources
+    from hyprov.state.document import NodeState, ResourceState, new_state, to_json
 
     t = load_topology(topo_path)
     now = datetime.now(UTC)
@@ -74,13 +74,14 @@ def recorded_state(topo_path: Path) -> str:
         if attrs.get("secret_env"):  # as the applier records it: the plan compares it with the variable's
             attrs["secret_fingerprint"] = secret_fingerprint(PASSWORD, s.lineage, r.address)
         res[r.address] = ResourceState(r.address, r.type, r.node, attrs.get("content_digest"), attrs)
-    from hyprov.state import FrozenMap
+    from hyprov.state.document import FrozenMap
 
     nodes = FrozenMap({n.name: NodeState(n.name, False, "3.9.1") for n in t.nodes})
     from dataclasses import replace
 
     s = replace(s, resources=FrozenMap(res), nodes=nodes)
-    from hyprov import convergence, shell
+    from hyprov.app import env as shell
+    from hyprov.plan import convergence
 
     s = convergence.stamped(t, s, now, shell.code_digest())  # as the apply that recorded it stamps its converged DPs
     assert len(s.converged) == len(t.data_planes), "every DP of the recorded state is converged"
@@ -88,9 +89,12 @@ def recorded_state(topo_path: Path) -> str:
 
 
 def phases(topo_path: Path) -> dict[str, float]:
-    from hyprov import convergence, planner, resources, schemacache, shell
+    from hyprov.app import env as shell
+    from hyprov.app import schemacache
+    from hyprov.apply import refresh as refreshing
     from hyprov.backends.local import LocalBackend
-    from hyprov.config import load_topology
+    from hyprov.model.load import load_topology
+    from hyprov.plan import convergence, planner, resources
 
     gc.disable()  # as hyprov's cli.main does during the build
     out = {}
@@ -102,11 +106,11 @@ def phases(topo_path: Path) -> dict[str, float]:
     out["state read"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     now = datetime.now(UTC)
-    skip = convergence.skippable(t, state, now, shell.code_digest())  # as hyprov.commands._make_plan does
+    skip = convergence.skippable(t, state, now, shell.code_digest())  # as hyprov.app.run.make_plan does
     res = resources.build(t, skip)
     out["resources"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    facts = planner.Facts(secret_fingerprints=shell.secret_fingerprints(state, PASSWORD))
+    facts = planner.Facts(secret_fingerprints=refreshing.secret_fingerprints(state, PASSWORD))
     p = planner.plan(res, None, state, now, topology_digest=t.digest, facts=facts, converged=skip)
     out["diff"] = time.perf_counter() - t0
     assert not p.has_changes, "the state holds everything: the plan must be empty"

@@ -95,7 +95,7 @@ def _install() -> None:
     local.LocalBackend.write = write  # type: ignore[method-assign]
     local.LocalBackend.read = read  # type: ignore[method-assign]
 
-    from hyprov import applier
+    from hyprov.apply import applier
 
     for name in ("_node_files", "_restart_one"):  # per node: its files step, its restart step
         orig_step = getattr(applier.Applier, name)
@@ -111,9 +111,10 @@ def _install() -> None:
 
         setattr(applier.Applier, name, step)
 
-    from hyprov import planner, shell
+    from hyprov.apply import refresh as refreshing
+    from hyprov.plan import planner
 
-    for mod, name in ((shell, "refresh"), (planner, "plan")):
+    for mod, name in ((refreshing, "refresh"), (planner, "plan")):
         orig = getattr(mod, name)
 
         def wrapped(*a: Any, _orig: Any = orig, _name: str = name, **kw: Any) -> Any:
@@ -142,7 +143,7 @@ def main() -> int:
     _install()
     _mark("imports for tracing done")
     atexit.register(_dump)
-    from hyprov.cli import main as cli_main
+    from hyprov.cli.main import main as cli_main
 
     return cli_main(sys.argv[1:])
 

@@ -108,8 +108,9 @@ def write_topology(path: Path, doc: dict[str, Any]) -> None:
 
 def make_job(hosts: Any, parallelism: int | None = None) -> Job:
     """Job inputs for ``hosts`` (an sshhosts.SSHHosts): h1 is the CP, the rest DPs."""
-    from hyprov import kongconf, pki
-    from hyprov.config import load_topology
+    from hyprov.certs import pki
+    from hyprov.model import kongconf
+    from hyprov.model.load import load_topology
 
     nodes = [Node("cp1", "control_plane", hosts.hosts[0])]
     nodes += [Node(f"dp{i}", "data_plane", h) for i, h in enumerate(hosts.hosts[1:], 1)]

@@ -5,7 +5,7 @@ Heavier parts (planner, applier, transports) are imported where they are used
 so that ``hyprov validate`` stays fast.
 """
 
-from .errors import (
+from hyprov.errors import (
     ApplyError,
     CommandFailed,
     ConfigError,

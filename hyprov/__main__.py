@@ -1,3 +1,3 @@
-from .cli import entry
+from hyprov.cli.main import entry
 
 entry()

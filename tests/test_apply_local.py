@@ -26,7 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from topo import ENV, hyprov, license_text, local_topology, write
 
-from hyprov import hostscripts as hs
+from hyprov.hostscripts import files as hs
 
 DASHES = "-" * 5  # PEM armour built at run time: no key-like text in the repository
 
@@ -309,7 +309,7 @@ def test_state_lock_refuses_a_second_run(tmp_path: Path) -> None:
         [sys.executable, "-c", (
             "import sys,time; from datetime import datetime, UTC\n"
             "from hyprov.backends.local import LocalBackend\n"
-            "from hyprov.backends import current_holder\n"
+            "from hyprov.backends.base import current_holder\n"
             "b = LocalBackend(sys.argv[1])\n"
             "with b.lock(0, current_holder(datetime.now(UTC))):\n"
             "    print('locked', flush=True); time.sleep(60)\n"), str(tmp_path / "hyprov.state.json")],

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from topo import ENV, local_topology, write
 
-from hyprov import cli
 from hyprov.backends.local import LocalBackend
-from hyprov.state import State
+from hyprov.cli import main as cli
+from hyprov.state.document import State
 
 
 def test_saves_are_few_real_changes_and_complete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -59,7 +59,7 @@ def test_a_bug_in_one_nodes_files_step_stops_the_rollout_without_hanging(
     leave the state loadable, never leave the rollout waiting for a node forever."""
     import threading
 
-    from hyprov.applier import Applier
+    from hyprov.apply.applier import Applier
 
     for k, v in ENV.items():
         monkeypatch.setenv(k, v)

@@ -1,61 +1,166 @@
-"""The pure core never touches hosts, clocks or randomness (architecture.md).
+"""The layout's import rules (docs/architecture.md), checked on the source.
 
-Checked on the source: each pure module's imports, followed through hyprov's own
-modules, must not reach paramiko, socket, subprocess, time, random, uuid or the
-shell-side hyprov modules.
+Every ``import`` under ``hyprov/`` counts: at the top of a module, inside a
+function, under ``TYPE_CHECKING``. A module may import its own part, ``errors``
+and ``_fs``, and the parts its part's rule names; there is no cycle among
+hyprov's modules; and the pure parts never reach hosts, clocks or randomness.
 """
 
 from __future__ import annotations
 
 import ast
+import shutil
 from pathlib import Path
 
+import networkx as nx
 import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "hyprov"
-PURE = ["model", "config", "yamlmarks", "kongconf", "resources", "graph", "state", "plan", "planner", "render",
-        "firewall", "hostscripts", "nftables", "errors", "rotation", "certchain"]
-FORBIDDEN = {"paramiko", "socket", "subprocess", "time", "random", "uuid", "psycopg", "secrets", "os"}
-SHELL = {"applier", "shell", "commands", "cli", "transports", "backends", "pki", "rootca", "secrets"}
+
+ANYWHERE = {"errors", "_fs"}
+# part -> the parts (or part.module) it may import besides itself and ANYWHERE
+ALLOWED: dict[str, set[str]] = {
+    "certs": set(),
+    "model": {"certs.chain"},
+    "state": set(),
+    "hostscripts": {"model", "certs.chain"},
+    "plan": {"model", "state", "hostscripts", "certs.chain"},
+    "transports": set(),
+    "backends": {"state"},
+    "apply": {"model", "state", "certs", "hostscripts", "plan", "transports.base", "backends.base"},
+    "app": {"model", "state", "certs", "hostscripts", "plan", "transports", "backends", "apply"},
+    "cli": {"app", "plan", "model"},
+    "__main__": {"cli"},
+    "__init__": set(),
+    "errors": set(),
+    "_fs": set(),
+}
+# the pure core: parsing, graph, planning (architecture.md): no host, clock or randomness
+PURE_PARTS = {"model", "state", "hostscripts", "plan"}
+IMPURE = {"paramiko", "socket", "subprocess", "time", "random", "uuid", "psycopg", "secrets", "os",
+          "tempfile", "shutil", "threading", "concurrent"}
 
 
-def _imports(module: str) -> set[str]:
-    tree = ast.parse((PKG / f"{module}.py").read_text())
+def module_name(path: Path, pkg: Path = PKG) -> str:
+    parts = list(path.relative_to(pkg.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def imports_of(path: Path, pkg: Path = PKG) -> set[str]:
+    """Every module this file imports (absolute names; ``from X import Y`` counts X.Y when it is a module)."""
+    name = module_name(path, pkg)
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     out: set[str] = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = node.module or ""
-                out |= {f"hyprov.{base}".rstrip(".")} if base else {f"hyprov.{a.name}" for a in node.names}
-            elif node.module:
-                out.add(node.module)
+                base = package[: len(package) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            for a in node.names:  # ``from hyprov.certs import chain`` imports the module chain
+                sub = f"{mod}.{a.name}"
+                as_path = pkg.parent / Path(*sub.split("."))
+                is_module = as_path.with_suffix(".py").exists() or (as_path / "__init__.py").exists()
+                out.add(sub if is_module else mod)
     return out
 
 
+def part_of(module: str) -> str:
+    """hyprov.plan.planner -> plan; hyprov.errors -> errors; hyprov -> __init__."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def allowed(src: str, dst: str) -> bool:
+    sp, dp = part_of(src), part_of(dst)
+    if dp in ANYWHERE or sp == dp:
+        return True
+    rel = ".".join(dst.split(".")[1:])  # e.g. certs.chain
+    return any(rel == a or rel.startswith(a + ".") for a in ALLOWED.get(sp, set()))
+
+
+def violations(pkg: Path = PKG) -> list[str]:
+    """Every forbidden edge and every import cycle, each naming both files."""
+    files = {module_name(p, pkg): p for p in sorted(pkg.rglob("*.py"))}
+    graph: nx.DiGraph[str] = nx.DiGraph()
+    found: list[str] = []
+    for mod, path in files.items():
+        graph.add_node(mod)
+        for imp in sorted(imports_of(path, pkg)):
+            if imp != "hyprov" and not imp.startswith("hyprov."):
+                continue
+            target = imp if imp in files else imp.rpartition(".")[0]
+            if target not in files or target == mod:
+                continue
+            if target != "hyprov":  # a package imports its own __init__ implicitly anyway
+                graph.add_edge(mod, target)
+            if not allowed(mod, target):
+                found.append(f"forbidden import: {files[mod].relative_to(pkg.parent)} imports "
+                             f"{files[target].relative_to(pkg.parent)} ({part_of(mod)} -> {part_of(target)})")
+    for cycle in nx.simple_cycles(graph):
+        a, b = cycle[0], cycle[1 % len(cycle)]
+        found.append(f"import cycle: {files[a].relative_to(pkg.parent)} <-> {files[b].relative_to(pkg.parent)}"
+                     f" ({' -> '.join([*cycle, cycle[0]])})")
+    return found
+
+
+def test_imports_follow_the_layout_rules() -> None:
+    found = violations()
+    assert not found, "\n".join(found)
+
+
+def test_a_planted_forbidden_import_is_caught(tmp_path: Path) -> None:
+    pkg = tmp_path / "hyprov"
+    shutil.copytree(PKG, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    target = pkg / "model" / "topology.py"
+    target.write_text(target.read_text() + "\n\ndef _late() -> None:\n    from hyprov.apply import applier  # noqa\n")
+    found = violations(pkg)
+    assert any("hyprov/model/topology.py imports hyprov/apply/applier.py" in f for f in found), found
+
+
+def test_a_planted_cycle_is_caught(tmp_path: Path) -> None:
+    pkg = tmp_path / "hyprov"
+    shutil.copytree(PKG, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    target = pkg / "model" / "topology.py"
+    target.write_text(target.read_text() + "\n\nif False:\n    from hyprov.model import load  # noqa\n")
+    found = violations(pkg)
+    assert any(f.startswith("import cycle:") and "hyprov/model/topology.py" in f and "hyprov/model/load.py" in f
+               for f in found), found
+
+
 def _closure(module: str) -> set[str]:
+    files = {module_name(p): p for p in PKG.rglob("*.py")}
     seen: set[str] = set()
     todo = [module]
     found: set[str] = set()
     while todo:
         mod = todo.pop()
-        if mod in seen:
+        if mod in seen or mod not in files:
             continue
         seen.add(mod)
-        for imp in _imports(mod):
+        for imp in imports_of(files[mod]):
             found.add(imp)
             if imp.startswith("hyprov."):
-                name = imp.split(".")[1]
-                if (PKG / f"{name}.py").exists():
-                    todo.append(name)
+                todo.append(imp)
     return found
 
 
-@pytest.mark.parametrize("module", PURE)
+PURE_MODULES = sorted(module_name(p) for p in PKG.rglob("*.py")
+                      if part_of(module_name(p)) in PURE_PARTS and p.name != "__init__.py")
+
+
+@pytest.mark.parametrize("module", PURE_MODULES)
 def test_pure_module_imports_nothing_impure(module: str) -> None:
-    found = _closure(module)
-    roots = {i.split(".")[0] for i in found}
-    assert not roots & FORBIDDEN, f"{module} reaches {sorted(roots & FORBIDDEN)}"
-    inner = {i.split(".")[1] for i in found if i.startswith("hyprov.")}
-    assert not inner & SHELL, f"{module} reaches shell modules {sorted(inner & SHELL)}"
+    roots = {i.split(".")[0] for i in _closure(module)}
+    assert not roots & IMPURE, f"{module} reaches {sorted(roots & IMPURE)}"
+
+
+def test_subpackage_inits_are_empty() -> None:
+    """validate imports only what it uses: an __init__ that imports would load its whole part."""
+    for init in PKG.glob("*/__init__.py"):
+        assert not [n for n in ast.parse(init.read_text()).body if not isinstance(n, ast.Expr)], init

@@ -14,7 +14,7 @@ from tlshelpers import HandshakeResult, cp_server, dp_connect
 from topo import hyprov, local_topology, write
 from util import assert_clean_failure
 
-from hyprov import pki
+from hyprov.certs import pki
 
 
 def test_gen_cert_defaults_modes_and_refusal(tmp_path: Path) -> None:

@@ -210,13 +210,14 @@ def test_interrupted_apply_says_where_the_state_is(tmp_path: Path) -> None:
 ])
 def test_interrupted_hint_per_command(args: list[str], hint: str, monkeypatch: pytest.MonkeyPatch,
                                       capsys: pytest.CaptureFixture[str]) -> None:
-    from hyprov import cli, commands
+    from hyprov.cli import changes, state
+    from hyprov.cli import main as cli
 
     def interrupted(_: object) -> int:
         raise KeyboardInterrupt
 
-    for name in ("cmd_plan", "cmd_state", "cmd_destroy"):
-        monkeypatch.setattr(commands, name, interrupted)
+    for module, name in ((changes, "cmd_plan"), (state, "cmd_state"), (changes, "cmd_destroy")):
+        monkeypatch.setattr(module, name, interrupted)
     assert cli.main(args) == 130
     assert capsys.readouterr().err.splitlines() == ["hyprov: error: interrupted", f"hyprov: hint: {hint}"]
 

@@ -22,12 +22,12 @@ from hypothesis import strategies as st
 from test_planner import BASE, CASES, NOW, recorded, topo
 from topo import hyprov, local_topology, write
 
-from hyprov import convergence, planner, resources
 from hyprov.errors import StateError
-from hyprov.model import Topology
-from hyprov.plan import Plan
-from hyprov.planner import Facts
-from hyprov.state import NodeState, State, from_json, to_json
+from hyprov.model.topology import Topology
+from hyprov.plan import convergence, planner, resources
+from hyprov.plan.changes import Plan
+from hyprov.plan.planner import Facts
+from hyprov.state.document import NodeState, State, from_json, to_json
 
 CODE = "c0de" * 16  # the running hyprov's digest (shell.code_digest), fixed here
 
@@ -113,7 +113,7 @@ def test_a_ca_change_plans_every_node_in_full() -> None:
 
 
 def test_code_digest_is_that_of_the_running_sources() -> None:
-    from hyprov import shell
+    from hyprov.app import env as shell
 
     digest = shell.code_digest()
     assert digest is not None and len(digest) == 64 and int(digest, 16) >= 0
@@ -130,7 +130,7 @@ def test_code_digest_covers_the_interpreter_and_rendering_libraries(part: str, m
     import cryptography
     import yaml
 
-    from hyprov import shell
+    from hyprov.app import env as shell
 
     before = shell.code_digest()
     shell.code_digest.cache_clear()
@@ -315,7 +315,7 @@ def test_a_lazily_read_secret_is_refused_when_used() -> None:
 def test_lazy_records_equal_eager_ones(many: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """One by one, or (past SCREEN_AFTER) after one screen of the whole text."""
     if many:
-        monkeypatch.setattr("hyprov.state.Records.SCREEN_AFTER", 2)
+        monkeypatch.setattr("hyprov.state.document.Records.SCREEN_AFTER", 2)
     s = converged(topo(local_topology(dps=4, mtls="pki", intermediates=1)))
     text = to_json(s)
     eager, lazy = from_json(text, "s"), from_json(text, "s", lazy=True)

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from util import EXAMPLES, hyprov
 
-from hyprov import firewall
-from hyprov.config import parse_topology
+from hyprov.model import firewall
+from hyprov.model.load import parse_topology
 
 
 def doc(**changes: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hyprov import hostscripts as hs
+from hyprov.hostscripts import files as hs
 from hyprov.transports.base import stdin_script
 
 TOOLS = ("sha256sum", "stat", "mkdir", "chown", "chgrp", "chmod", "sync", "ln", "mv", "rm", "base64",

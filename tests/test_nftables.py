@@ -26,13 +26,15 @@ import yaml
 from sshhosts import SSHHost, SSHHosts
 from topo import ENV, hyprov, write
 
-from hyprov import firewall, graph, nftables, planner, resources
-from hyprov.config import parse_topology
 from hyprov.errors import HyprovError
-from hyprov.model import Topology
-from hyprov.plan import Action
-from hyprov.planner import Facts
-from hyprov.state import ResourceState, new_state
+from hyprov.hostscripts import nftables
+from hyprov.model import firewall
+from hyprov.model.load import parse_topology
+from hyprov.model.topology import Topology
+from hyprov.plan import graph, planner, resources
+from hyprov.plan.changes import Action
+from hyprov.plan.planner import Facts
+from hyprov.state.document import ResourceState, new_state
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 

@@ -24,9 +24,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tlshelpers import cp_server, dp_connect, openssl_available
 
-from hyprov import pki
+from hyprov.certs import pki
+from hyprov.certs.secretsdir import PASSPHRASE_ENV, SecretsDir
 from hyprov.errors import PKIError
-from hyprov.secrets import PASSPHRASE_ENV, SecretsDir
 
 DASHES = "-" * 5  # PEM armour built at run time: no key-like text in the repository
 

@@ -16,10 +16,11 @@ import pytest
 from test_planner import BASE, NOW, make_plan, recorded, topo
 from topo import ENV, hyprov, local_topology, write
 
-from hyprov import graph, planner, render, resources
+from hyprov.cli import render
 from hyprov.errors import HyprovError
-from hyprov.plan import Action, Plan
-from hyprov.state import NodeState, ResourceState, from_json, to_json
+from hyprov.plan import graph, planner, resources
+from hyprov.plan.changes import Action, Plan
+from hyprov.state.document import NodeState, ResourceState, from_json, to_json
 
 SUMMARY = re.compile(r"^Plan: (\d+) to add, (\d+) to change, (\d+) to replace, (\d+) to destroy\.$", re.M)
 

@@ -20,14 +20,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from topo import applied_state, local_topology
 
-from hyprov import graph, planner, resources
-from hyprov.config import parse_topology
 from hyprov.errors import GraphError, HyprovError
-from hyprov.model import Topology
-from hyprov.plan import Action, Plan
-from hyprov.planner import Facts
-from hyprov.resources import Resource
-from hyprov.state import NodeState, ResourceState, State, from_json, to_json
+from hyprov.model.load import parse_topology
+from hyprov.model.topology import Topology
+from hyprov.plan import graph, planner, resources
+from hyprov.plan.changes import Action, Plan
+from hyprov.plan.planner import Facts
+from hyprov.plan.resources import Resource
+from hyprov.state.document import NodeState, ResourceState, State, from_json, to_json
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 GOLDEN = Path(__file__).parent / "golden" / "plan"
@@ -246,7 +246,7 @@ def _golden(name: str, text: str) -> None:
 
 
 def test_plan_golden_text_and_json() -> None:
-    from hyprov import render
+    from hyprov.cli import render
 
     t = topo(edit(_set("data_planes.0.labels", {"zone": "b"})))
     prior = recorded(topo(BASE)).with_node(NodeState("dp2", True, "3.9.1"))

@@ -28,11 +28,11 @@ import pytest
 from pgserver import PASSWORD_USER, PgServer
 from topo import ENV, hyprov, local_topology, write
 
-from hyprov.backends import current_holder
+from hyprov.backends.base import current_holder
 from hyprov.backends.local import LocalBackend
 from hyprov.backends.postgres import SCHEMA_VERSION, PostgresBackend
 from hyprov.errors import Locked, StaleState, StateError
-from hyprov.state import STATE_VERSION, NodeState, ResourceState, State, new_state, to_json
+from hyprov.state.document import STATE_VERSION, NodeState, ResourceState, State, new_state, to_json
 
 pytestmark = pytest.mark.postgres
 # the real-server fixtures (tests/pgserver.py)
@@ -84,7 +84,7 @@ def lock_holder_process(dsn: str, *, workspace: str = WS, release_after: float =
     script = (
         "import sys, time\n"
         "from datetime import datetime, UTC\n"
-        "from hyprov.backends import current_holder\n"
+        "from hyprov.backends.base import current_holder\n"
         "from hyprov.backends.postgres import PostgresBackend\n"
         "b = PostgresBackend(sys.argv[1], workspace=sys.argv[2])\n"
         "with b.lock(0, current_holder(datetime.now(UTC))):\n"

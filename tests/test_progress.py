@@ -15,7 +15,7 @@ import pytest
 from topo import ENV, hyprov, local_topology, write
 from vt import run_on_pty, screen
 
-from hyprov import progress
+from hyprov.cli import progress
 
 SGR = re.compile(r"\x1b\[[0-9;]*m")
 CURSOR = re.compile(r"\x1b\[[0-9]*[AFJK]")

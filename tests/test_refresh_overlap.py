@@ -11,9 +11,11 @@ from typing import Any
 import pytest
 from topo import ENV, local_topology, write
 
-from hyprov import commands, resources, shell
+from hyprov.app import env, run, wiring
+from hyprov.apply import refresh as refreshing
 from hyprov.errors import ConnectError, GraphError
-from hyprov.planner import Facts
+from hyprov.plan import resources
+from hyprov.plan.planner import Facts
 
 
 class FakeTransport:
@@ -32,8 +34,8 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any, ar
         monkeypatch.setenv(k, v)
     path = write(tmp_path, local_topology())
     monkeypatch.chdir(tmp_path)
-    t = shell.topology(str(path))
-    return t, shell.backend_for(t), argparse.Namespace(refresh=True, parallelism=4, target=None)
+    t = env.topology(str(path))
+    return t, wiring.backend_for(t), argparse.Namespace(refresh=True, parallelism=4, target=None)
 
 
 def test_refresh_runs_while_the_resources_are_built(setup: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -53,9 +55,9 @@ def test_refresh_runs_while_the_resources_are_built(setup: Any, monkeypatch: pyt
         release.set()
         return real_build(topology, *skip)
 
-    monkeypatch.setattr(shell, "refresh", fake_refresh)
+    monkeypatch.setattr(refreshing, "refresh", fake_refresh)
     monkeypatch.setattr(resources, "build", build)
-    plan, _, transports = commands._make_plan(t, backend, args)
+    plan, _, transports = run.make_plan(t, backend, args)
     assert transports == {"cp1": tr} and not tr.closed
     assert plan.has_changes
 
@@ -63,14 +65,14 @@ def test_refresh_runs_while_the_resources_are_built(setup: Any, monkeypatch: pyt
 def test_a_failed_build_closes_the_refresh_connections(setup: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     t, backend, args = setup
     tr = FakeTransport()
-    monkeypatch.setattr(shell, "refresh", lambda *a: (Facts(), {"cp1": tr}))
+    monkeypatch.setattr(refreshing, "refresh", lambda *a: (Facts(), {"cp1": tr}))
 
     def broken(topology: Any, *skip: Any) -> Any:
         raise GraphError("cycle: a -> b -> a")
 
     monkeypatch.setattr(resources, "build", broken)
     with pytest.raises(GraphError):
-        commands._make_plan(t, backend, args)
+        run.make_plan(t, backend, args)
     assert tr.closed
 
 
@@ -93,12 +95,12 @@ def test_first_apply_connects_while_the_plan_is_made(setup: Any, monkeypatch: py
         return real_build(topology, *skip)
 
     monkeypatch.setattr(resources, "build", build)
-    commands._make_plan(t, backend, args, connector=connector)
+    run.make_plan(t, backend, args, connector=connector)
     # plan (no connector) and destroy never connect early
     connector.early.clear()
     monkeypatch.setattr(resources, "build", real_build)
-    commands._make_plan(t, backend, args)
-    commands._make_plan(t, backend, args, destroy=True, connector=connector)
+    run.make_plan(t, backend, args)
+    run.make_plan(t, backend, args, destroy=True, connector=connector)
     assert connector.early == []
 
 
@@ -111,8 +113,8 @@ def test_early_connections_are_claimed_once_and_the_rest_closed(monkeypatch: pyt
         made.append(FakeTransport())
         return made[-1]
 
-    monkeypatch.setattr(shell.Connector, "_new", new)
-    c = shell.Connector()
+    monkeypatch.setattr(wiring.Connector, "_new", new)
+    c = wiring.Connector()
     ok: Future[Any] = Future()
     ok.set_result(FakeTransport())
     bad: Future[Any] = Future()

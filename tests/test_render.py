@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from util import EXAMPLES, ROOT, example_files, hyprov, kong_reads, kong_refuses
 
-from hyprov import kongconf
-from hyprov import model as m
-from hyprov.cli import main
-from hyprov.config import MANAGED, load_topology, parse_topology
+from hyprov.cli.main import main
 from hyprov.errors import HyprovError
+from hyprov.model import kongconf
+from hyprov.model import topology as m
+from hyprov.model.load import MANAGED, load_topology, parse_topology
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "render"
 UPDATE = os.environ.get("HYPROV_UPDATE_GOLDEN") == "1"

@@ -33,13 +33,14 @@ from cryptography.hazmat.primitives import hashes
 from tlshelpers import cp_server, dp_connect, openssl_available
 from topo import ENV, applied_state, hyprov, local_topology, write
 
-from hyprov import graph, planner, render, resources
-from hyprov.config import parse_topology
-from hyprov.model import Topology
-from hyprov.plan import Plan
-from hyprov.planner import Facts
-from hyprov.resources import Resource
-from hyprov.state import NodeState, ResourceState, State, from_json
+from hyprov.cli import render
+from hyprov.model.load import parse_topology
+from hyprov.model.topology import Topology
+from hyprov.plan import graph, planner, resources
+from hyprov.plan.changes import Plan
+from hyprov.plan.planner import Facts
+from hyprov.plan.resources import Resource
+from hyprov.state.document import NodeState, ResourceState, State, from_json
 
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 OLD, NEW = "0a" * 32, "0b" * 32  # root fingerprints
@@ -257,7 +258,7 @@ def test_phase_headline_in_text_and_stable_json_field() -> None:
 
 
 def test_a_ca_you_brought_is_never_rotated_and_the_plan_says_so(tmp_path: Path) -> None:
-    from hyprov import pki
+    from hyprov.certs import pki
 
     key = pki.generate_key("ec-p256")  # read when the topology is loaded (its chain sizes kong.conf)
     (tmp_path / "corp.crt").write_bytes(pki.cert_pem(pki.issue_root(key, common_name="Corp Root", validity_days=3650,
@@ -278,7 +279,7 @@ def test_leaves_cut_to_a_ca_you_brought_are_not_renewed_on_every_plan(tmp_path: 
     """Your CA ends within renew_before_days: each leaf is cut to its notAfter when issued. A new
     leaf would end on the same day, so the plan says to renew your CA and reissues nothing (it
     did so on every plan before, with a restart of every node)."""
-    from hyprov import pki
+    from hyprov.certs import pki
 
     key = pki.generate_key("ec-p256")
     now = dt.datetime.now(dt.UTC)
@@ -661,7 +662,7 @@ def test_your_own_root_during_a_rotation_leaves_no_root_of_hyprov(tmp_path: Path
     assert hyprov("apply", "--auto-approve", cwd=tmp_path, env=PASS).returncode == 0
     into_renewal_window(tmp_path)
     assert hyprov("apply", "--auto-approve", cwd=tmp_path, env=PASS).returncode == 0  # phase 1
-    from hyprov import pki
+    from hyprov.certs import pki
 
     secrets = tmp_path / ".hyprov/secrets"
     key = pki.generate_key("ec-p256")
@@ -697,8 +698,8 @@ def test_a_removed_intermediate_leaves_secrets_dir(tmp_path: Path) -> None:
 
 
 def test_secrets_dir_remove(tmp_path: Path) -> None:
-    from hyprov import pki
-    from hyprov.secrets import SecretsDir
+    from hyprov.certs import pki
+    from hyprov.certs.secretsdir import SecretsDir
 
     s = SecretsDir(tmp_path / "s", {})
     key = pki.generate_key("ec-p256")
@@ -780,7 +781,7 @@ def test_what_a_record_was_made_from_is_checked(written_by: str, case: str, make
 ], ids=["root-not-recorded", "same-root", "older-root"])
 def test_bundles_under_a_ca_you_bring_are_checked_against_its_root(tmp_path: Path, anchor: str | None,
                                                                   in_bundles: str, planned: bool) -> None:
-    from hyprov import pki
+    from hyprov.certs import pki
 
     key = pki.generate_key("ec-p256")
     (tmp_path / "corp.crt").write_bytes(pki.cert_pem(pki.issue_root(key, common_name="Corp Root",
@@ -848,7 +849,7 @@ def one_shot_change(tmp: Path, change: str, keygen: str) -> None:
     elif change == "intermediate":  # the intermediate alone is replaced
         doc["pki"]["intermediates"][0]["common_name"] = "Int 0 (new)"
     else:  # a root you bring (an issuing CA below your top root)
-        from hyprov import pki
+        from hyprov.certs import pki
 
         now = dt.datetime.now(dt.UTC)
         top_key, corp_key = pki.generate_key("ec-p256"), pki.generate_key("ec-p256")
@@ -936,7 +937,7 @@ def _rooted(s: State, fingerprint: str, *, legacy: bool) -> State:
 ], ids=["current", "current-renewed", "legacy-same", "legacy-renewed", "legacy-root-above-your-signing-ca"])
 def test_a_ca_you_bring_is_judged_by_the_certificate_in_its_file(tmp_path: Path, record: str,
                                                                 intermediate_yours: bool, planned: bool) -> None:
-    from hyprov import pki
+    from hyprov.certs import pki
 
     key = pki.generate_key("ec-p256")
     root = pki.issue_root(key, common_name="Corp Root", validity_days=3650, now=NOW)

@@ -11,8 +11,9 @@ import fastjsonschema
 import pytest
 from util import example_files
 
-from hyprov import config, schemacache
+from hyprov.app import schemacache
 from hyprov.errors import ConfigError
+from hyprov.model import load as config
 
 
 @pytest.fixture

@@ -32,10 +32,10 @@ import yaml
 from sshhosts import SSHHosts
 from topo import ENV, write
 
-from hyprov import status
-from hyprov.config import parse_topology
+from hyprov.apply import status
 from hyprov.errors import HyprovError
-from hyprov.model import Topology
+from hyprov.model.load import parse_topology
+from hyprov.model.topology import Topology
 
 NOW = 1_800_000_000.0
 HASH_A = "a" * 32

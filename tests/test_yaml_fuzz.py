@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from util import ERROR_LINE, ROOT, example_files, hyprov, kong_reads, kong_refuses
 
-from hyprov import kongconf
-from hyprov import model as m
-from hyprov.config import parse_topology
 from hyprov.errors import ConfigError
+from hyprov.model import kongconf
+from hyprov.model import topology as m
+from hyprov.model.load import parse_topology
 
 FILE = Path("/fuzz/site/hyprov.yaml")
 EXAMPLES = {p.name: p.read_bytes() for p in example_files()}
@@ -246,7 +246,7 @@ def test_cli_never_prints_a_traceback(tmp_path_factory: pytest.TempPathFactory,
 
 def _careful(text: str) -> tuple[Any, bool]:
     """(data, clean) as the careful path (compose, then build with positions) reads it."""
-    from hyprov import yamlmarks
+    from hyprov.model import yamlmarks
 
     node = yaml.compose(text, Loader=yamlmarks._Loader)
     doc = yamlmarks.Document("f", None)
@@ -271,7 +271,7 @@ YAML_VALUES = st.recursive(
 def test_fast_loader_reads_what_the_careful_one_reads(value: Any, flow: bool | None) -> None:
     """yamlmarks._fast_load (events, no positions) must give exactly the careful path's
     data, or step aside (_Unusual) for the careful path to judge."""
-    from hyprov import yamlmarks
+    from hyprov.model import yamlmarks
 
     text = yaml.safe_dump(value, default_flow_style=flow, allow_unicode=True)
     # also plain (unquoted) spellings of the tricky scalars, which safe_dump would quote
@@ -288,7 +288,7 @@ def test_fast_loader_reads_what_the_careful_one_reads(value: Any, flow: bool | N
         assert clean, variant  # the fast path never accepts what the careful one refuses
         assert fast == expected and type(fast) is type(expected), variant
         # the flags that let validation skip its walks are right
-        from hyprov import config
+        from hyprov.model import load as config
 
         assert seen.floats == config._has_float(fast), variant
         if not seen.odd_text:
@@ -311,7 +311,7 @@ def _strings(value: Any) -> list[str]:
     "a: 1\n---\nb: 2\n", "a: !custom x\n", "a: =\n", "1: x\n",
 ])
 def test_fast_loader_leaves_the_unusual_to_the_careful_path(text: str) -> None:
-    from hyprov import yamlmarks
+    from hyprov.model import yamlmarks
 
     with pytest.raises(yamlmarks._Unusual):
         yamlmarks._fast_load(text)

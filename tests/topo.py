@@ -12,10 +12,10 @@ from typing import Any
 
 import yaml
 
-from hyprov import resources
-from hyprov.model import Topology
-from hyprov.resources import Resource
-from hyprov.state import NodeState, ResourceState, State, new_state
+from hyprov.model.topology import Topology
+from hyprov.plan import resources
+from hyprov.plan.resources import Resource
+from hyprov.state.document import NodeState, ResourceState, State, new_state
 
 
 def local_topology(

@@ -40,9 +40,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from hyprov.backends import LockHolder, check_cas, current_holder, locked_error
+from hyprov.backends.base import LockHolder, check_cas, current_holder, locked_error
 from hyprov.errors import StateError
-from hyprov.state import State, from_json, to_json
+from hyprov.state.document import State, from_json, to_json
 
 __all__ = ["LocalBackend"]
 

@@ -38,14 +38,20 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, LiteralString
 from urllib.parse import quote
 
-from hyprov.backends import LockHolder, check_cas, current_holder, locked_error
+from hyprov.backends.base import (
+    ForcedUnlock,
+    HistoryEntry,
+    LockHolder,
+    check_cas,
+    current_holder,
+    locked_error,
+)
 from hyprov.errors import StaleState, StateError
-from hyprov.state import State, from_json, to_json
+from hyprov.state.document import State, from_json, to_json
 
 if TYPE_CHECKING:
     import psycopg
@@ -103,43 +109,6 @@ _LIBPQ_PREFIX = re.compile(
 )
 _HOLDER_READ_TRIES = 25  # x 20 ms: the winner records itself right after taking the lock
 _UNLOCK_WAIT = 10.0  # seconds force_unlock waits for a terminated session to go
-
-
-@dataclass(frozen=True)
-class HistoryEntry:
-    """One recorded serial: who wrote it, when, and what changed against the one before."""
-
-    serial: int
-    lineage: str
-    recorded_at: datetime
-    user: str
-    host: str
-    pid: int
-    added: int
-    removed: int
-    changed: int
-
-    @property
-    def who(self) -> str:
-        return f"{self.user}@{self.host} (pid {self.pid})"
-
-    @property
-    def summary(self) -> str:
-        return f"{self.added} added, {self.changed} changed, {self.removed} removed"
-
-
-@dataclass(frozen=True)
-class ForcedUnlock:
-    """What ``force_unlock`` overrode: the recorded holder and the session it ended."""
-
-    holder: LockHolder | None  # None: the lock was held but nobody recorded who
-    session_pid: int | None  # the PostgreSQL backend terminated; None: no live lock
-
-    def describe(self) -> str:
-        who = self.holder.describe() if self.holder else "an unrecorded holder"
-        if self.session_pid is None:
-            return f"cleared a stale lock record of {who} (no session held the lock)"
-        return f"released the lock held by {who}: terminated its PostgreSQL session (pid {self.session_pid})"
 
 
 def _psycopg() -> Any:

@@ -20,7 +20,7 @@ with ``key_generation: local``, private keys. Same processes, same round trips.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 #: The longest ``sh -c`` command (bytes) a transport passes as an argument, when the caller
 #: sends stdin of its own (a script without stdin travels on stdin, of any size).
@@ -67,3 +67,29 @@ class Transport(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+# Optional capabilities: a transport declares one by having the method; callers test
+# with isinstance (runtime_checkable) and mypy checks the signature.
+
+
+@runtime_checkable
+class Connects(Protocol):
+    """Can connect ahead of its first ``run`` (a first apply opens connections while it plans)."""
+
+    def connect(self) -> None: ...
+
+
+@runtime_checkable
+class ReadsUnprepared(Protocol):
+    """Can run a read-only script without preparing the host (the local connection makes no
+    node directory for a node not yet applied: a plan changes nothing)."""
+
+    def read(self, script: str, timeout: float | None = None) -> CommandResult: ...
+
+
+@runtime_checkable
+class Tunnels(Protocol):
+    """Can open a TCP channel to a port on the node's side (status reads a CP's Admin API)."""
+
+    def open_tunnel(self, dest_host: str, dest_port: int) -> Any: ...

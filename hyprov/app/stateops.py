@@ -1,0 +1,151 @@
+"""The state verbs' work: read, edit (mv, rm), history, unlock, migrate. Each returns what
+the CLI prints; the backend is opened, locked and written here."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from hyprov.app import env, wiring
+from hyprov.errors import HyprovError, Locked, StateError
+
+if TYPE_CHECKING:
+    from hyprov.backends.base import HistoryEntry, StateBackend
+    from hyprov.model.topology import Topology
+    from hyprov.state.document import State
+
+
+def opened(file: str) -> tuple[Topology, StateBackend]:
+    t = env.topology(file)
+    return t, wiring.backend_for(t)
+
+
+def read(file: str) -> State | None:
+    _, backend = opened(file)
+    return wiring.read_state(backend, file)
+
+
+def resource_json(file: str, address: str) -> dict[str, Any]:
+    st = read(file)
+    if st is None or address not in st.resources:
+        raise HyprovError(f"no resource {address!r} in the state", "see: hyprov state list")
+    return {"address": address, **st.resources[address].to_dict()}
+
+
+def document(file: str) -> str:
+    from hyprov.state.document import to_json
+
+    st = read(file)
+    return to_json(st) if st else ""
+
+
+def edit(file: str, lock_timeout: float, *, move: tuple[str, str] | None = None, remove: str | None = None) -> str:
+    """``state mv OLD NEW`` or ``state rm ADDRESS``: the sentence saying what was done."""
+    from hyprov.state.document import MoveConflict
+
+    _, backend = opened(file)
+    with wiring.locked(backend, lock_timeout):
+        st = wiring.read_state(backend, file)
+        if st is None:
+            raise HyprovError("there is no state yet", "run hyprov apply first")
+        if move is not None:
+            old, new_name = move
+            try:
+                new = st.move(old, new_name)
+            except MoveConflict as exc:  # the hints name the topology file, which state.py does not know
+                exc.hint = (f"nothing was changed; choose another name, or if that record is stale, "
+                            f"forget it first: hyprov state rm -f {file} ADDRESS")
+                raise
+            except StateError as exc:
+                exc.hint = (f"nothing was changed; see the addresses with hyprov state list -f {file} "
+                            "(a node name moves all of its resources)")
+                raise
+            what = f"Moved {old} to {new_name}"
+        else:
+            assert remove is not None
+            if remove in st.resources:
+                new = st.without_resource(remove)
+            elif remove in st.nodes or any(r.node == remove for r in st.resources.values()):
+                new = st
+                for a in [a for a, r in st.resources.items() if r.node == remove]:
+                    new = new.without_resource(a)
+                if remove in new.nodes:
+                    new = new.without_node(remove)
+            else:
+                raise HyprovError(f"no resource or node {remove!r} in the state", "see: hyprov state list")
+            what = f"Removed {remove} from the state (nothing on the host was touched)"
+        new = new.bump_serial_if_changed(st)
+        backend.write(new, st.serial)
+    return what + "."
+
+
+def history(file: str) -> tuple[str, list[HistoryEntry]]:
+    """(where the state lives, its recorded serials newest first); an error without history."""
+    from hyprov.backends.base import History
+
+    t, backend = opened(file)
+    if not isinstance(backend, History):
+        raise HyprovError(f"state history needs the postgres backend; {file} uses the "
+                          f"{t.state.backend} backend ({backend.describe()})",
+                          "the local backend keeps only the previous version (the .backup file); "
+                          "see: hyprov state migrate --to postgres")
+    return backend.describe(), backend.history()
+
+
+def unlock(file: str) -> tuple[bool, list[str]]:
+    """``state unlock --force``: (succeeded, the lines to print)."""
+    from hyprov.backends.base import ForceUnlock
+
+    _, backend = opened(file)
+    if not isinstance(backend, ForceUnlock):
+        try:
+            with wiring.locked(backend, 0):
+                pass
+        except Locked as exc:
+            return False, [f"The local state lock is held: {exc}.",
+                           "It is a kernel lock (flock) that goes away when that process exits, even if it is "
+                           "killed: stop the process to release it; there is nothing to force."]
+        return True, [f"The state is not locked ({backend.describe()}): nothing to do. A local lock goes away "
+                      "with the process that held it, so it never needs forcing."]
+    overridden = backend.force_unlock()
+    if overridden is None:
+        return True, [f"The state is not locked ({backend.describe()}): nothing to do."]
+    return True, [f"Forced the state lock open: {overridden.describe()}.",
+                  "That run cannot write the state any more; check what it was doing and plan again."]
+
+
+def migrate(file: str, to: str, lock_timeout: float) -> list[str]:
+    """``state migrate --to BACKEND``: copy the state (lineage and serial kept); the lines saying what was done."""
+    t = env.topology(file)
+    if t.state.backend == to:
+        others = sorted(set(wiring.BACKENDS) - {to})
+        raise HyprovError(f"the state is already in the {to} backend ({file} says "
+                          f"state.backend: {to})",
+                          f"migrate names the target: hyprov state migrate --to {others[0]}")
+    source = wiring.backend_for(t)
+    target = wiring.backend_named(t, to)
+    with wiring.locked(source, lock_timeout), wiring.locked(target, lock_timeout):
+        st = wiring.read_state(source, file)
+        if st is None:
+            raise HyprovError(f"there is no state to migrate in {source.describe()}",
+                              "nothing to move; hyprov apply creates the state")
+        existing = wiring.read_state(target, file)
+        refuse = None
+        if existing is not None and existing.lineage != st.lineage:
+            refuse = (f"it holds a different state (lineage {existing.lineage}, serial {existing.serial}; "
+                      f"this one is lineage {st.lineage})")
+        elif existing is not None and existing.serial > st.serial:
+            refuse = f"it holds a newer serial of this state ({existing.serial} > {st.serial})"
+        elif existing is not None and existing.serial == st.serial and not existing.content_equal(st):
+            refuse = f"it holds different content under the same serial {st.serial}"
+        if refuse:
+            raise HyprovError(f"refusing to overwrite {target.describe()}: {refuse}",
+                              "nothing was changed; remove that state first if it is really unwanted, "
+                              "or choose another state path / workspace")
+        what = f"lineage {st.lineage}, serial {st.serial}, {len(st.resources)} resource(s)"
+        if existing is not None and existing.serial == st.serial:
+            done = f"{target.describe()} already holds this state ({what}): nothing to copy."
+        else:
+            target.write(st, existing.serial if existing is not None else None)
+            done = f"Migrated the state ({what}) from {source.describe()} to {target.describe()}."
+    return [done, f"Now set `state: {{backend: {to}}}` in {file}: until then hyprov keeps using "
+                  f"{source.describe()}, which was left as it was."]

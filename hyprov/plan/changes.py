@@ -1,0 +1,195 @@
+"""The plan as a value: Action, Change, Plan, and their stable JSON form.
+
+As in Terraform, the action drives apply and the reason only explains it to the
+reader. A saved plan records the topology digest and the state's lineage and
+serial so applying it to anything else is refused as stale.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hyprov.errors import HyprovError
+from hyprov.model.kongconf import SENSITIVE  # a secret as shown in kong.conf, plan text and JSON
+
+FORMAT_VERSION = "1.0"
+
+
+class Action(Enum):
+    NOOP = "no-op"
+    CREATE = "create"
+    UPDATE = "update"
+    REPLACE = "replace"
+    DELETE = "delete"
+
+    @property
+    def symbol(self) -> str:
+        return {"no-op": " ", "create": "+", "update": "~", "replace": "-/+", "delete": "-"}[self.value]
+
+    @property
+    def json_actions(self) -> list[str]:
+        """Terraform's JSON spelling: a replace is delete+create."""
+        return {"replace": ["delete", "create"]}.get(self.value, [self.value])
+
+
+KEY_DRIFT = "drift: its key "  # a certificate's reason when its key file drifted: a new key comes with it
+
+
+@dataclass(frozen=True)
+class Change:
+    address: str
+    type: str
+    node: str | None
+    action: Action
+    reason: str | None = None
+    before: dict[str, Any] | None = field(default=None, hash=False)
+    after: dict[str, Any] | None = field(default=None, hash=False)
+    diff: str | None = None  # unified diff of a text file (secrets masked)
+    error: str | None = None  # refresh could not read this resource's host
+    # secret attributes that change (kong.conf's pg_password): shown as (sensitive), never held
+    # in before/after themselves, which the applier records
+    sensitive: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        before, after = self.before, self.after
+        if self.sensitive:  # shown in JSON as in text, masked in both before and after
+            masked = dict.fromkeys(self.sensitive, SENSITIVE)
+            before = {**(before or {}), **masked}
+            after = {**(after or {}), **masked}
+        return {
+            "address": self.address,
+            "type": self.type,
+            "node": self.node,
+            "actions": self.action.json_actions,
+            "action_reason": self.reason,
+            "before": before,
+            "after": after,
+            "diff": self.diff,
+            "error": self.error,
+        }
+
+    @property
+    def new_key(self) -> bool:
+        """A certificate change that needs a new key, not the node's current one: a first
+        issue, a new key type, or a key that drifted on the host (a renewal keeps the key)."""
+        reason = self.reason or ""
+        return self.action is Action.CREATE or "key_type" in reason or reason.startswith(KEY_DRIFT)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Change:
+        acts = d["actions"]
+        if not isinstance(acts, list) or not acts:
+            raise ValueError(f"{d.get('address')!r}: actions must be a non-empty list")
+        action = Action.REPLACE if acts == ["delete", "create"] else Action(acts[0])
+        address, type_, node = d["address"], d["type"], d.get("node")
+        before, after = d.get("before"), d.get("after")
+        if not isinstance(address, str) or not isinstance(type_, str) or not (node is None or isinstance(node, str)):
+            raise ValueError("address, type and node must be strings")
+        if not (before is None or isinstance(before, dict)) or not (after is None or isinstance(after, dict)):
+            raise ValueError(f"{address}: before and after must be objects")
+        for k in ("action_reason", "diff", "error"):
+            if not (d.get(k) is None or isinstance(d[k], str)):
+                raise ValueError(f"{address}: {k} must be a string")
+        # the masked secrets to_json added go back where they came from: out of before/after
+        sensitive = tuple(k for k, v in (after or {}).items()
+                          if v == SENSITIVE and (before or {}).get(k) == SENSITIVE)
+        if sensitive:
+            before = {k: v for k, v in (before or {}).items() if k not in sensitive}
+            after = {k: v for k, v in (after or {}).items() if k not in sensitive}
+        return cls(address, type_, node, action, d.get("action_reason"),
+                   before, after, d.get("diff"), d.get("error"), sensitive)
+
+
+@dataclass(frozen=True)
+class Plan:
+    topology_digest: str
+    lineage: str | None  # None: no state yet
+    serial: int | None
+    changes: tuple[Change, ...]  # what changes or could not be read; unchanged resources are not listed
+    targets: tuple[str, ...] = ()
+    destroy: bool = False
+    errors: tuple[str, ...] = ()
+    # root CA rotation in progress (hyprov.rotation.Tracker.summary), or a note; None: nothing to say
+    root_rotation: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+    # nodes refresh could not read, and why: their changes are shown, not applied (apply fails them)
+    unreachable: tuple[tuple[str, str], ...] = ()
+    # a saved plan's slow, salted fingerprint of the database password it was made with
+    # (kongconf.secret_fingerprint): applying it with another password would write a
+    # pg_password the reviewer never saw change, so it is stale then
+    password_fingerprint: str | None = None
+
+    @property
+    def actionable(self) -> tuple[Change, ...]:
+        return tuple(c for c in self.changes if c.action is not Action.NOOP and c.error is None)
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.actionable)
+
+    def counts(self) -> dict[str, int]:
+        """One per block the plan shows with an action and no error, of every type (services
+        and migrations too, as Terraform counts every resource): nonzero exactly when
+        :attr:`has_changes` (``--detailed-exitcode`` 2). Blocks whose host could not be read
+        are not counted: nothing is applied from them."""
+        out = {"add": 0, "change": 0, "replace": 0, "destroy": 0}
+        for c in self.actionable:
+            out[_COUNT_KEY[c.action]] += 1
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        extra = {} if self.password_fingerprint is None else {"password_fingerprint": self.password_fingerprint}
+        return extra | {
+            "format_version": FORMAT_VERSION,
+            "topology_digest": self.topology_digest,
+            "prior_state": {"lineage": self.lineage, "serial": self.serial},
+            "destroy": self.destroy,
+            "targets": list(self.targets),
+            "resource_changes": [c.to_json() for c in self.changes if c.action is not Action.NOOP or c.error],
+            "errors": list(self.errors),
+            "unreachable_nodes": dict(self.unreachable),
+            "summary": self.counts(),
+            "root_rotation": self.root_rotation,
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def loads(cls, text: str | bytes, source: str) -> Plan:
+        """``text`` as written by :meth:`dumps` (bytes are decoded as UTF-8 here, so a binary
+        file is refused like any other that is not a plan)."""
+        try:
+            d = json.loads(text)
+            if not isinstance(d, dict) or "format_version" not in d:
+                raise ValueError("no format_version")
+            if d.get("format_version") != FORMAT_VERSION:
+                raise HyprovError(f"{source}: plan format {d.get('format_version')!r} is not {FORMAT_VERSION}",
+                                  "make a new plan with this hyprov")
+            prior = d["prior_state"]
+            digest, lineage, serial = d["topology_digest"], prior["lineage"], prior["serial"]
+            if not isinstance(digest, str) or not (lineage is None or isinstance(lineage, str)) or not (
+                    serial is None or (isinstance(serial, int) and not isinstance(serial, bool))):
+                raise ValueError("topology_digest, prior_state.lineage or prior_state.serial has the wrong type")
+            changes = d["resource_changes"]
+            rotation = d.get("root_rotation")
+            unreachable = d.get("unreachable_nodes", {})
+            password = d.get("password_fingerprint")
+            if not isinstance(changes, list) or not (rotation is None or isinstance(rotation, dict)) or \
+                    not isinstance(unreachable, dict):
+                raise ValueError("resource_changes must be a list, root_rotation and unreachable_nodes objects")
+            if not (password is None or isinstance(password, str)):
+                raise ValueError("password_fingerprint must be a string")
+            return cls(digest, lineage, serial, tuple(Change.from_json(c) for c in changes),
+                       tuple(map(str, d.get("targets", ()))), bool(d.get("destroy")),
+                       tuple(map(str, d.get("errors", ()))), rotation,
+                       tuple(sorted((str(k), str(v)) for k, v in unreachable.items())), password)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # UnicodeDecodeError is a ValueError
+            why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"{type(exc).__name__}: {exc}"
+            raise HyprovError(f"{source} is not a hyprov plan file ({why})",
+                              "write one with: hyprov plan --out FILE, and pass that file") from exc
+
+
+_COUNT_KEY = {Action.CREATE: "add", Action.UPDATE: "change", Action.REPLACE: "replace", Action.DELETE: "destroy"}
