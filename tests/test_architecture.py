@@ -164,3 +164,32 @@ def test_subpackage_inits_are_empty() -> None:
     """validate imports only what it uses: an __init__ that imports would load its whole part."""
     for init in PKG.glob("*/__init__.py"):
         assert not [n for n in ast.parse(init.read_text()).body if not isinstance(n, ast.Expr)], init
+
+
+def test_only_the_file_helper_renames_or_syncs() -> None:
+    """One atomic write (hyprov/_fs.py): a second temp+fsync+rename would drift from it."""
+    calls = {"replace", "rename", "fsync", "mkstemp"}
+    found = []
+    for path in sorted(PKG.rglob("*.py")):
+        if path.name == "_fs.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in calls \
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id in ("os", "tempfile"):
+                found.append(f"{path.relative_to(PKG.parent)}:{node.lineno}: {node.func.value.id}.{node.func.attr}")
+    assert not found, found
+
+
+def test_registries_and_schema_name_the_same_transports_and_backends() -> None:
+    """A transport or backend is one module, one registry entry and one schema enum value."""
+    import json
+
+    from hyprov.app.wiring import BACKENDS, NETWORKED, TRANSPORTS
+
+    published = json.loads((PKG.parent / "schemas" / "topology.schema.json").read_text())
+    defs = published["$defs"]
+    assert set(defs["connection"]["properties"]["type"]["enum"]) == set(TRANSPORTS)
+    assert set(defs["state"]["properties"]["backend"]["enum"]) == set(BACKENDS)
+    assert NETWORKED <= set(TRANSPORTS)
+    packaged = PKG / "model" / "topology.schema.json"  # the package's copy is the published file
+    assert packaged.read_bytes() == (PKG.parent / "schemas" / "topology.schema.json").read_bytes()

@@ -17,7 +17,8 @@ from hyprov.cli.main import main
 from hyprov.errors import HyprovError
 from hyprov.model import kongconf
 from hyprov.model import topology as m
-from hyprov.model.load import MANAGED, load_topology, parse_topology
+from hyprov.model.kongconf import MANAGED
+from hyprov.model.load import load_topology, parse_topology
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "render"
 UPDATE = os.environ.get("HYPROV_UPDATE_GOLDEN") == "1"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hyprov._fs import AtomicWriteError, atomic_write
 from hyprov.app import env, wiring
 from hyprov.apply import refresh as refreshing
 from hyprov.errors import HyprovError
@@ -112,19 +113,11 @@ def write_plan(path: Path, p: Plan) -> None:
         why = "is not a directory" if parent.exists() else "does not exist"
         raise HyprovError(f"{where}: {parent} {why}", f"save the plan in an existing directory, or mkdir -p {parent}")
     tmp = path.with_name(f".{path.name}.tmp")
-    step = f"cannot create the temporary file {tmp}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        step = f"cannot write the temporary file {tmp}"
-        with os.fdopen(fd, "w") as fh:
-            fh.write(p.dumps())
-            fh.flush()
-            os.fsync(fh.fileno())
-        step = f"cannot rename {tmp} to it"
-        os.replace(tmp, path)
-    except OSError as exc:
-        if not step.startswith("cannot create"):
-            tmp.unlink(missing_ok=True)
+        atomic_write(path, p.dumps().encode(), temp=tmp)
+    except AtomicWriteError as exc:
+        step = {"create": f"cannot create the temporary file {tmp}", "write": f"cannot write the temporary file {tmp}",
+                "rename": f"cannot rename {tmp} to it"}[exc.step]
         raise HyprovError(f"{where}: {step}: {exc.strerror or exc}",
                           "the plan is written beside its path, then renamed: choose an --out path in a "
                           "directory you can write to") from exc

@@ -14,11 +14,11 @@ import marshal
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from types import CodeType
 from typing import Any
 
+from hyprov._fs import atomic_write
 from hyprov.model.load import Gate, gate_definition, schema
 
 
@@ -59,14 +59,7 @@ def _load(path: Path) -> tuple[str, CodeType] | None:
 def _store(path: Path, entry: tuple[str, CodeType]) -> None:
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".gate-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(marshal.dumps(entry))
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic_write(path, marshal.dumps(entry), mode=0o600)
     except OSError:
         pass  # a read-only home: compile every time, as without a cache
 

@@ -27,19 +27,18 @@ apply saves many times; parsing a 2,000-DP state costs ~0.25 s per save.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import glob
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from hyprov._fs import atomic_write, fsync_dir
 from hyprov.backends.base import LockHolder, check_cas, current_holder, locked_error
 from hyprov.errors import StateError
 from hyprov.state.document import State, from_json, to_json
@@ -133,35 +132,10 @@ class LocalBackend:
 
     def _replace(self, target: Path, data: bytes) -> None:
         """Atomically put ``data`` at ``target`` (mode 0600), durable once the dir is synced."""
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
-        )
-        try:
-            try:
-                os.fchmod(fd, 0o600)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, target)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        atomic_write(target, data, mode=0o600, sync_dir=False)
 
     def _fsync_dir(self) -> None:
-        fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        except OSError as exc:
-            if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-                raise
-        finally:
-            os.close(fd)
+        fsync_dir(self.path.parent)
 
     def _remove_stale_temps(self) -> None:
         """Temp files left by a writer that died mid-write (we hold the lock, so it is dead)."""

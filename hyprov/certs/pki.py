@@ -30,6 +30,7 @@ import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final, Literal
 
 from cryptography import x509
@@ -42,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from cryptography.x509.oid import AttributeOID, ExtendedKeyUsageOID, NameOID
 
+from hyprov._fs import AtomicWriteError, atomic_write
 from hyprov.certs.chain import fingerprint, load_certs, path_to_root
 from hyprov.certs.chain import is_ca as _is_ca
 from hyprov.certs.chain import tolerate_serial_zero as _tolerate_serial_zero
@@ -321,27 +323,16 @@ def issue_shared(
 
 
 def _create_exclusive(path: str, mode: int, data: bytes) -> None:
-    """Create ``path`` with ``mode`` from the first byte on; never follow or replace."""
+    """Create ``path`` with ``mode`` and ``data``, whole or not at all; never follow or replace."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    except FileExistsError as exc:
-        raise PKIError(
-            f"{path} already exists; will not overwrite it",
-            hint="remove it first or give another path",
-        ) from exc
-    except OSError as exc:
-        raise PKIError(f"cannot create {path}: {exc.strerror}") from exc
-    try:
-        os.fchmod(fd, mode)  # exact mode, whatever the umask (Kong runs chmod 644/600)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except OSError as exc:
-        os.close(fd)
-        os.unlink(path)
-        raise PKIError(f"cannot write {path}: {exc.strerror}") from exc
-    os.close(fd)
+        atomic_write(Path(path), data, mode=mode, exclusive=True)
+    except AtomicWriteError as exc:
+        if isinstance(exc.cause, FileExistsError):
+            raise PKIError(
+                f"{path} already exists; will not overwrite it",
+                hint="remove it first or give another path",
+            ) from exc
+        raise PKIError(f"cannot {'create' if exc.step == 'create' else 'write'} {path}: {exc.strerror}") from exc
 
 
 def gen_cert(

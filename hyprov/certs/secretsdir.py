@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
@@ -24,6 +23,7 @@ from typing import Final
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
+from hyprov._fs import atomic_write
 from hyprov.certs import pki
 from hyprov.errors import PKIError
 
@@ -94,34 +94,10 @@ class SecretsDir:
         return self.cert_path(name).exists()
 
     def _write_atomic(self, target: Path, data: bytes, mode: int) -> None:
-        fd, tmp = -1, ""
         try:
-            # mkstemp creates the file O_EXCL with mode 0600 from the start.
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=self.path)
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-            os.close(fd)
-            fd = -1
-            os.replace(tmp, target)
-            tmp = ""
-            dirfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dirfd)
-            finally:
-                os.close(dirfd)
+            atomic_write(target, data, mode=mode)
         except OSError as exc:
             raise PKIError(f"cannot write {target}: {exc.strerror}") from exc
-        finally:
-            if fd >= 0:
-                os.close(fd)
-            if tmp:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
 
     def _read(self, path: Path, what: str) -> bytes:
         try:

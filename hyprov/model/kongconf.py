@@ -22,6 +22,33 @@ from hyprov.model import topology as m
 SENSITIVE = "(sensitive)"
 HEADER = "# Managed by hyprov: edits here are reverted by the next apply.\n"
 
+# kong.conf keys hyprov writes itself (settings() below), refused in a node's settings with
+# the topology field to use instead: what hyprov writes and what it refuses live together
+MANAGED: dict[str, str] = {
+    "role": "control_planes / data_planes",
+    "database": "database",
+    "pg_host": "database.host",
+    "pg_port": "database.port",
+    "pg_user": "database.user",
+    "pg_password": "database.password_env",
+    "pg_database": "database.database",
+    "cluster_mtls": "cluster.mtls",
+    "cluster_cert": "pki / shared_cert (hyprov installs the certificate)",
+    "cluster_cert_key": "pki / shared_cert (hyprov installs the key)",
+    "cluster_ca_cert": "pki.root",
+    "cluster_server_name": "cluster.server_name",
+    "cluster_control_plane": "cluster.control_plane_endpoint (or the DP's control_plane_endpoint)",
+    "cluster_listen": "the CP's cluster_listen",
+    "cluster_telemetry_listen": "the CP's telemetry_listen",
+    "cluster_telemetry_endpoint": "cluster.telemetry_endpoint",
+    "cluster_telemetry_server_name": "cluster.server_name",
+    "cluster_dp_labels": "the DP's labels",
+    "admin_listen": "the CP's admin_listen",
+    "proxy_listen": "the DP's proxy_listen",
+    "lua_ssl_verify_depth": "pki.intermediates and the chain of a CA you bring (hyprov derives the depth)",
+}
+
+
 
 @dataclass(frozen=True)
 class ClusterFiles:

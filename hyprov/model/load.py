@@ -25,32 +25,8 @@ from typing import Any
 
 from hyprov.errors import ConfigError, HyprovError, PKIError, Problem
 from hyprov.model import topology as m
+from hyprov.model.kongconf import MANAGED
 from hyprov.model.yamlmarks import Document, Path_, load
-
-# kong.conf keys hyprov writes itself, and the topology field to use instead
-MANAGED: dict[str, str] = {
-    "role": "control_planes / data_planes",
-    "database": "database",
-    "pg_host": "database.host",
-    "pg_port": "database.port",
-    "pg_user": "database.user",
-    "pg_password": "database.password_env",
-    "pg_database": "database.database",
-    "cluster_mtls": "cluster.mtls",
-    "cluster_cert": "pki / shared_cert (hyprov installs the certificate)",
-    "cluster_cert_key": "pki / shared_cert (hyprov installs the key)",
-    "cluster_ca_cert": "pki.root",
-    "cluster_server_name": "cluster.server_name",
-    "cluster_control_plane": "cluster.control_plane_endpoint (or the DP's control_plane_endpoint)",
-    "cluster_listen": "the CP's cluster_listen",
-    "cluster_telemetry_listen": "the CP's telemetry_listen",
-    "cluster_telemetry_endpoint": "cluster.telemetry_endpoint",
-    "cluster_telemetry_server_name": "cluster.server_name",
-    "cluster_dp_labels": "the DP's labels",
-    "admin_listen": "the CP's admin_listen",
-    "proxy_listen": "the DP's proxy_listen",
-    "lua_ssl_verify_depth": "pki.intermediates and the chain of a CA you bring (hyprov derives the depth)",
-}
 
 # keys that exist on the other role: a precise message beats "did you mean"
 _ROLE_ONLY = {
