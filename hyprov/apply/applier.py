@@ -305,7 +305,7 @@ class Applier:
         attrs = rec.attrs if rec else {}
         ctype = attrs.get("connection", "local")
         template = next((n for n in self.t.nodes if n.connection.type == ctype), None)
-        if template is None or (ctype == "ssh" and not attrs.get("address")):
+        if template is None or (ctype != "local" and not attrs.get("address")):
             raise HyprovError(f"node {name} was removed from the topology and hyprov cannot tell how to reach it",
                               f"delete its files by hand, then: hyprov state rm {name}")
         return m.DataPlane(name=name, role="data_plane", address=attrs.get("address"), firewall_address=None,

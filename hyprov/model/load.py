@@ -848,8 +848,8 @@ class _Semantics:
             for i, node in nodes:
                 own: dict[str, Any] = node["connection"] if isinstance(node.get("connection"), dict) else {}
                 ctype = own.get("type", default.get("type", "local"))
-                if ctype == "ssh" and not isinstance(node.get("address"), str):
-                    self.err((section, i), f"node {_label(node, section, i)} connects over ssh but has no address",
+                if ctype != "local" and not isinstance(node.get("address"), str):  # every host-reaching transport
+                    self.err((section, i), f"node {_label(node, section, i)} connects over {ctype} but has no address",
                              "add address: HOST")
                 merged = {**default, **own}
                 if ctype == "local":
