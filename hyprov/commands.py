@@ -162,7 +162,7 @@ def _write_plan(path: Path, p: Plan) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         step = f"cannot write the temporary file {tmp}"
         with os.fdopen(fd, "w") as fh:
-            fh.write(p.dumps())
+            fh.write(p.file_text())
             fh.flush()
             os.fsync(fh.fileno())
         step = f"cannot rename {tmp} to it"
@@ -185,7 +185,7 @@ def _read_plan(path: str, file: str = "FILE") -> Plan:
         hint = (f"{path} is a directory: name the plan file in it, or {make}" if Path(path).is_dir()
                 else f"{make}" if isinstance(exc, FileNotFoundError) else f"check its permissions, or {make}")
         raise HyprovError(f"cannot read plan file {path}: {exc.strerror or exc}", hint) from exc
-    return Plan.loads(data, path)  # bytes: a binary file is "not a hyprov plan file"
+    return Plan.load_file(data, path)  # bytes: a binary file is "not a hyprov plan file"
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -210,10 +210,14 @@ def _check_stale(p: Plan, t: Topology, state: State | None, source: str, file: s
     if p.topology_digest != t.digest:
         raise StaleState(f"saved plan {source} is stale: the topology file, or a license or CA "
                          "certificate file it names, changed since it was made", again)
-    if p.password_fingerprint is not None and _password_fingerprint(p, password) != p.password_fingerprint:
+    # compared even when the plan was made without a password (None): a password now would
+    # write a pg_password the plan never showed
+    if _password_fingerprint(p, password) != p.password_fingerprint:
         env = t.database.password_env if t.database else "the password variable"
-        now = "is not set, and it" if password is None else "holds another database password than the one it"
-        raise StaleState(f"saved plan {source} is stale: {env} {now} was made with "
+        now = "is not set, and it was made with" if password is None else \
+            "is set, and it was made without a database password" if p.password_fingerprint is None else \
+            "holds another database password than the one it was made with"
+        raise StaleState(f"saved plan {source} is stale: {env} {now} "
                          "(the plan would write a pg_password it does not show)", again)
     lineage = state.lineage if state else None
     serial = state.serial if state else None

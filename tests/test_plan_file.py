@@ -1,0 +1,117 @@
+"""Saved plan files (``plan --out``) edited, nulled or cut short: refused, never applied
+differently from what they show (issue 20)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from topo import hyprov, local_topology, write
+
+CONF = 'file.cp1["/etc/kong/kong.conf"]'
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """An applied cluster and a saved plan (p.plan) that changes cp1's kong.conf."""
+    tmp = tmp_path_factory.mktemp("planfile")
+    doc = local_topology()
+    write(tmp, doc)
+    r = hyprov("apply", "--auto-approve", cwd=tmp)
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc["control_planes"][0]["admin_listen"] = "127.0.0.1:8011"
+    write(tmp, doc)
+    r = hyprov("plan", "--out", "p.plan", cwd=tmp)
+    assert r.returncode == 0, r.stdout + r.stderr
+    yield tmp
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def saved(tmp: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((tmp / "p.plan").read_text())
+    return doc
+
+
+def conf_text(tmp: Path) -> str:
+    return (tmp / ".hyprov" / "hosts" / "cp1" / "etc" / "kong" / "kong.conf").read_text()
+
+
+def refused(tmp: Path, doc: dict[str, Any], *, env: dict[str, str] | None = None) -> str:
+    """``doc`` saved as edited.plan: apply refuses it, touching nothing; returns stderr."""
+    (tmp / "edited.plan").write_text(json.dumps(doc, indent=2))
+    before = conf_text(tmp)
+    r = hyprov("apply", "edited.plan", cwd=tmp, env=env)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "internal error" not in r.stderr, \
+        r.stdout + r.stderr
+    assert r.stderr.startswith("hyprov: error: "), r.stderr
+    assert "edited.plan" in r.stderr.splitlines()[0], r.stderr
+    assert conf_text(tmp) == before, "nothing written"
+    return r.stderr
+
+
+# ------------------------------------------------------------------ 1. the password check stays on
+
+
+@pytest.mark.parametrize("how", ["null", "removed"])
+def test_a_nulled_or_removed_password_fingerprint_is_refused(planned: Path, how: str) -> None:
+    doc = saved(planned)
+    assert isinstance(doc["password_fingerprint"], str)
+    if how == "null":
+        doc["password_fingerprint"] = None
+    else:
+        del doc["password_fingerprint"]
+    err = refused(planned, doc, env={"HYPROV_TEST_PG": "another-password"})
+    assert f"password_fingerprint is {'null' if how == 'null' else 'missing'}" in err, err
+    assert "another-password" not in conf_text(planned)
+
+
+def test_a_plan_saying_no_password_is_involved_is_stale_when_one_is(planned: Path) -> None:
+    doc = saved(planned)
+    doc["password_fingerprint"] = "none"
+    err = refused(planned, doc, env={"HYPROV_TEST_PG": "another-password"})
+    assert "another-password" not in conf_text(planned)
+    assert "is stale" in err or "edited" in err, err
+
+
+def test_a_plan_without_a_password_says_so(tmp_path: Path) -> None:
+    write(tmp_path, local_topology(password_env=None))
+    assert hyprov("plan", "--out", "p.plan", cwd=tmp_path).returncode == 0
+    assert saved(tmp_path)["password_fingerprint"] == "none"
+    r = hyprov("apply", "p.plan", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+TOP_FIELDS = ["format_version", "topology_digest", "prior_state", "destroy", "targets", "resource_changes",
+              "errors", "unreachable_nodes", "summary", "root_rotation", "password_fingerprint"]
+CHANGE_FIELDS = ["address", "type", "node", "actions", "action_reason", "before", "after", "diff", "error"]
+
+
+@pytest.mark.parametrize("field", TOP_FIELDS)
+@pytest.mark.parametrize("how", ["null", "removed"])
+def test_every_field_of_a_plan_file_nulled_or_removed_is_refused(planned: Path, field: str, how: str) -> None:
+    doc = saved(planned)
+    assert field in doc, "the planner writes every field"
+    if how == "null" and doc[field] is None:
+        pytest.skip(f"{field} is null in this plan (nothing to null)")
+    if how == "null":
+        doc[field] = None
+    else:
+        del doc[field]
+    for cmd in (("show", "edited.plan"), ("show", "--json", "edited.plan")):
+        (planned / "edited.plan").write_text(json.dumps(doc))
+        r = hyprov(*cmd, cwd=planned)
+        assert r.returncode == 1 and r.stdout == "" and "Traceback" not in r.stderr, r.stdout + r.stderr
+    refused(planned, doc)
+
+
+@pytest.mark.parametrize("field", CHANGE_FIELDS)
+def test_every_field_of_a_change_removed_is_refused(planned: Path, field: str) -> None:
+    doc = saved(planned)
+    change = next(c for c in doc["resource_changes"] if c["address"] == CONF)
+    del change[field]
+    err = refused(planned, doc)
+    assert "not a hyprov plan file" in err, err
