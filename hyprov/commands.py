@@ -175,7 +175,8 @@ def _write_plan(path: Path, p: Plan) -> None:
                           "directory you can write to") from exc
 
 
-def _read_plan(path: str, file: str = "FILE") -> Plan:
+def _read_plan(path: str, file: str = "FILE") -> tuple[Plan, bool]:
+    """The saved plan, and whether it matches its digest (see :func:`_check_intact`)."""
     from .plan import Plan
 
     try:
@@ -188,10 +189,22 @@ def _read_plan(path: str, file: str = "FILE") -> Plan:
     return Plan.load_file(data, path)  # bytes: a binary file is "not a hyprov plan file"
 
 
+def _check_intact(intact: bool, source: str, file: str) -> None:
+    """A plan file whose content does not match its digest was edited (or damaged) after
+    ``plan --out`` wrote it: what it shows (a diff, a reason) may not be what apply does."""
+    from .plan import DIGEST_KEY
+
+    if not intact:
+        raise HyprovError(f"saved plan {source} was edited or damaged after it was made: its content does not "
+                          f"match its {DIGEST_KEY}, so what it shows may not be what it does",
+                          f"make a new plan with: hyprov plan -f {file} --out {source} (and review that one)")
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from . import render
 
-    p = _read_plan(args.planfile)
+    p, intact = _read_plan(args.planfile)
+    _check_intact(intact, args.planfile, "FILE")
     sys.stdout.write(render.render_json(p) if args.json else render.render_text(p, color=_color()))
     return EXIT_OK
 
@@ -243,7 +256,7 @@ def _check_matches(p: Plan, t: Topology, state: State | None, source: str, file:
     after ``plan --out`` (the digests above catch a changed topology or state)."""
     from . import resources
     from .plan import Action
-    from .planner import APPLY_TIME_ATTRS, public_attributes
+    from .planner import APPLY_TIME_ATTRS, conf_diff, public_attributes
 
     desired = {} if p.destroy else {r.address: r for r in resources.build(t)}
     recorded = state.resources if state is not None else {}
@@ -261,6 +274,12 @@ def _check_matches(p: Plan, t: Topology, state: State | None, source: str, file:
             r = desired.get(c.address)
             ok = r is not None and (r.type, r.node) == (c.type, c.node) and \
                 bare(c.after) == bare(json.loads(json.dumps(public_attributes(r.attrs))))
+            if ok and r is not None and c.diff is not None:
+                # the diff a reviewer reads is the one this state and topology give (it is
+                # shown, never applied: apply writes the topology's content)
+                rec = recorded.get(c.address)
+                old = rec.attributes.get("content") if rec is not None else None
+                ok = r.content is not None and c.diff == conf_diff(str(r.attrs["path"]), str(old or ""), r.content)
         if not ok:
             raise StaleState(f"saved plan {source} does not match this topology and state at {c.address}: "
                              "the plan file was edited or damaged after it was made",
@@ -327,12 +346,13 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
                     raise HyprovError("--target cannot be used with a saved plan: it is applied as it was made",
                                       f"make a targeted plan instead: hyprov plan -f {args.file} "
                                       f"--target ADDR --out {args.planfile}")
-                p = _read_plan(args.planfile, args.file)
+                p, intact = _read_plan(args.planfile, args.file)
                 state = _read_state(backend, args.file)
                 if state is not None:
                     state.records.check()  # every record, before anything is touched
                 _check_stale(p, t, state, args.planfile, args.file, shell.password(t, required=False))
                 _check_matches(p, t, state, args.planfile, args.file)
+                _check_intact(intact, args.planfile, args.file)  # after the checks that name a change
             else:
                 p, state, transports = _make_plan(t, backend, args, destroy=destroy, connector=connector)
                 if not args.json:

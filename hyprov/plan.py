@@ -7,6 +7,7 @@ serial so applying it to anything else is refused as stale.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -19,9 +20,11 @@ FORMAT_VERSION = "1.0"
 # a saved plan file (plan --out) always says which database password it was made with, and
 # says so explicitly when none is involved: a missing or null fingerprint is a damaged file
 NO_PASSWORD = "none"
+# a saved plan file's SHA-256 over the canonical JSON of everything else in it (Plan.file_text)
+DIGEST_KEY = "plan_digest"
 # what Plan.file_text always writes; none of them null but root_rotation (null: nothing to say)
 _FILE_FIELDS = ("format_version", "topology_digest", "prior_state", "destroy", "targets", "resource_changes",
-                "errors", "unreachable_nodes", "summary", "root_rotation", "password_fingerprint")
+                "errors", "unreachable_nodes", "summary", "root_rotation", "password_fingerprint", DIGEST_KEY)
 _NULLABLE = frozenset({"root_rotation"})
 _CHANGE_FIELDS = ("address", "type", "node", "actions", "action_reason", "before", "after", "diff", "error")
 
@@ -167,20 +170,30 @@ class Plan:
 
     def file_text(self) -> str:
         """The saved plan file (``plan --out``): :meth:`dumps`'s document with the password
-        fingerprint always present (:data:`NO_PASSWORD` when no database password is involved)."""
+        fingerprint always present (:data:`NO_PASSWORD` when no database password is involved)
+        and :data:`DIGEST_KEY`, the SHA-256 of the canonical JSON of all the rest.
+
+        The digest is not a signature: anyone who can edit the file can recompute it. It makes
+        every accidental or hand edit (a diff line, a reason, a count) a refused file instead
+        of a plan that shows one thing and applies another; apply also checks what it
+        really does (each change's attributes, and each diff) against the topology and state."""
         doc = self.to_json() | {"password_fingerprint": self.password_fingerprint or NO_PASSWORD}
+        doc[DIGEST_KEY] = _digest(doc)
         return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def load_file(cls, text: bytes, source: str) -> Plan:
-        """A saved plan file as :meth:`file_text` writes it. A field it always writes that is
-        missing, or null where it never writes null, makes it no plan file: a check that a
-        null could switch off (the password fingerprint's) would be no check."""
+    def load_file(cls, text: bytes, source: str) -> tuple[Plan, bool]:
+        """A saved plan file as :meth:`file_text` writes it, and whether its content matches
+        its digest (the caller refuses one that does not, when it chooses). A field it always
+        writes that is missing, or null where it never writes null, makes it no plan file: a
+        check that a null could switch off (the password fingerprint's) would be no check."""
         d = _parse(text, source)
         if d.get("format_version") == FORMAT_VERSION:  # else _from_dict names the format
             _check_fields(d, source)
+        digest = d.pop(DIGEST_KEY, None)
+        intact = isinstance(digest, str) and digest == _digest(d)
         p = cls._from_dict(d, source)
-        return replace(p, password_fingerprint=None) if p.password_fingerprint == NO_PASSWORD else p
+        return (replace(p, password_fingerprint=None) if p.password_fingerprint == NO_PASSWORD else p), intact
 
     @classmethod
     def loads(cls, text: str | bytes, source: str) -> Plan:
@@ -232,6 +245,13 @@ def _parse(text: str | bytes, source: str) -> dict[str, Any]:
     except ValueError as exc:  # UnicodeDecodeError is a ValueError
         raise _not_a_plan(source, exc) from exc
     return d
+
+
+def _digest(doc: dict[str, Any]) -> str:
+    """SHA-256 of ``doc``'s canonical JSON (sorted keys, no spaces, UTF-8): the same for any
+    formatting of the same content."""
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _check_fields(d: dict[str, Any], source: str) -> None:

@@ -86,7 +86,7 @@ def test_a_plan_without_a_password_says_so(tmp_path: Path) -> None:
 
 
 TOP_FIELDS = ["format_version", "topology_digest", "prior_state", "destroy", "targets", "resource_changes",
-              "errors", "unreachable_nodes", "summary", "root_rotation", "password_fingerprint"]
+              "errors", "unreachable_nodes", "summary", "root_rotation", "password_fingerprint", "plan_digest"]
 CHANGE_FIELDS = ["address", "type", "node", "actions", "action_reason", "before", "after", "diff", "error"]
 
 
@@ -115,3 +115,73 @@ def test_every_field_of_a_change_removed_is_refused(planned: Path, field: str) -
     del change[field]
     err = refused(planned, doc)
     assert "not a hyprov plan file" in err, err
+
+
+# ------------------------------------------------------------------ 2. what a plan shows is what it does
+
+
+def conf_change(doc: dict[str, Any]) -> dict[str, Any]:
+    change: dict[str, Any] = next(c for c in doc["resource_changes"] if c["address"] == CONF)
+    return change
+
+
+EDITS: list[Any] = [
+    pytest.param(lambda d: conf_change(d).update(diff=conf_change(d)["diff"].replace("+admin_listen = 127.0.0.1:8011",
+                                                                                    "+admin_listen = 127.0.0.1:8001")),
+                 id="diff"),
+    pytest.param(lambda d: conf_change(d).update(action_reason="kong.conf: log_level changed"), id="action_reason"),
+    pytest.param(lambda d: conf_change(d)["before"].update(mode="0600"), id="before"),
+    pytest.param(lambda d: conf_change(d).update(error="cp1 is unreachable: no"), id="error"),
+    pytest.param(lambda d: conf_change(d).update(node="cp2"), id="node"),
+    pytest.param(lambda d: conf_change(d)["after"].update(mode="0644"), id="after"),
+    pytest.param(lambda d: d["summary"].update(change=0), id="summary"),
+    pytest.param(lambda d: d.update(errors=["none at all"]), id="errors"),
+    pytest.param(lambda d: d.update(unreachable_nodes={"dp1": "down"}), id="unreachable_nodes"),
+    pytest.param(lambda d: d.update(root_rotation={"message": "rotating the root CA"}), id="root_rotation"),
+    pytest.param(lambda d: d.update(destroy=True), id="destroy"),
+    pytest.param(lambda d: d.update(targets=["service.cp1"]), id="targets"),
+    pytest.param(lambda d: d["resource_changes"].pop(), id="a change dropped"),
+    pytest.param(lambda d: d.update(password_fingerprint="0" * 32), id="password_fingerprint"),
+    pytest.param(lambda d: d.update(plan_digest="0" * 64), id="plan_digest"),
+    pytest.param(lambda d: d.update(topology_digest="0" * 64), id="topology_digest"),
+    pytest.param(lambda d: d["prior_state"].update(serial=d["prior_state"]["serial"] + 1), id="prior_state"),
+    pytest.param(lambda d: d.update(format_version="0.9"), id="format_version"),
+]
+
+
+@pytest.mark.parametrize("edit", EDITS)
+def test_every_field_of_a_plan_file_edited_is_refused_by_show_and_apply(planned: Path, edit: Any) -> None:
+    """A reviewer reads ``hyprov show``: a plan file edited after ``plan --out`` is never shown
+    as if it were the plan, and never applied."""
+    doc = saved(planned)
+    edit(doc)
+    (planned / "edited.plan").write_text(json.dumps(doc, indent=1))
+    for cmd in (("show", "edited.plan"), ("show", "--json", "edited.plan")):
+        r = hyprov(*cmd, cwd=planned)
+        assert r.returncode == 1 and r.stdout == "" and "Traceback" not in r.stderr, r.stdout + r.stderr
+        assert r.stderr.startswith("hyprov: error: ") and "edited.plan" in r.stderr.splitlines()[0], r.stderr
+    refused(planned, doc)
+
+
+def test_an_unedited_plan_file_reformatted_is_still_the_plan(planned: Path) -> None:
+    """The digest is over the canonical content: re-indenting the file changes nothing."""
+    doc = saved(planned)
+    (planned / "edited.plan").write_text(json.dumps(doc, indent=4, sort_keys=False))
+    r = hyprov("show", "edited.plan", cwd=planned)
+    assert r.returncode == 0, r.stderr
+    assert "+admin_listen = 127.0.0.1:8011" in r.stdout
+
+
+def test_a_forged_diff_with_a_recomputed_digest_is_refused_by_apply(planned: Path) -> None:
+    """The digest is no signature: whoever recomputes it passes ``show``. apply still checks
+    the diff it would show against the one the state and topology give."""
+    from hyprov.plan import _digest
+
+    doc = saved(planned)
+    change = conf_change(doc)
+    change["diff"] = change["diff"].replace("+admin_listen = 127.0.0.1:8011", "+admin_listen = 127.0.0.1:8001")
+    del doc["plan_digest"]
+    doc["plan_digest"] = _digest(doc)
+    err = refused(planned, doc)
+    assert err.startswith(f"hyprov: error: saved plan edited.plan does not match this topology and state at {CONF}"), \
+        err
