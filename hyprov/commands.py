@@ -92,11 +92,9 @@ def _make_plan(t: Topology, backend: StateBackend, args: argparse.Namespace, *, 
     facts = Facts()
     transports: dict[str, Any] = {}
     if pending is not None:
+        # every host that could not be read is an error, one of them or all of them: a plan
+        # that read nothing must not say "No changes" (a drift check would pass, unchecked)
         facts, transports = pending.result()
-        if refresh is None and facts.unreachable and len(facts.unreachable) == len(t.nodes):
-            print("hyprov: warning: no node is reachable: planning from the recorded state only "
-                  "(--refresh makes this an error)", file=sys.stderr)
-            facts = Facts(secret_fingerprints=facts.secret_fingerprints)
     elif fingerprints is not None:
         facts = Facts(secret_fingerprints=fingerprints.result())
     p = convergence.finish_plan(t, state, now, facts, skip, res, targets=targets, destroy=destroy)

@@ -387,3 +387,21 @@ def test_health_check_rollback_over_ssh_is_recorded(tmp_path: Path, ssh_hosts_fa
     assert "v:2" in on_host(dp1, "/etc/kong/kong.conf").read_text()
     converged(tmp_path)
     assert hyprov("plan", "--no-refresh", "--detailed-exitcode", cwd=tmp_path).returncode == 0
+
+
+def test_no_host_read_is_an_error_naming_each_host_and_its_cause(tmp_path: Path, hosts5: SSHHosts) -> None:
+    """Issue 20: an identity file that does not exist on a converged cluster: every host is
+    unreadable, and plan --detailed-exitcode exits 1 naming each, with the cause; it never
+    says "No changes" (the hourly drift check would pass with nothing checked)."""
+    doc = ssh_topology(hosts5, mtls="shared")
+    write(tmp_path, doc)
+    apply_ok(tmp_path)
+    missing = tmp_path / "no-such-key"
+    doc["defaults"]["connection"]["identity_file"] = str(missing)
+    write(tmp_path, doc)
+    r = hyprov("plan", "--detailed-exitcode", cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    out = r.stdout + r.stderr
+    assert "matches the topology" not in out and "Traceback" not in out, out
+    for name in ("cp1", "dp1", "dp2", "dp3", "dp4"):
+        assert f"{name} is unreachable: identity file {missing} not found" in out, out
