@@ -176,9 +176,10 @@ def _write_plan(path: Path, p: Plan) -> None:
 def _read_plan(path: str, file: str = "FILE") -> tuple[Plan, bool]:
     """The saved plan, and whether it matches its digest (see :func:`_check_intact`)."""
     from .plan import Plan
+    from .readlimit import PLAN_LIMIT, read_limited
 
     try:
-        data = Path(path).read_bytes()
+        data = read_limited(path, PLAN_LIMIT, "plan file")
     except OSError as exc:
         make = f"make one with: hyprov plan -f {file} --out PLANFILE"
         hint = (f"{path} is a directory: name the plan file in it, or {make}" if Path(path).is_dir()
