@@ -138,6 +138,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     sys.stdout.write(render.render_json(p) if args.json else render.render_text(p, color=_color()))
     if args.out and not args.json:
         print(f"\nSaved the plan to {args.out}. Apply exactly this plan with: hyprov apply -f {args.file} {args.out}")
+    _warn_unencrypted(t)
     if p.errors:
         return EXIT_ERROR
     return EXIT_CHANGES if args.detailed_exitcode and p.has_changes else EXIT_OK
@@ -410,9 +411,27 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
     if not args.json:
         word = "Destroy" if destroy else "Apply"
         print(f"{word} complete: {c['added']} added, {c['changed']} changed, {c['destroyed']} destroyed.")
+    if not destroy:
+        _warn_unencrypted(t)
     if outcomes is not None:
         outcomes.update(result.outcomes)
     return EXIT_OK
+
+
+def _warn_unencrypted(t: Topology) -> None:
+    """The CA keys hyprov makes live in secrets_dir, encrypted only with a passphrase: say so
+    (stderr, once per plan and apply) when there is none. Not for a CA you bring (its key is
+    yours) nor the shared mode's key (every node holds it in the clear anyway)."""
+    from . import shell
+    from .secrets import PASSPHRASE_ENV
+
+    if t.pki is None or shell.passphrase() is not None or all(
+            ca.external for ca in (t.pki.root, *t.pki.intermediates)):
+        return
+    print(f"hyprov: warning: {PASSPHRASE_ENV} is not set: the CA private keys in {t.secrets_dir} are "
+          "stored unencrypted\n"
+          f"hyprov: hint: export {PASSPHRASE_ENV}=... (a passphrase kept outside the repository) to encrypt "
+          "them; keys already written stay readable either way", file=sys.stderr)
 
 
 def cmd_apply(args: argparse.Namespace) -> int:

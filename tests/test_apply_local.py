@@ -874,3 +874,18 @@ def test_a_file_symlink_out_of_the_node_root_is_reported_by_plan(tmp_path: Path)
     assert r.returncode == 1 and "outside the node directory" in r.stdout, r.stdout + r.stderr
     r = hyprov("apply", "--auto-approve", cwd=tmp_path)
     assert r.returncode == 1 and outside.read_text() == "x", r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(("mtls", "passphrase", "warned"), [
+    ("pki", None, True), ("pki", "a passphrase", False), ("shared", None, False)])
+def test_unencrypted_ca_keys_are_warned_about_once(tmp_path: Path, mtls: str, passphrase: str | None,
+                                                   warned: bool) -> None:
+    write(tmp_path, local_topology(mtls=mtls))
+    env = {"HYPROV_SECRETS_PASSPHRASE": passphrase} if passphrase else {}
+    assert "HYPROV_SECRETS_PASSPHRASE" not in os.environ
+    for cmd in (("plan",), ("apply", "--auto-approve")):
+        r = hyprov(*cmd, cwd=tmp_path, env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stderr.count("HYPROV_SECRETS_PASSPHRASE is not set") == (1 if warned else 0), r.stderr
+        if warned:
+            assert "hyprov: hint: export HYPROV_SECRETS_PASSPHRASE=" in r.stderr
