@@ -31,6 +31,7 @@ pytest use::
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import shutil
@@ -53,6 +54,7 @@ __all__ = [
     "pg_dsn",
     "pg_fresh_dsn",
     "pg_server",
+    "reap",
     "start_server",
 ]
 
@@ -201,9 +203,65 @@ class PgServer:
         self.execute(f"CREATE ROLE {PASSWORD_USER} LOGIN PASSWORD '{PASSWORD}'")
 
 
+# --------------------------------------------------------------------------- reaper
+# A killed test run (SIGKILL, a CI timeout) never reaches its teardown: its server would
+# run on, holding a port and memory. As tests/sshhosts.py does for its hosts, each server
+# records its owner (pid and start time, so a reused pid is no owner) in OWNER_FILE; every
+# start first stops and removes the servers whose owner is gone.
+
+_PREFIX = "hyprov-pg-"
+OWNER_FILE = "owner.json"
+
+
+def _proc_start(pid: int) -> int | None:
+    """The start time (clock ticks) of a running process, None if gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def _owner_alive(rec: dict[str, Any]) -> bool:
+    now = _proc_start(int(rec["owner_pid"]))
+    return now is not None and now == rec.get("owner_start")
+
+
+def reap() -> list[Path]:
+    """Stop and remove the servers whose owning process died; returns their directories.
+    Safe while other runs are live (their owners are alive)."""
+    reaped = []
+    for root in sorted(Path(tempfile.gettempdir()).glob(_PREFIX + "*")):
+        try:
+            rec = json.loads((root / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # still starting, or not ours
+        if _owner_alive(rec):
+            continue
+        server = PgServer(bindir=Path(rec["bindir"]), root=root, port=int(rec.get("port") or 0),
+                          run_as=rec.get("run_as"))
+        if (server.datadir / "postmaster.pid").exists():
+            server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        reaped.append(root)
+    return reaped
+
+
+def _record_owner(server: PgServer) -> None:
+    pid = os.getpid()
+    (server.root / OWNER_FILE).write_text(json.dumps({
+        "owner_pid": pid, "owner_start": _proc_start(pid), "bindir": str(server.bindir),
+        "port": server.port, "run_as": server.run_as}))
+
+
 @contextlib.contextmanager
 def start_server(attempts: int = 3) -> Iterator[PgServer]:
-    """Start a throwaway cluster; stopped and its directory removed on exit."""
+    """Start a throwaway cluster; stopped and its directory removed on exit. Servers left
+    by a killed run are reaped first (:func:`reap`)."""
+    reap()
     bindir = find_bindir()
     run_as: str | None = None
     if os.geteuid() == 0:
@@ -232,6 +290,7 @@ def start_server(attempts: int = 3) -> Iterator[PgServer]:
                 conf = server.datadir / "postgresql.conf"
                 conf.write_text(conf.read_text() + f"port = {server.port}\n")
             try:
+                _record_owner(server)  # before the start: a kill during it leaves a reapable server
                 server.start()
                 break
             except PgServerError:

@@ -840,3 +840,52 @@ def test_a_license_changed_after_the_plan_is_not_installed(tmp_path: Path) -> No
     apply_ok(tmp_path)
     assert host_file(tmp_path, "dp1", "/etc/kong/license.json").read_bytes() == lic.read_bytes()
     assert_converged(tmp_path)
+
+
+@pytest.mark.parametrize("keygen", ["on_node", "local"])
+def test_a_directory_symlink_out_of_the_node_root_is_refused(tmp_path: Path, keygen: str) -> None:
+    """Issue 20: with a node's etc/kong a link to a (world-writable) directory elsewhere,
+    nothing is written there, the node fails naming the link, and the next plan says so."""
+    write(tmp_path, local_topology(mtls="pki", key_generation=keygen))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    elsewhere.chmod(0o1777)
+    (tmp_path / ".hyprov" / "hosts" / "dp1" / "etc").mkdir(parents=True)
+    (tmp_path / ".hyprov" / "hosts" / "dp1" / "etc" / "kong").symlink_to(elsewhere)
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert "dp1: failed" in r.stderr and "outside the node directory" in r.stderr, r.stderr
+    assert list(elsewhere.rglob("*")) == [], "nothing written through the link"
+    assert host_file(tmp_path, "dp2", "/etc/kong/kong.conf").exists(), "the other nodes are applied"
+    r = hyprov("plan", "--detailed-exitcode", cwd=tmp_path)  # dp1's files are still to be created
+    assert r.returncode == 2 and 'file.dp1["/etc/kong/kong.conf"]' in r.stdout, r.stdout + r.stderr
+    assert list(elsewhere.rglob("*")) == []
+
+
+def test_a_file_symlink_out_of_the_node_root_is_reported_by_plan(tmp_path: Path) -> None:
+    write(tmp_path, local_topology())
+    apply_ok(tmp_path)
+    outside = tmp_path / "outside.conf"
+    outside.write_text("x")
+    conf = host_file(tmp_path, "dp1", "/etc/kong/kong.conf")
+    conf.unlink()
+    conf.symlink_to(outside)
+    r = hyprov("plan", "--detailed-exitcode", cwd=tmp_path)
+    assert r.returncode == 1 and "outside the node directory" in r.stdout, r.stdout + r.stderr
+    r = hyprov("apply", "--auto-approve", cwd=tmp_path)
+    assert r.returncode == 1 and outside.read_text() == "x", r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(("mtls", "passphrase", "warned"), [
+    ("pki", None, True), ("pki", "a passphrase", False), ("shared", None, False)])
+def test_unencrypted_ca_keys_are_warned_about_once(tmp_path: Path, mtls: str, passphrase: str | None,
+                                                   warned: bool) -> None:
+    write(tmp_path, local_topology(mtls=mtls))
+    env = {"HYPROV_SECRETS_PASSPHRASE": passphrase} if passphrase else {}
+    assert "HYPROV_SECRETS_PASSPHRASE" not in os.environ
+    for cmd in (("plan",), ("apply", "--auto-approve")):
+        r = hyprov(*cmd, cwd=tmp_path, env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stderr.count("HYPROV_SECRETS_PASSPHRASE is not set") == (1 if warned else 0), r.stderr
+        if warned:
+            assert "hyprov: hint: export HYPROV_SECRETS_PASSPHRASE=" in r.stderr

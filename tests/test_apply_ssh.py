@@ -387,3 +387,44 @@ def test_health_check_rollback_over_ssh_is_recorded(tmp_path: Path, ssh_hosts_fa
     assert "v:2" in on_host(dp1, "/etc/kong/kong.conf").read_text()
     converged(tmp_path)
     assert hyprov("plan", "--no-refresh", "--detailed-exitcode", cwd=tmp_path).returncode == 0
+
+
+def test_no_host_read_is_an_error_naming_each_host_and_its_cause(tmp_path: Path, hosts5: SSHHosts) -> None:
+    """Issue 20: an identity file that does not exist on a converged cluster: every host is
+    unreadable, and plan --detailed-exitcode exits 1 naming each, with the cause; it never
+    says "No changes" (the hourly drift check would pass with nothing checked)."""
+    doc = ssh_topology(hosts5, mtls="shared")
+    write(tmp_path, doc)
+    apply_ok(tmp_path)
+    missing = tmp_path / "no-such-key"
+    doc["defaults"]["connection"]["identity_file"] = str(missing)
+    write(tmp_path, doc)
+    r = hyprov("plan", "--detailed-exitcode", cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    out = r.stdout + r.stderr
+    assert "matches the topology" not in out and "Traceback" not in out, out
+    for name in ("cp1", "dp1", "dp2", "dp3", "dp4"):
+        assert f"{name} is unreachable: identity file {missing} not found" in out, out
+
+
+def test_a_symlinked_cert_dir_is_reported_by_plan_and_never_written_through(tmp_path: Path,
+                                                                             hosts5: SSHHosts) -> None:
+    """Issue 20: /etc/kong/cluster is hyprov's own directory; found as a symbolic link, the
+    plan reports it (exit 1) and apply refuses that node: it neither writes through the link
+    nor replaces it (what it points to is someone's)."""
+    doc = ssh_topology(hosts5, mtls="pki", key_generation="local")
+    write(tmp_path, doc)
+    apply_ok(tmp_path)
+    h = hosts5.hosts[1]  # dp1
+    hosts5.nsenter_run(h, ["sh", "-c", "rm -rf /etc/kong/cluster && mkdir -m 1777 /etc/elsewhere && "
+                                       "ln -s /etc/elsewhere /etc/kong/cluster"])
+    r = hyprov("plan", "--detailed-exitcode", cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "dp1 is unreachable: " in r.stdout and "/etc/kong/cluster is a symbolic link" in r.stdout, r.stdout
+    r = hyprov("state", "rm", "cert.dp1", cwd=tmp_path)  # a certificate to issue and write into the dir
+    assert r.returncode == 0, r.stderr
+    r = hyprov("apply", "--auto-approve", "--no-refresh", cwd=tmp_path)
+    assert r.returncode == 1 and "dp1: failed" in r.stderr, r.stdout + r.stderr
+    assert "/etc/kong/cluster is a symbolic link" in r.stderr, r.stderr
+    assert list(on_host(h, "/etc/elsewhere").iterdir()) == [], "nothing written through the link"
+    assert on_host(h, "/etc/kong/cluster").is_symlink(), "the link is left as it is"

@@ -144,6 +144,8 @@ def _closure(module: str) -> set[str]:
             continue
         seen.add(mod)
         for imp in imports_of(files[mod]):
+            if imp == "hyprov._fs":  # the shared file helper: local reads and atomic writes, no host
+                continue
             found.add(imp)
             if imp.startswith("hyprov."):
                 todo.append(imp)

@@ -67,11 +67,9 @@ def make_plan(t: Topology, backend: StateBackend, args: argparse.Namespace, *, d
     facts = Facts()
     transports: dict[str, Any] = {}
     if pending is not None:
+        # every host that could not be read is an error, one of them or all of them: a plan
+        # that read nothing must not say "No changes" (a drift check would pass, unchecked)
         facts, transports = pending.result()
-        if refresh is None and facts.unreachable and len(facts.unreachable) == len(t.nodes):
-            print("hyprov: warning: no node is reachable: planning from the recorded state only "
-                  "(--refresh makes this an error)", file=sys.stderr)
-            facts = Facts(secret_fingerprints=facts.secret_fingerprints)
     elif fingerprints is not None:
         facts = Facts(secret_fingerprints=fingerprints.result())
     p = convergence.finish_plan(t, state, now, facts, skip, res, targets=targets, destroy=destroy)
@@ -114,7 +112,7 @@ def write_plan(path: Path, p: Plan) -> None:
         raise HyprovError(f"{where}: {parent} {why}", f"save the plan in an existing directory, or mkdir -p {parent}")
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        atomic_write(path, p.dumps().encode(), temp=tmp)
+        atomic_write(path, p.file_text().encode(), temp=tmp)
     except AtomicWriteError as exc:
         step = {"create": f"cannot create the temporary file {tmp}", "write": f"cannot write the temporary file {tmp}",
                 "rename": f"cannot rename {tmp} to it"}[exc.step]
@@ -123,17 +121,43 @@ def write_plan(path: Path, p: Plan) -> None:
                           "directory you can write to") from exc
 
 
-def read_plan(path: str, file: str = "FILE") -> Plan:
+def read_plan(path: str, file: str = "FILE") -> tuple[Plan, bool]:
+    """The saved plan, and whether it matches its digest (see :func:`check_intact`)."""
+    from hyprov._fs import PLAN_LIMIT, read_limited
     from hyprov.plan.changes import Plan
 
     try:
-        data = Path(path).read_bytes()
+        data = read_limited(path, PLAN_LIMIT, "plan file")
     except OSError as exc:
         make = f"make one with: hyprov plan -f {file} --out PLANFILE"
         hint = (f"{path} is a directory: name the plan file in it, or {make}" if Path(path).is_dir()
                 else f"{make}" if isinstance(exc, FileNotFoundError) else f"check its permissions, or {make}")
         raise HyprovError(f"cannot read plan file {path}: {exc.strerror or exc}", hint) from exc
-    return Plan.loads(data, path)  # bytes: a binary file is "not a hyprov plan file"
+    return Plan.load_file(data, path)  # bytes: a binary file is "not a hyprov plan file"
+
+
+def read_checked_plan(path: str, file: str = "FILE") -> Plan:
+    """``hyprov show``: the saved plan, refused if it was edited after it was made."""
+    from hyprov.plan.planfile import check_intact
+
+    p, intact = read_plan(path, file)
+    check_intact(intact, path, file)
+    return p
+
+
+def warn_unencrypted(t: Topology) -> None:
+    """The CA keys hyprov makes live in secrets_dir, encrypted only with a passphrase: say so
+    (stderr, once per plan and apply) when there is none. Not for a CA you bring (its key is
+    yours) nor the shared mode's key (every node holds it in the clear anyway)."""
+    from hyprov.certs.secretsdir import PASSPHRASE_ENV
+
+    if t.pki is None or env.passphrase() is not None or all(
+            ca.external for ca in (t.pki.root, *t.pki.intermediates)):
+        return
+    print(f"hyprov: warning: {PASSPHRASE_ENV} is not set: the CA private keys in {t.secrets_dir} are "
+          "stored unencrypted\n"
+          f"hyprov: hint: export {PASSPHRASE_ENV}=... (a passphrase kept outside the repository) to encrypt "
+          "them; keys already written stay readable either way", file=sys.stderr)
 
 
 
@@ -142,6 +166,7 @@ def read_plan(path: str, file: str = "FILE") -> Plan:
 class Applied:
     """How apply/destroy ended: the applier's result, or why there was none."""
 
+    topology: Topology
     result: ApplyResult | None = None  # None: nothing ran
     cancelled: bool = False  # the user said no
 
@@ -152,7 +177,7 @@ def apply(args: argparse.Namespace, *, destroy: bool, show: Callable[[Plan], Non
     carried out node by node; ``display`` makes the live output (``.event``, ``.step``,
     ``.finish``)."""
     from hyprov.apply.applier import Applier
-    from hyprov.plan.planfile import check_matches, check_stale
+    from hyprov.plan.planfile import check_intact, check_matches, check_stale
 
     t = env.topology(args.file)
     backend = wiring.backend_for(t)
@@ -165,12 +190,13 @@ def apply(args: argparse.Namespace, *, destroy: bool, show: Callable[[Plan], Non
                     raise HyprovError("--target cannot be used with a saved plan: it is applied as it was made",
                                       f"make a targeted plan instead: hyprov plan -f {args.file} "
                                       f"--target ADDR --out {args.planfile}")
-                p = read_plan(args.planfile, args.file)
+                p, intact = read_plan(args.planfile, args.file)
                 state = wiring.read_state(backend, args.file)
                 if state is not None:
                     state.records.check()  # every record, before anything is touched
                 check_stale(p, t, state, args.planfile, args.file, env.password(t, required=False))
                 check_matches(p, t, state, args.planfile, args.file)
+                check_intact(intact, args.planfile, args.file)  # after the checks that name a change
             else:
                 p, state, transports = make_plan(t, backend, args, destroy=destroy, connector=connector)
                 show(p)
@@ -182,10 +208,10 @@ def apply(args: argparse.Namespace, *, destroy: bool, show: Callable[[Plan], Non
                 if not p.has_changes:
                     if state is not None and not destroy:
                         stamp_unchanged(t, backend, state, p)
-                    return Applied()
+                    return Applied(t)
                 question = "Destroy everything hyprov installed?" if destroy else "Apply these changes?"
                 if not confirm(question):
-                    return Applied(cancelled=True)
+                    return Applied(t, cancelled=True)
             if state is None:
                 state = wiring.read_or_new(backend)
             env.build_done()
@@ -204,11 +230,11 @@ def apply(args: argparse.Namespace, *, destroy: bool, show: Callable[[Plan], Non
     finally:
         close_all(transports)
         connector.close_unused()
-    return Applied(result)
+    return Applied(t, result)
 
 
-def plan(args: argparse.Namespace) -> Plan:
-    """`hyprov plan`: the plan (saved to ``--out`` with its password fingerprint)."""
+def plan(args: argparse.Namespace) -> tuple[Topology, Plan]:
+    """`hyprov plan`: the topology and its plan (saved to ``--out`` with its password fingerprint)."""
     from hyprov.plan.planfile import password_fingerprint
 
     t = env.topology(args.file)
@@ -219,7 +245,7 @@ def plan(args: argparse.Namespace) -> Plan:
     if args.out:
         p = replace(p, password_fingerprint=password_fingerprint(p, env.password(t, required=False)))
         write_plan(Path(args.out), p)
-    return p
+    return t, p
 
 
 def wait_connected(t: Topology, timeout: float, outcomes: Mapping[str, NodeOutcome],

@@ -589,7 +589,7 @@ class Applier:
             if writes:
                 self.progress(name, f"writing {len(writes)} file(s)")
                 res = tr.run(hs.write_script([w for _, w in writes], nonce=self.nonce,
-                                             keep_prev=self._unproven(name)))
+                                             keep_prev=self._unproven(name), own_dirs=_own_dirs(node)))
                 written = hs.parse_written(res.stdout)
                 if res.exit_status != 0:
                     raise CommandFailed(name, "atomic write of managed files", res.exit_status,
@@ -600,7 +600,8 @@ class Applier:
                 # health check puts back the previous key together with the previous certificate
                 pending, live = f'"$R"{_q(rotation[0])}', f'"$R"{_q(rotation[1])}'
                 prev = f'"$R"{_q(rotation[1] + hs.PREV_SUFFIX)}'
-                mv = tr.run(hs.in_root(f"if [ -e {live} ]; then ln -f {live} {prev}; fi\nmv -f {pending} {live}"))
+                mv = tr.run(hs.in_root(hs.guard(rotation, _own_dirs(node)) +
+                                       f"if [ -e {live} ]; then ln -f {live} {prev}; fi\nmv -f {pending} {live}"))
                 if mv.exit_status != 0:
                     raise CommandFailed(name, "install the rotated key", mv.exit_status, mv.stderr.decode())
             for c, w in writes:
@@ -617,7 +618,8 @@ class Applier:
                 self.put(cert_record)
                 self._count(cert_change)
             if on_node_keys:
-                facts = hs.parse_read(tr.run(hs.read_script([(c.after or {})["path"] for c in on_node_keys])).stdout)
+                facts = hs.parse_read(tr.run(hs.read_script([(c.after or {})["path"] for c in on_node_keys],
+                                                            _own_dirs(node))).stdout)
                 for c in on_node_keys:
                     fact = facts.get((c.after or {})["path"])
                     if fact is None or not fact.exists:
@@ -656,7 +658,9 @@ class Applier:
                                      rotate=rotate, under_root=True)
             tr = self.transport(node)
             key_dir = after["key_path"].rsplit("/", 1)[0] or "/"
-            res = tr.run(hs.in_root(f'(umask 022; mkdir -p "$R"{_q(key_dir)})\n' + script))
+            guard = hs.guard([after["key_path"], pki.pending_key_path(after["key_path"])], _own_dirs(node),
+                             doing="no key was made")
+            res = tr.run(hs.in_root(guard + f'(umask 022; mkdir -p "$R"{_q(key_dir)})\n' + script))
             if res.exit_status != 0:
                 err = res.stderr.decode(errors="replace")
                 hint = " (is openssl installed on the node?)" if "openssl" in err and "not found" in err else ""
@@ -1012,3 +1016,8 @@ def _q(s: str) -> str:
 
 def _size(n: int) -> str:
     return f"{n} B" if n < 1024 else f"{n / 1024:.1f} KiB"
+
+
+def _own_dirs(node: m.Node) -> list[str]:
+    """The directories that are hyprov's own on ``node`` (hostscripts.guard): its cert_dir."""
+    return [node.kong.cert_dir.rstrip("/") or "/"]

@@ -55,7 +55,8 @@ def refresh(
             records = files_by_node[name]
             fw = firewalls.get(name)
             paths = [str(r.attrs["path"]) for r in records] + ([str(fw.attrs["path"])] if fw else [])
-            script = hs.read_script(paths) + (nftables.facts_script() if fw else "") if paths else "true"
+            own = [node.kong.cert_dir.rstrip("/") or "/"]  # never read or written through a link
+            script = hs.read_script(paths, own) + (nftables.facts_script() if fw else "") if paths else "true"
             # a transport that can read without preparing the host (the local one: no node
             # directory made for a node not yet applied) is asked to: a plan changes nothing
             res = tr.read(script) if isinstance(tr, ReadsUnprepared) else tr.run(script)

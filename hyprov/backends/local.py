@@ -72,8 +72,10 @@ class LocalBackend:
         return None if data is None else self._stored(data)
 
     def _read_bytes(self) -> bytes | None:
+        from hyprov._fs import STATE_LIMIT, read_limited
+
         try:
-            return self.path.read_bytes()
+            return read_limited(self.path, STATE_LIMIT, "state file", StateError)
         except FileNotFoundError:
             return None
         except OSError as exc:

@@ -37,10 +37,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from hyprov.app import run
     from hyprov.cli import render
 
-    p = run.plan(args)
+    t, p = run.plan(args)
     sys.stdout.write(render.render_json(p) if args.json else render.render_text(p, color=_color()))
     if args.out and not args.json:
         print(f"\nSaved the plan to {args.out}. Apply exactly this plan with: hyprov apply -f {args.file} {args.out}")
+    run.warn_unencrypted(t)
     if p.errors:
         return EXIT_ERROR
     return EXIT_CHANGES if args.detailed_exitcode and p.has_changes else EXIT_OK
@@ -50,7 +51,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from hyprov.app import run
     from hyprov.cli import render
 
-    p = run.read_plan(args.planfile)
+    p = run.read_checked_plan(args.planfile)
     sys.stdout.write(render.render_json(p) if args.json else render.render_text(p, color=_color()))
     return EXIT_OK
 
@@ -140,6 +141,8 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
     if not args.json:
         word = "Destroy" if destroy else "Apply"
         print(f"{word} complete: {c['added']} added, {c['changed']} changed, {c['destroyed']} destroyed.")
+    if not destroy:
+        run.warn_unencrypted(done.topology)
     if outcomes is not None:
         outcomes.update(result.outcomes)
     return EXIT_OK

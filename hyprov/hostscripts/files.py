@@ -89,21 +89,54 @@ def _created_mode(mode: int) -> int:
     return mode | 0o600
 
 
-def write_script(files: Sequence[FileWrite], nonce: str = "", *, keep_prev: bool = False) -> str:
+def guard(paths: Sequence[str], own_dirs: Sequence[str] = (), *, doing: str = "nothing was written") -> str:
+    """Shell that stops the script (exit 1, naming the path) before it touches anything:
+
+    * with ``$R`` set (the local connection), when a path resolves outside the node
+      directory: a symbolic link (``etc/kong`` -> elsewhere) would have the script read or
+      write there;
+    * on any host, when a directory of hyprov's own (``own_dirs``: the node's cert_dir,
+      ``/etc/kong/cluster``) is a symbolic link: hyprov never writes its keys through one,
+      and never replaces it either (what it points to is someone's; they decide).
+    """
+    out = []
+    if own_dirs:
+        out.append(f"for d in {' '.join(_q(d) for d in own_dirs)}; do\n"
+                   '  if [ -L "$R$d" ]; then\n'
+                   "    printf 'hyprov: %s is a symbolic link, not a directory: hyprov keeps its keys and "
+                   f"certificates in a directory of their own and does not follow a link there; {doing}\\n' "
+                   '"$d" >&2\n'
+                   "    exit 1\n  fi\ndone\n")
+    if paths:
+        out.append('if [ -n "$R" ]; then\n'
+                   '  realpath -m -- "$R" ' + " ".join(_rooted(p) for p in paths) + " | {\n"
+                   "    IFS= read -r root\n"
+                   f"    for p in {' '.join(_q(p) for p in paths)}; do\n"
+                   "      IFS= read -r r\n"
+                   '      case "$r" in "$root"/*) ;; *)\n'
+                   "        printf 'hyprov: %s resolves to %s, outside the node directory %s (a symbolic link "
+                   f"leads out of it); {doing}\\n' \"$p\" \"$r\" \"$root\" >&2\n"
+                   "        exit 1;;\n      esac\n    done\n  } || exit 1\nfi\n")
+    return "".join(out)
+
+
+def write_script(files: Sequence[FileWrite], nonce: str = "", *, keep_prev: bool = False,
+                 own_dirs: Sequence[str] = ()) -> str:
     """Install ``files`` atomically in one script; prints ``DIGEST  ./PATH`` per file
     (sha256sum's format, read back from the installed target) for :func:`parse_written`.
 
     ``nonce`` (letters and digits) goes into the temp names beside ``$$``, so that
     a temp file left by a killed run can never collide with this run's. ``keep_prev``:
     a ``.hyprov-prev`` already there stays (the node's files were changed by a run whose
-    restart never passed: the previous file is the one from before that run).
+    restart never passed: the previous file is the one from before that run). :func:`guard`
+    runs first: nothing is written through a link out of the node directory or ``own_dirs``.
     """
     if not files:
         return _PRELUDE
     if not _NONCE.fullmatch(nonce):
         raise ValueError(f"nonce must be letters and digits: {nonce!r}")
     tag = f"$$.{nonce}" if nonce else "$$"
-    out = [_PRELUDE, "hyprov_write() {\n"]
+    out = [_PRELUDE, guard([f.path for f in files], own_dirs), "hyprov_write() {\n"]
     dirs = sorted({_dir(f.path) for f in files})
     # directories: one mkdir (0755, parents too) for those missing
     out.append("  set --\n")
@@ -182,12 +215,14 @@ def parse_written(stdout: bytes) -> dict[str, str]:
     return _sums(stdout.decode(errors="replace"))
 
 
-def read_script(paths: Sequence[str]) -> str:
+def read_script(paths: Sequence[str], own_dirs: Sequence[str] = ()) -> str:
     """Facts for refresh in one sha256sum and one stat for all files: ``M path`` for a
-    missing file, else a digest line and ``S mode owner group ./path`` (see parse_read)."""
+    missing file, else a digest line and ``S mode owner group ./path`` (see parse_read).
+    A path that :func:`guard` refuses fails the read (exit 1): the plan reports it."""
     lines = [_PRELUDE.replace("set -eu", "set -u")]
     if not paths:
         return lines[0]
+    lines.append(guard(paths, own_dirs, doing="nothing was read"))
     lines.append(
         "hyprov_read() {\n"
         "  set --\n"
@@ -234,7 +269,7 @@ def delete_script(paths: Sequence[str]) -> str:
     if not paths:
         return _PRELUDE
     args = " ".join(f"{_rooted(p)} {_rooted(p + PREV_SUFFIX)}" for p in paths)
-    return f"{_PRELUDE}rm -f {args}\n"
+    return f"{_PRELUDE}{guard(paths, doing='nothing was deleted')}rm -f {args}\n"
 
 
 def _drop_prev(paths: Sequence[str], indent: str) -> str:

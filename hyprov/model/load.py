@@ -67,8 +67,10 @@ Gate = Callable[[Any], Any]
 
 def load_topology(path: Path, gate: Gate | None = None) -> m.Topology:
     """Read, validate and build the topology; raise ConfigError with every problem."""
+    from hyprov._fs import TOPOLOGY_LIMIT, read_limited
+
     try:
-        raw = path.read_bytes()
+        raw = read_limited(path, TOPOLOGY_LIMIT, "topology file")
     except FileNotFoundError as exc:
         raise HyprovError(f"{path}: no such file", "write a hyprov.yaml (see examples/) or pass -f FILE") from exc
     except IsADirectoryError as exc:

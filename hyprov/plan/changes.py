@@ -7,8 +7,9 @@ serial so applying it to anything else is refused as stale.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -16,6 +17,16 @@ from hyprov.errors import HyprovError
 from hyprov.model.kongconf import SENSITIVE  # a secret as shown in kong.conf, plan text and JSON
 
 FORMAT_VERSION = "1.0"
+# a saved plan file (plan --out) always says which database password it was made with, and
+# says so explicitly when none is involved: a missing or null fingerprint is a damaged file
+NO_PASSWORD = "none"
+# a saved plan file's SHA-256 over the canonical JSON of everything else in it (Plan.file_text)
+DIGEST_KEY = "plan_digest"
+# what Plan.file_text always writes; none of them null but root_rotation (null: nothing to say)
+_FILE_FIELDS = ("format_version", "topology_digest", "prior_state", "destroy", "targets", "resource_changes",
+                "errors", "unreachable_nodes", "summary", "root_rotation", "password_fingerprint", DIGEST_KEY)
+_NULLABLE = frozenset({"root_rotation"})
+_CHANGE_FIELDS = ("address", "type", "node", "actions", "action_reason", "before", "after", "diff", "error")
 
 
 class Action(Enum):
@@ -157,13 +168,43 @@ class Plan:
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
 
+    def file_text(self) -> str:
+        """The saved plan file (``plan --out``): :meth:`dumps`'s document with the password
+        fingerprint always present (:data:`NO_PASSWORD` when no database password is involved)
+        and :data:`DIGEST_KEY`, the SHA-256 of the canonical JSON of all the rest.
+
+        The digest is not a signature: anyone who can edit the file can recompute it. It makes
+        every accidental or hand edit (a diff line, a reason, a count) a refused file instead
+        of a plan that shows one thing and applies another; apply also checks what it
+        really does (each change's attributes, and each diff) against the topology and state."""
+        doc = self.to_json() | {"password_fingerprint": self.password_fingerprint or NO_PASSWORD}
+        doc[DIGEST_KEY] = _digest(doc)
+        return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def load_file(cls, text: bytes, source: str) -> tuple[Plan, bool]:
+        """A saved plan file as :meth:`file_text` writes it, and whether its content matches
+        its digest (the caller refuses one that does not, when it chooses). A field it always
+        writes that is missing, or null where it never writes null, makes it no plan file: a
+        check that a null could switch off (the password fingerprint's) would be no check."""
+        d = _parse(text, source)
+        if d.get("format_version") == FORMAT_VERSION:  # else _from_dict names the format
+            _check_fields(d, source)
+        digest = d.pop(DIGEST_KEY, None)
+        intact = isinstance(digest, str) and digest == _digest(d)
+        p = cls._from_dict(d, source)
+        return (replace(p, password_fingerprint=None) if p.password_fingerprint == NO_PASSWORD else p), intact
+
     @classmethod
     def loads(cls, text: str | bytes, source: str) -> Plan:
         """``text`` as written by :meth:`dumps` (bytes are decoded as UTF-8 here, so a binary
         file is refused like any other that is not a plan)."""
+        return cls._from_dict(_parse(text, source), source)
+
+    @classmethod
+    def _from_dict(cls, d: dict[str, Any], source: str) -> Plan:
         try:
-            d = json.loads(text)
-            if not isinstance(d, dict) or "format_version" not in d:
+            if "format_version" not in d:
                 raise ValueError("no format_version")
             if d.get("format_version") != FORMAT_VERSION:
                 raise HyprovError(f"{source}: plan format {d.get('format_version')!r} is not {FORMAT_VERSION}",
@@ -186,10 +227,43 @@ class Plan:
                        tuple(map(str, d.get("targets", ()))), bool(d.get("destroy")),
                        tuple(map(str, d.get("errors", ()))), rotation,
                        tuple(sorted((str(k), str(v)) for k, v in unreachable.items())), password)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # UnicodeDecodeError is a ValueError
-            why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"{type(exc).__name__}: {exc}"
-            raise HyprovError(f"{source} is not a hyprov plan file ({why})",
-                              "write one with: hyprov plan --out FILE, and pass that file") from exc
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise _not_a_plan(source, exc) from exc
+
+
+def _not_a_plan(source: str, exc: Exception) -> HyprovError:
+    why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"{type(exc).__name__}: {exc}"
+    return HyprovError(f"{source} is not a hyprov plan file ({why})",
+                       "write one with: hyprov plan --out FILE, and pass that file")
+
+
+def _parse(text: str | bytes, source: str) -> dict[str, Any]:
+    try:
+        d = json.loads(text)
+        if not isinstance(d, dict) or "format_version" not in d:
+            raise ValueError("no format_version")
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError
+        raise _not_a_plan(source, exc) from exc
+    return d
+
+
+def _digest(doc: dict[str, Any]) -> str:
+    """SHA-256 of ``doc``'s canonical JSON (sorted keys, no spaces, UTF-8): the same for any
+    formatting of the same content."""
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _check_fields(d: dict[str, Any], source: str) -> None:
+    changes = d.get("resource_changes")
+    for where, doc, fields in [("", d, _FILE_FIELDS)] + [
+            (f"resource_changes[{i}].", c, _CHANGE_FIELDS)
+            for i, c in enumerate(changes if isinstance(changes, list) else []) if isinstance(c, dict)]:
+        for k in fields:
+            if k not in doc or (doc[k] is None and not where and k not in _NULLABLE):
+                raise HyprovError(f"{source} is not a hyprov plan file ({where}{k} is "
+                                  f"{'missing' if k not in doc else 'null'}: every saved plan has it)",
+                                  "make a new plan with: hyprov plan --out FILE, and pass that file")
 
 
 _COUNT_KEY = {Action.CREATE: "add", Action.UPDATE: "change", Action.REPLACE: "replace", Action.DELETE: "destroy"}

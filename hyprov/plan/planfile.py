@@ -8,7 +8,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from hyprov.errors import StaleState
+from hyprov.errors import HyprovError, StaleState
 from hyprov.model.topology import Topology
 from hyprov.plan.changes import Plan
 from hyprov.state.document import State
@@ -28,10 +28,14 @@ def check_stale(p: Plan, t: Topology, state: State | None, source: str, file: st
     if p.topology_digest != t.digest:
         raise StaleState(f"saved plan {source} is stale: the topology file, or a license or CA "
                          "certificate file it names, changed since it was made", again)
-    if p.password_fingerprint is not None and password_fingerprint(p, password) != p.password_fingerprint:
+    # compared even when the plan was made without a password (None): a password now would
+    # write a pg_password the plan never showed
+    if password_fingerprint(p, password) != p.password_fingerprint:
         env = t.database.password_env if t.database else "the password variable"
-        now = "is not set, and it" if password is None else "holds another database password than the one it"
-        raise StaleState(f"saved plan {source} is stale: {env} {now} was made with "
+        now = "is not set, and it was made with" if password is None else \
+            "is set, and it was made without a database password" if p.password_fingerprint is None else \
+            "holds another database password than the one it was made with"
+        raise StaleState(f"saved plan {source} is stale: {env} {now} "
                          "(the plan would write a pg_password it does not show)", again)
     lineage = state.lineage if state else None
     serial = state.serial if state else None
@@ -57,7 +61,7 @@ def check_matches(p: Plan, t: Topology, state: State | None, source: str, file: 
     after ``plan --out`` (the digests above catch a changed topology or state)."""
     from hyprov.plan import resources
     from hyprov.plan.changes import Action
-    from hyprov.plan.planner import APPLY_TIME_ATTRS, public_attributes
+    from hyprov.plan.planner import APPLY_TIME_ATTRS, conf_diff, public_attributes
 
     desired = {} if p.destroy else {r.address: r for r in resources.build(t)}
     recorded = state.resources if state is not None else {}
@@ -75,7 +79,24 @@ def check_matches(p: Plan, t: Topology, state: State | None, source: str, file: 
             r = desired.get(c.address)
             ok = r is not None and (r.type, r.node) == (c.type, c.node) and \
                 bare(c.after) == bare(json.loads(json.dumps(public_attributes(r.attrs))))
+            if ok and r is not None and c.diff is not None:
+                # the diff a reviewer reads is the one this state and topology give (it is
+                # shown, never applied: apply writes the topology's content)
+                rec = recorded.get(c.address)
+                old = rec.attributes.get("content") if rec is not None else None
+                ok = r.content is not None and c.diff == conf_diff(str(r.attrs["path"]), str(old or ""), r.content)
         if not ok:
             raise StaleState(f"saved plan {source} does not match this topology and state at {c.address}: "
                              "the plan file was edited or damaged after it was made",
                              f"make a new plan with: hyprov plan -f {file} --out {source}")
+
+
+def check_intact(intact: bool, source: str, file: str) -> None:
+    """A plan file whose content does not match its digest was edited (or damaged) after
+    ``plan --out`` wrote it: what it shows (a diff, a reason) may not be what apply does."""
+    from hyprov.plan.changes import DIGEST_KEY
+
+    if not intact:
+        raise HyprovError(f"saved plan {source} was edited or damaged after it was made: its content does not "
+                          f"match its {DIGEST_KEY}, so what it shows may not be what it does",
+                          f"make a new plan with: hyprov plan -f {file} --out {source} (and review that one)")
