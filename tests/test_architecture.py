@@ -37,8 +37,10 @@ ALLOWED: dict[str, set[str]] = {
 }
 # the pure core: parsing, graph, planning (architecture.md): no host, clock or randomness
 PURE_PARTS = {"model", "state", "hostscripts", "plan"}
+SHELL = {"apply", "app", "cli", "transports", "backends"}  # the parts that touch hosts, files and clocks
 IMPURE = {"paramiko", "socket", "subprocess", "time", "random", "uuid", "psycopg", "secrets", "os",
           "tempfile", "shutil", "threading", "concurrent"}
+FORBIDDEN = IMPURE
 
 
 def module_name(path: Path, pkg: Path = PKG) -> str:

@@ -163,7 +163,7 @@ def test_rendering_is_deterministic() -> None:
 def test_nftables_module_is_pure() -> None:
     from test_architecture import FORBIDDEN, SHELL, _closure
 
-    found = _closure("nftables")
+    found = _closure("hyprov.hostscripts.nftables")
     assert not {i.split(".")[0] for i in found} & FORBIDDEN
     assert not {i.split(".")[1] for i in found if i.startswith("hyprov.")} & SHELL
 
