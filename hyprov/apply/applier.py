@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
 from hyprov.apply import rootca
 from hyprov.backends.base import StateBackend
@@ -34,7 +34,7 @@ from hyprov.hostscripts import files as hs
 from hyprov.model import kongconf
 from hyprov.model import topology as m
 from hyprov.model.kongconf import secret_fingerprint
-from hyprov.plan.changes import Action, Change, Plan
+from hyprov.plan.changes import Action, Change, FileSource, Plan
 from hyprov.plan.resources import sha256
 from hyprov.state.document import NodeState, ResourceState, State
 from hyprov.transports.base import Transport
@@ -270,7 +270,7 @@ class Applier:
             return None
         addresses = [c.address for cs in self.by_node.values() for c in cs
                      if c.type == "file" and c.action in (Action.CREATE, Action.UPDATE)
-                     and (c.after or {}).get("source") == "kong_conf" and (c.after or {}).get("secret_env")]
+                     and (c.after or {}).get("source") == FileSource.KONG_CONF and (c.after or {}).get("secret_env")]
         if not addresses:
             return None
         pool = ThreadPoolExecutor(max_workers=min(2, len(addresses)), thread_name_prefix="hyprov-fingerprint")
@@ -577,7 +577,7 @@ class Applier:
                 if c.type != "file" or c.action not in (Action.CREATE, Action.UPDATE):
                     continue
                 after = c.after or {}
-                if after.get("source") == "on_node":
+                if after.get("source") == FileSource.ON_NODE:
                     on_node_keys.append(c)
                     continue
                 content = self._content(node, after, local_key)
@@ -693,43 +693,48 @@ class Applier:
     def _content(self, node: m.Node, after: Mapping[str, Any], local_key: bytes | None) -> bytes:
         from hyprov.certs import pki
 
-        source: str = after["source"]
-        if source == "kong_conf":
-            return kongconf.render_conf(self.t, node, self.password if after.get("secret_env") else None).encode()
-        if source == "leaf":
-            addr = f"cert.{node.name}"
-            if addr in self.issued:
-                return self.issued[addr]
-            rec = self.state.resources.get(addr)
-            if rec is None or not rec.attrs.get("pem"):
-                raise PKIError(f"{addr} has no recorded certificate to reinstall", f"run: hyprov state rm {addr}")
-            return str(rec.attrs["pem"]).encode()
-        if source == "key":
-            if local_key is None:
-                raise PKIError(f"{node.name}: the key file changed, and hyprov never keeps node keys",
-                               f"reissue it: hyprov state rm cert.{node.name}, then apply")
-            return local_key
-        if source == "ca_bundle":
-            return rootca.bundle(self)
-        if source == "shared_cert":
-            return bytes(pki.cert_pem(self.secrets.read_cert("shared")))
-        if source == "shared_key":
-            return bytes(pki.key_pem(self.secrets.read_key("shared")))
-        if source.startswith("license:"):
-            try:
-                content = Path(source[8:]).read_bytes()
-            except OSError as exc:
-                raise HyprovError(f"cannot read license file {source[8:]}: {exc.strerror}") from exc
-            if after.get("content_digest") and sha256(content) != after["content_digest"]:
-                raise StaleState(f"license file {source[8:]} changed since the plan was made",
-                                 "make a new plan: apply installs exactly what the plan showed")
-            return content
-        raise HyprovError(f"unknown file source {source!r}")  # pragma: no cover
+        source, license_path = FileSource.of(after["source"])
+        match source:
+            case FileSource.KONG_CONF:
+                return kongconf.render_conf(self.t, node, self.password if after.get("secret_env") else None).encode()
+            case FileSource.LEAF:
+                addr = f"cert.{node.name}"
+                if addr in self.issued:
+                    return self.issued[addr]
+                rec = self.state.resources.get(addr)
+                if rec is None or not rec.attrs.get("pem"):
+                    raise PKIError(f"{addr} has no recorded certificate to reinstall", f"run: hyprov state rm {addr}")
+                return str(rec.attrs["pem"]).encode()
+            case FileSource.ON_NODE:  # made on the node (the CSR flow): hyprov never has its content
+                raise HyprovError(f"{node.name}: a key made on the node is not written from here")  # pragma: no cover
+            case FileSource.KEY:
+                if local_key is None:
+                    raise PKIError(f"{node.name}: the key file changed, and hyprov never keeps node keys",
+                                   f"reissue it: hyprov state rm cert.{node.name}, then apply")
+                return local_key
+            case FileSource.CA_BUNDLE:
+                return rootca.bundle(self)
+            case FileSource.SHARED_CERT:
+                return bytes(pki.cert_pem(self.secrets.read_cert("shared")))
+            case FileSource.SHARED_KEY:
+                return bytes(pki.key_pem(self.secrets.read_key("shared")))
+            case FileSource.LICENSE:
+                assert license_path is not None
+                try:
+                    content = Path(license_path).read_bytes()
+                except OSError as exc:
+                    raise HyprovError(f"cannot read license file {license_path}: {exc.strerror}") from exc
+                if after.get("content_digest") and sha256(content) != after["content_digest"]:
+                    raise StaleState(f"license file {license_path} changed since the plan was made",
+                                     "make a new plan: apply installs exactly what the plan showed")
+                return content
+            case _:
+                assert_never(source)
 
     def _record_file(self, node: m.Node, c: Change, content: bytes) -> None:
         after = dict(c.after or {})
         digest = sha256(content)
-        if after.get("source") == "kong_conf":
+        if after.get("source") == FileSource.KONG_CONF:
             masked = kongconf.render_conf(self.t, node)
             after["content"] = masked
             if after.get("secret_env") and self.password is not None:
@@ -738,9 +743,9 @@ class Applier:
                 after["host_digest"] = digest
         else:
             after["host_digest"] = digest
-            if after.get("source") == "ca_bundle":
+            if after.get("source") == FileSource.CA_BUNDLE:
                 after["roots"] = rootca.fingerprints(content)  # which roots the node trusts (hyprov.rotation)
-            elif after.get("source") == "leaf":  # which certificate the node holds (hyprov.planner)
+            elif after.get("source") == FileSource.LEAF:  # which certificate the node holds (hyprov.planner)
                 after["cert_fingerprint"] = rootca.fingerprints(content)[0]
         self.put(ResourceState(c.address, "file", node.name, after.get(
             "content_digest", digest), after))
@@ -947,7 +952,7 @@ class Applier:
         that had no previous version stay, and stay recorded as written."""
         back = [c for c in self.by_node.get(name, []) if c.type == "file" and c.action is not Action.DELETE
                 and (c.after or {}).get("path") in restored]
-        if any((c.after or {}).get("source") == "leaf" for c in back):
+        if any((c.after or {}).get("source") == FileSource.LEAF for c in back):
             back += [c for c in self.by_node[name] if c.type == "cert" and c.action is not Action.DELETE]
         unproven = self._unproven(name)
         for c in back:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any
 
 from hyprov.errors import HyprovError
@@ -27,6 +27,40 @@ _FILE_FIELDS = ("format_version", "topology_digest", "prior_state", "destroy", "
                 "errors", "unreachable_nodes", "summary", "root_rotation", "password_fingerprint", DIGEST_KEY)
 _NULLABLE = frozenset({"root_rotation"})
 _CHANGE_FIELDS = ("address", "type", "node", "actions", "action_reason", "before", "after", "diff", "error")
+
+
+class FileSource(StrEnum):
+    """Where a managed file's content comes from: the ``source`` attribute of a file resource,
+    as the state and plan files record it (a license names its file: ``license:PATH``)."""
+
+    KONG_CONF = "kong_conf"  # rendered from the topology (the password put back at apply)
+    LEAF = "leaf"  # the node's certificate, issued by hyprov
+    KEY = "key"  # the node's key, generated locally with its certificate
+    ON_NODE = "on_node"  # the node's key, generated on the node (CSR flow): never leaves it
+    CA_BUNDLE = "ca_bundle"  # cluster_ca_cert: every root the nodes trust
+    SHARED_CERT = "shared_cert"  # shared mode's certificate
+    SHARED_KEY = "shared_key"  # shared mode's key
+    LICENSE = "license"  # the license file the topology names
+
+    def attribute(self, path: str | None = None) -> str:
+        """The recorded form: the value, or ``license:PATH``."""
+        if self is FileSource.LICENSE:
+            assert path is not None, "a license source names its file"
+            return f"license:{path}"
+        return self.value
+
+    @classmethod
+    def of(cls, attribute: object) -> tuple[FileSource, str | None]:
+        """(the source, the license file's path or None) of a recorded ``source`` attribute;
+        HyprovError for anything else (a damaged state or plan)."""
+        text = str(attribute)
+        if text.startswith("license:"):
+            return cls.LICENSE, text[len("license:"):]
+        try:
+            return cls(text), None
+        except ValueError:
+            raise HyprovError(f"unknown file source {text!r}",
+                              "the state or plan file was damaged; make a new plan") from None
 
 
 class Action(Enum):

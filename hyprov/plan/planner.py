@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from hyprov.errors import HyprovError
 from hyprov.plan import graph as graphmod
 from hyprov.plan import rotation
-from hyprov.plan.changes import KEY_DRIFT, Action, Change, Plan
+from hyprov.plan.changes import KEY_DRIFT, Action, Change, FileSource, Plan
 from hyprov.plan.resources import Resource, file_address
 from hyprov.state.document import State, thaw
 
@@ -237,7 +237,7 @@ class _Sources:
     def _leaf_file(self, node: str) -> str:
         if self._leaf_files is None:
             self._leaf_files = {r.node: a for a, r in self.desired.items()
-                                if r.node and r.type == "file" and r.attrs.get("source") == "leaf"}
+                                if r.node and r.type == "file" and r.attrs.get("source") == FileSource.LEAF}
         return self._leaf_files.get(node, "")
 
     def _trust_anchors(self) -> frozenset[str] | None:
@@ -363,19 +363,19 @@ def plan(
                 reason = "kong.conf: " + (", ".join(changed) + " changed" if changed else "content changed")
                 diff = conf_diff(r.attrs["path"], old, r.content)
                 action = Action.UPDATE
-            elif keys == ["content_digest"] and str(r.attrs.get("source", "")).startswith("license:"):
+            elif keys == ["content_digest"] and FileSource.of(r.attrs.get("source"))[0] is FileSource.LICENSE:
                 action, reason = Action.UPDATE, "license file changed"
             elif keys:
                 action = Action.UPDATE
                 reason = ", ".join(f"{k} {_shown(recorded.get(k))} -> {_shown(r.attrs[k])}" for k in keys)
-            elif source and not (r.attrs.get("source") == "on_node" and changes[source].action is Action.REPLACE
+            elif source and not (r.attrs.get("source") == FileSource.ON_NODE and changes[source].action is Action.REPLACE
                                  and "key_type" not in (changes[source].reason or "")):
                 # a node-made key survives a reissue unless its type changes (renewal keeps the key);
                 # a new certificate always comes with a new key
                 action, reason = Action.UPDATE, f"{source} is (re)issued"
             elif secret_changed:
                 action, reason = Action.UPDATE, "kong.conf: pg_password changed"
-            elif r.attrs.get("source") == "ca_bundle" and rot.phase is None and (old_root := sources.bundle(r, recorded)):
+            elif r.attrs.get("source") == FileSource.CA_BUNDLE and rot.phase is None and (old_root := sources.bundle(r, recorded)):
                 action, reason = Action.UPDATE, old_root
             elif addr in facts.drift:
                 action, reason = Action.UPDATE, f"drift: {facts.drift[addr]}"

@@ -15,6 +15,7 @@ from typing import Any
 
 from hyprov.model import kongconf
 from hyprov.model import topology as m
+from hyprov.plan.changes import FileSource
 
 CONF_MODE, CP_CONF_MODE, CERT_MODE, KEY_MODE, LICENSE_MODE = "0644", "0640", "0644", "0600", "0640"
 LICENSE_PATH = "/etc/kong/license.json"
@@ -134,10 +135,12 @@ def _node_resources(topology: m.Topology, node: m.Node, cp_services: list[str], 
     out: list[Resource] = []
     file_addrs: list[str] = []
 
-    def add_file(path: str, mode: str, source: str, deps: tuple[str, ...], *,
-                 content: str | None = None, file_owner: str | None = owner, extra: dict[str, Any] | None = None) -> None:
+    def add_file(path: str, mode: str, source: FileSource, deps: tuple[str, ...], *,
+                 content: str | None = None, file_owner: str | None = owner, extra: dict[str, Any] | None = None,
+                 source_path: str | None = None) -> None:
         addr = file_address(node.name, path)
-        attrs: dict[str, Any] = {"path": path, "owner": file_owner, "group": group, "mode": mode, "source": source}
+        attrs: dict[str, Any] = {"path": path, "owner": file_owner, "group": group, "mode": mode,
+                                 "source": source.attribute(source_path)}
         if content is not None:
             attrs["content_digest"] = _text_digest(content)
         attrs.update(extra or {})
@@ -159,25 +162,25 @@ def _node_resources(topology: m.Topology, node: m.Node, cp_services: list[str], 
             "renew_before_days": pki.renew_before_days, "key_generation": pki.key_generation,
             "issuer": issuer, "key_path": files.key, "key_owner": owner,
         }, (issuer,)))
-        add_file(files.cert, CERT_MODE, "leaf", (cert_addr,))
-        add_file(files.key, KEY_MODE, "key" if pki.key_generation == "local" else "on_node",
+        add_file(files.cert, CERT_MODE, FileSource.LEAF, (cert_addr,))
+        add_file(files.key, KEY_MODE, FileSource.KEY if pki.key_generation == "local" else FileSource.ON_NODE,
                  (cert_addr,))
         assert files.ca is not None
         # cluster_ca_cert holds the root above the CA that signs: with a CA of yours signing, that
         # CA's own chain names it, so replacing your CA (renewed in place) rewrites the bundle too
         yours_signs = issuer != "ca.root" and pki.signing.external
-        add_file(files.ca, CERT_MODE, "ca_bundle", ("ca.root", issuer) if yours_signs else ("ca.root",))
+        add_file(files.ca, CERT_MODE, FileSource.CA_BUNDLE, ("ca.root", issuer) if yours_signs else ("ca.root",))
     else:
-        add_file(files.cert, CERT_MODE, "shared_cert", ("shared_cert",))
-        add_file(files.key, KEY_MODE, "shared_key", ("shared_cert",))
+        add_file(files.cert, CERT_MODE, FileSource.SHARED_CERT, ("shared_cert",))
+        add_file(files.key, KEY_MODE, FileSource.SHARED_KEY, ("shared_cert",))
     conf = kongconf.render_conf(topology, node)
     is_cp = isinstance(node, m.ControlPlane)
     has_password = bool(is_cp and topology.database is not None and topology.database.password_env)
-    add_file(node.kong.conf_path, CP_CONF_MODE if is_cp else CONF_MODE, "kong_conf",
+    add_file(node.kong.conf_path, CP_CONF_MODE if is_cp else CONF_MODE, FileSource.KONG_CONF,
              tuple(a for a in file_addrs), content=conf,
              extra={"secret_env": topology.database.password_env if has_password and topology.database else None})
     if node.kong.license_file is not None:
-        add_file(LICENSE_PATH, LICENSE_MODE, f"license:{node.kong.license_file}", (),
+        add_file(LICENSE_PATH, LICENSE_MODE, FileSource.LICENSE, (), source_path=str(node.kong.license_file),
                  extra={"content_digest": node.kong.license_digest})  # a renewed license is an update
     deps = tuple(file_addrs)
     if isinstance(node, m.DataPlane):

@@ -46,7 +46,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hyprov.plan.changes import Action
+from hyprov.plan.changes import Action, FileSource
 from hyprov.plan.resources import Resource
 from hyprov.state.document import NodeState, ResourceState
 
@@ -177,7 +177,7 @@ class Tracker:
             return action, reason
         source = r.attrs.get("source")
         root = self._root_attrs()
-        if source == "ca_bundle":
+        if source == FileSource.CA_BUNDLE:
             have = _bundle_roots(recorded, root)
             if self.phase == "retire":
                 want = {self.new["fingerprint"]}
@@ -187,7 +187,7 @@ class Tracker:
             elif not self.new or have != {self.old["fingerprint"], self.new["fingerprint"]}:
                 return Action.UPDATE, ("Root CA rotation phase 1 of 3 (trust): cluster_ca_cert "
                                        "becomes the current root + the new root")
-        elif source == "leaf" and action is Action.NOOP and not self._installed(r.node or ""):
+        elif source == FileSource.LEAF and action is Action.NOOP and not self._installed(r.node or ""):
             return Action.UPDATE, (f"cert.{r.node} was reissued but never installed (interrupted apply); "
                                    "root CA rotation needs it on the node")
         return action, reason
@@ -255,7 +255,7 @@ class Tracker:
         """The recorded cluster_ca_cert files of the nodes in the topology."""
         out = []
         for r in self.desired.values():
-            if r.type == "file" and r.attrs.get("source") == "ca_bundle" and (rec := self.prior.get(r.address)):
+            if r.type == "file" and r.attrs.get("source") == FileSource.CA_BUNDLE and (rec := self.prior.get(r.address)):
                 out.append((r.address, rec))
         return out
 
@@ -264,7 +264,7 @@ class Tracker:
         the new certificate recorded and the old one on the node)."""
         if self._leaf_files is None:
             self._leaf_files = {rec.node: rec.attributes for rec in self.prior.values()
-                                if rec.node and rec.type == "file" and rec.attributes.get("source") == "leaf"}
+                                if rec.node and rec.type == "file" and rec.attributes.get("source") == FileSource.LEAF}
         cert = self.prior.get(f"cert.{node}")
         return file_holds_pem(self._leaf_files.get(node) or {}, cert.attributes if cert is not None else {})
 
@@ -274,7 +274,7 @@ class Tracker:
         bundles = [a for a, rec in self._bundles() if _bundle_roots(rec.attributes, root) != both or a in self.drift]
         # a node with a certificate but no recorded bundle (forgotten by hand?) trusts nobody knows what
         bundles += [r.address for r in self.desired.values() if r.type == "file" and r.address not in self.prior
-                    and r.attrs.get("source") == "ca_bundle" and f"cert.{r.node}" in self.prior]
+                    and r.attrs.get("source") == FileSource.CA_BUNDLE and f"cert.{r.node}" in self.prior]
         restarts = sorted(n for n in self._names() if (s := self.nodes.get(n)) is not None and s.pending_restart)
         chained = [rec for rec in self.prior.values()
                    if rec.type == "cert" or (rec.type == "ca" and rec.address != "ca.root")]
