@@ -21,7 +21,8 @@ import yaml
 from util import EXAMPLES, assert_clean_failure, example_files, hyprov
 
 from hyprov.errors import ConfigError, HyprovError, Problem
-from hyprov.model.load import load_topology, parse_topology, schema
+from hyprov.model.load import load_topology, parse_topology
+from hyprov.model.schema import schema
 
 # A minimal valid file, for reference (each case below is self-contained):
 #
@@ -717,7 +718,7 @@ def test_fast_gate_agrees_with_jsonschema_on_mutated_examples() -> None:
     import copy
     import random
 
-    from hyprov.model.load import _fast_gate, _validator
+    from hyprov.model.schema import _fast_gate, _validator
 
     rng = random.Random(7)
     docs = [yaml.safe_load(p.read_text()) for p in example_files()]

@@ -19,7 +19,7 @@ from types import CodeType
 from typing import Any
 
 from hyprov._fs import atomic_write
-from hyprov.model.load import Gate, gate_definition, schema
+from hyprov.model.schema import Gate, gate_definition, schema
 
 
 def cache_dir(env: os._Environ[str] | dict[str, str] | None = None) -> Path:
