@@ -27,7 +27,8 @@ from hyprov.model.topology import Topology
 from hyprov.plan import convergence, planner, resources
 from hyprov.plan.changes import Plan
 from hyprov.plan.planner import Facts
-from hyprov.state.document import NodeState, State, from_json, to_json
+from hyprov.state.document import NodeState, State, to_json
+from hyprov.state.statefile import from_json
 
 CODE = "c0de" * 16  # the running hyprov's digest (shell.code_digest), fixed here
 

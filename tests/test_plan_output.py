@@ -20,7 +20,8 @@ from hyprov.cli import render
 from hyprov.errors import HyprovError
 from hyprov.plan import graph, planner, resources
 from hyprov.plan.changes import Action, Plan
-from hyprov.state.document import NodeState, ResourceState, from_json, to_json
+from hyprov.state.document import NodeState, ResourceState, to_json
+from hyprov.state.statefile import from_json
 
 SUMMARY = re.compile(r"^Plan: (\d+) to add, (\d+) to change, (\d+) to replace, (\d+) to destroy\.$", re.M)
 

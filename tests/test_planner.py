@@ -27,7 +27,8 @@ from hyprov.plan import graph, planner, resources
 from hyprov.plan.changes import Action, Plan
 from hyprov.plan.planner import Facts
 from hyprov.plan.resources import Resource
-from hyprov.state.document import NodeState, ResourceState, State, from_json, to_json
+from hyprov.state.document import NodeState, ResourceState, State, to_json
+from hyprov.state.statefile import from_json
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 GOLDEN = Path(__file__).parent / "golden" / "plan"

@@ -40,7 +40,8 @@ from hyprov.plan import graph, planner, resources
 from hyprov.plan.changes import Plan
 from hyprov.plan.planner import Facts
 from hyprov.plan.resources import Resource
-from hyprov.state.document import NodeState, ResourceState, State, from_json
+from hyprov.state.document import NodeState, ResourceState, State
+from hyprov.state.statefile import from_json
 
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 OLD, NEW = "0a" * 32, "0b" * 32  # root fingerprints

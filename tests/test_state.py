@@ -29,17 +29,8 @@ from hypothesis import strategies as st
 from hyprov.backends.base import LockHolder, current_holder
 from hyprov.backends.local import LocalBackend
 from hyprov.errors import Locked, StaleState, StateError
-from hyprov.state.document import (
-    STATE_VERSION,
-    UPGRADES,
-    NodeState,
-    ResourceState,
-    State,
-    from_json,
-    new_state,
-    to_json,
-    upgrade,
-)
+from hyprov.state.document import STATE_VERSION, NodeState, ResourceState, State, new_state, to_json
+from hyprov.state.statefile import UPGRADES, from_json, upgrade
 
 DASHES = "-" * 5  # PEM armour built at run time: no key-like text in the repository
 REPO = Path(__file__).resolve().parents[1]
@@ -221,7 +212,7 @@ _ADDRESS_TEXT = st.text(st.sampled_from('abc_0.["]\\/ \n\x00-'), max_size=12)
 @given(st.lists(st.one_of(_ADDRESS_TEXT, st.sampled_from(['file.cp1["/etc/x"]', "ca.intermediate[0]", "cert.dp1"])
                           .map(lambda a: a)), min_size=1, max_size=5))
 def test_bulk_address_check_accepts_only_what_parse_address_accepts(addresses: list[str]) -> None:
-    from hyprov.state.document import _addresses_well_formed, parse_address
+    from hyprov.state.screen import _addresses_well_formed, parse_address
 
     if _addresses_well_formed(addresses):
         for a in addresses:
@@ -549,7 +540,7 @@ def test_what_hyprov_records_stays_on_the_fast_path() -> None:
     """A CP's kong.conf record (masked password line, secret_env naming the variable,
     secret_fingerprint) passes the whole-text screen: large states skip the per-resource
     check. (The precise path gives the same answer, only slower.)"""
-    from hyprov.state.document import _screened_clean
+    from hyprov.state.screen import _screened_clean
 
     conf = ResourceState(KONG_CONF, "file", "cp1", "00", {
         "content": "pg_host = db\npg_password = (sensitive)\npg_user = kong\n",
@@ -570,7 +561,7 @@ _PIECE = st.lists(_WORDS, max_size=6).map("".join)
 @given(st.dictionaries(_PIECE, st.one_of(_PIECE, st.lists(_PIECE, max_size=2), st.dictionaries(_PIECE, _PIECE, max_size=2)),
                        max_size=4))
 def test_screen_passes_only_what_the_precise_check_passes(attrs: dict[str, Any]) -> None:
-    from hyprov.state.document import _screened_clean, check_no_secrets
+    from hyprov.state.screen import _screened_clean, check_no_secrets
 
     doc = json.loads(to_json(sample_state()))
     doc["resources"]["cert.cp1"]["attributes"] = attrs

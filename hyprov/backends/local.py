@@ -41,7 +41,8 @@ from pathlib import Path
 from hyprov._fs import atomic_write, fsync_dir
 from hyprov.backends.base import LockHolder, check_cas, current_holder, locked_error
 from hyprov.errors import StateError
-from hyprov.state.document import State, from_json, to_json
+from hyprov.state.document import State, to_json
+from hyprov.state.statefile import from_json
 
 __all__ = ["LocalBackend"]
 

@@ -51,7 +51,8 @@ from hyprov.backends.base import (
     locked_error,
 )
 from hyprov.errors import StaleState, StateError
-from hyprov.state.document import State, from_json, to_json
+from hyprov.state.document import State, to_json
+from hyprov.state.statefile import from_json
 
 if TYPE_CHECKING:
     import psycopg

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from hyprov.errors import StateError
 from hyprov.model import topology as m
-from hyprov.state.document import parse_address
+from hyprov.state.screen import parse_address
 
 if TYPE_CHECKING:
     from hyprov.plan.changes import Plan

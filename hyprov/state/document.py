@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import (
     Callable,
     ItemsView,
@@ -35,24 +34,31 @@ from functools import cached_property
 from typing import Any, TypeAlias, TypeVar, cast
 
 from hyprov.errors import StateError
+from hyprov.state.screen import (
+    _ADDRESS,
+    _AFTER_TYPE,
+    _ASCII_LOOKALIKES,
+    _NESTED_OR_FLOAT,
+    _NODE_NAME,
+    _SUSPECT_NAME,
+    _addresses_well_formed,
+    _screened_clean,
+    check_no_secrets,
+    parse_address,
+)
 
 __all__ = [
     "KNOWN_RESOURCE_TYPES",
     "STATE_VERSION",
-    "UPGRADES",
     "FrozenMap",
     "JSONValue",
     "NodeState",
     "Records",
     "ResourceState",
     "State",
-    "check_no_secrets",
-    "from_json",
     "new_state",
-    "parse_address",
     "thaw",
     "to_json",
-    "upgrade",
 ]
 
 #: The state schema version this hyprov writes (2: ``converged``, hyprov.convergence).
@@ -384,102 +390,6 @@ def thaw(value: JSONValue) -> Any:
 
 
 # --------------------------------------------------------------------------
-# The secret guard
-
-# the non-ASCII letters case-insensitive matching equates with ASCII ones (re's documentation)
-_ASCII_LOOKALIKES = "\u0130\u0131\u017f\u212a"
-_SECRET_NAME_PARTS = (
-    "password",
-    "passwd",
-    "passphrase",
-    "private_key",
-    "privatekey",
-    "privkey",
-    "secret_key",
-    "client_secret",
-)
-_PEM_PRIVATE = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----")
-# ``pg_password = hunter2`` (kong.conf) or ``KONG_PG_PASSWORD=hunter2`` (env) inside
-# recorded file content; masked values (kongconf's ``(sensitive)``, ``***``) pass.
-_PASSWORD_LINE = re.compile(
-    r"^[ \t]*[A-Za-z0-9_]*(?:password|passwd|passphrase)[ \t]*=[ \t]*(?P<value>.*?)[ \t]*$",
-    re.IGNORECASE | re.MULTILINE,
-)
-_MASKED = re.compile(r'^(?:\(sensitive\)|\*+|<redacted>|""|)$')
-_SUSPECT_NAME = re.compile("|".join(_SECRET_NAME_PARTS))
-
-
-def _secret_name(name: str) -> bool:
-    norm = name.lower().replace("-", "_")
-    return any(part in norm for part in _SECRET_NAME_PARTS)
-
-
-def check_no_secrets(value: object, where: str, *, names: bool = True) -> None:
-    """Refuse secret-looking attribute names, PEM private keys and unmasked
-    ``...password = value`` lines (kong.conf / env content) in values.
-
-    State files are copied, backed up and (later) stored in PostgreSQL; a
-    secret there leaks. Store a fingerprint or digest instead. ``where`` names
-    the position for the message, e.g. ``resources[cert.cp1].attributes``.
-    With ``names=False`` only values are checked (for mappings whose keys are
-    addresses or node names, not attribute names).
-    """
-    if isinstance(value, str):
-        if _PEM_PRIVATE.search(value):
-            raise StateError(
-                f"refusing to store a secret in state: {where} holds a PEM private key",
-                hint="record the key's fingerprint or the file's digest, never the key",
-            )
-        for m in _PASSWORD_LINE.finditer(value):
-            if not _MASKED.match(m["value"]):
-                raise StateError(
-                    f"refusing to store a secret in state: {where} holds an unmasked "
-                    "password setting",
-                    hint="record masked content (password = (sensitive)) or a digest",
-                )
-    elif isinstance(value, Mapping):
-        for k, v in value.items():
-            if names and isinstance(k, str) and _secret_name(k):
-                raise StateError(
-                    f"refusing to store a secret in state: {where}.{k} "
-                    "(the attribute name looks like a secret)",
-                    hint="record a digest or fingerprint under a different name, never the secret",
-                )
-            check_no_secrets(v, f"{where}.{k}", names=names)
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            check_no_secrets(v, f"{where}[{i}]", names=names)
-
-
-# --------------------------------------------------------------------------
-# Addresses
-
-_ADDRESS = re.compile(
-    r"^(?P<type>[a-z][a-z0-9_]*)"
-    r'(?:\.(?P<name>[^.\[\]"\s]+))?'
-    r'(?P<key>\[(?:"(?:[^"\\]|\\.)*"|[0-9]+)\])?$'
-)
-_NODE_NAME = re.compile(r'^[^.\[\]"\s]+$')
-
-
-def parse_address(address: str) -> tuple[str, str, str]:
-    """Split ``file.cp1["/etc/kong/kong.conf"]`` into ``("file", "cp1", '["/etc/kong/kong.conf"]')``.
-
-    Accepted forms: ``TYPE`` (``shared_cert``), ``TYPE.NAME`` (``cert.dp1``),
-    either followed by ``["KEY"]`` or ``[N]`` (``ca.intermediate[0]``). Absent
-    parts are ``""``. Anything else is a :class:`StateError`, so ``state mv``
-    can rewrite the name part safely.
-    """
-    m = _ADDRESS.match(address)
-    if m is None:
-        raise StateError(
-            f"invalid resource address {address!r}",
-            hint='addresses look like TYPE.NAME or TYPE.NAME["KEY"], e.g. file.cp1["/etc/kong/kong.conf"]',
-        )
-    return m["type"], m["name"] or "", m["key"] or ""
-
-
-# --------------------------------------------------------------------------
 # The values
 
 
@@ -802,51 +712,6 @@ def to_json(state: State) -> str:
 
 Upgrade: TypeAlias = Callable[[dict[str, Any]], dict[str, Any]]
 
-def _v1_to_v2(doc: dict[str, Any]) -> dict[str, Any]:
-    """Version 2 adds ``converged`` (node -> digest); a version 1 state vouches for no node."""
-    return {**doc, "converged": {}}
-
-
-#: ``UPGRADES[v]`` turns a version ``v`` document into a version ``v + 1``
-#: document; for a version 3, add ``UPGRADES[2]`` and bump :data:`STATE_VERSION`.
-UPGRADES: dict[int, Upgrade] = {1: _v1_to_v2}
-
-
-def upgrade(
-    doc: dict[str, Any],
-    source_name: str,
-    upgrades: Mapping[int, Upgrade] | None = None,
-    current: int = STATE_VERSION,
-) -> dict[str, Any]:
-    """Bring a decoded document to ``current`` one version at a time.
-
-    Newer versions are refused (an old hyprov must not rewrite, and so
-    damage, a state a newer one wrote).
-    """
-    chain = UPGRADES if upgrades is None else upgrades
-    version = doc.get("version")
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise StateError(f"{source_name}: corrupt state file: 'version' must be an integer", hint=_CORRUPT_HINT)
-    if version > current:
-        raise StateError(
-            f"{source_name}: state version {version} is newer than this hyprov supports "
-            f"(version {current})",
-            hint="upgrade hyprov to read this state; the file was left untouched",
-        )
-    while version < current:
-        step = chain.get(version)
-        if step is None:
-            raise StateError(
-                f"{source_name}: cannot upgrade state version {version} "
-                f"(this hyprov reads versions {min(chain, default=current)}..{current})",
-                hint="the file was left untouched; read it with the hyprov that wrote it",
-            )
-        doc = step(dict(doc))
-        version += 1
-        doc["version"] = version
-    return doc
-
-
 _CORRUPT_HINT = ("the state was left untouched; restore a backup of it (a local state keeps a .backup "
                  "beside it), or fix the part named")
 
@@ -867,89 +732,6 @@ def _keys(
     unknown = obj.keys() - required - optional
     _expect(not missing, source, f"{where} lacks {', '.join(sorted(missing))}")
     _expect(not unknown, source, f"{where} has unknown field(s) {', '.join(sorted(unknown))}")
-
-
-_NESTED_OR_FLOAT = frozenset({dict, list, float})
-_AFTER_TYPE = frozenset({"", ".", "["})
-# parse_address's grammar for many addresses at once, each one ended by a NUL: one
-# fullmatch over all of them instead of one per resource. A NUL anywhere fails it (the
-# precise path then judges); it never accepts what parse_address refuses (tested).
-# Atomic and possessive: each address matches in one way only, and without them sre keeps
-# a backtracking frame per address (0.45 s and 166 MiB for 60,000 addresses, not 0.05 s).
-_ADDRESSES_FORM = re.compile(
-    r'(?>[a-z][a-z0-9_]*(?:\.[^.\[\]"\s\x00]+)?(?:\[(?:"(?:[^"\\\x00]|\\[^\x00\n])*"|[0-9]+)\])?\x00)*+')
-
-
-def _addresses_well_formed(addresses: Iterable[str]) -> bool:
-    listed = list(addresses)
-    joined = "\x00".join(listed) + "\x00"
-    # one NUL per address: a NUL inside an address would split it into two valid-looking ones
-    return joined.count("\x00") == len(listed) and _ADDRESSES_FORM.fullmatch(joined) is not None
-
-
-_SECRET_STEMS = ("pass", "priv", "secret")  # every secret word, and "private key", holds one
-assert all(any(stem in w for stem in _SECRET_STEMS) for w in (*_SECRET_NAME_PARTS, "private key"))
-# In a value (not a name) the precise check refuses only PEM private keys and
-# ``...password = value`` lines whose value is not masked.
-_PASSWORD_WORD = re.compile(r"passw(?:or)?d|passphrase")
-_ASSIGNED = re.compile(r"(?: |\\t)*=")  # on the JSON text: a tab is written \t
-_MASKED_REST = re.compile(r"(?: |\\t)*=(?: |\\t)*(?:\(sensitive\)|\*+|<redacted>)?(?: |\\t)*(?:\\n|$)")
-_ESCAPE = re.compile(r"\\u(?!00[01])")  # json.dumps(ensure_ascii=False) escapes control characters only
-
-
-def _screened_clean(text: str) -> bool:
-    """True when no secret can hide anywhere in the state text, so the per-resource
-    check (:func:`check_no_secrets`) can be skipped: it would pass. Three ``str.find``
-    scans of the whole text (C speed) for the stems of every secret word, and a look at
-    the JSON string around each hit (``secret_env`` names, masked kong.conf password
-    lines). Whatever could disguise a word from a substring search (a ``\\uXXXX``
-    escape of a letter, a non-ASCII look-alike) takes the precise, per-resource path."""
-    low = text.lower()
-    if len(low) != len(text) or ("\\u" in low and _ESCAPE.search(low)):
-        return False  # positions in low and text must agree; \u0070assword hides "pass"
-    if not text.isascii() and any(c in text for c in _ASCII_LOOKALIKES):
-        return False
-    names: set[str] = set()  # harmless names met so far (secret_env: once per node)
-    for stem in _SECRET_STEMS:
-        at = low.find(stem)
-        while at >= 0:
-            if low[at - 1] == '"':  # a string starting with the stem: most often a name seen before
-                end = low.find('"', at)
-                if low[at:end] in names and low.startswith('": ', end):
-                    at = low.find(stem, end)
-                    continue
-            end = _harmless_string_end(text, low, at, names)
-            if end < 0:
-                return False
-            at = low.find(stem, end)
-    return True
-
-
-def _harmless_string_end(text: str, low: str, at: int, names: set[str]) -> int:
-    """The end of the JSON string holding the secret-looking stem at ``at`` when the
-    precise check passes that string, else -1; a harmless plain name joins ``names``.
-    Letters outside strings are only in true/false/null, so the nearest quotes around
-    ``at`` delimit it, unless one is escaped."""
-    start, end = low.rfind('"', 0, at), low.find('"', at)
-    if start <= 0 or end < 0 or low[start - 1] == "\\" or low[end - 1] == "\\":
-        return -1  # an escaped quote nearby: let the precise path judge
-    after = end + 1
-    while low[after:after + 1] in (" ", "\n", "\r", "\t"):
-        after += 1
-    if low.startswith(":", after):  # a name: the precise rule itself
-        raw = text[start:end + 1]
-        if "\\" not in raw:
-            if _secret_name(raw[1:-1]):
-                return -1
-            names.add(low[start + 1:end])
-            return after
-        return -1 if _secret_name(json.loads(raw)) else after
-    if low.find("private key", start, end) >= 0:
-        return -1  # a PEM private key header (refused in any case) or close enough
-    for m in _PASSWORD_WORD.finditer(low, start + 1, end):
-        if _ASSIGNED.match(low, m.end(), end) and not _MASKED_REST.match(text, m.end(), end):
-            return -1  # pg_password = hunter2
-    return after
 
 
 _CERT_TYPES = frozenset({"ca", "cert", "shared_cert"})
@@ -1015,78 +797,3 @@ def _record(addr: str, r: Any, source_name: str, screened: bool, good_nodes: set
             raise
         raise StateError(f"{source_name}: {exc}", hint=exc.hint or _CORRUPT_HINT) from exc
 
-
-def from_json(text: str, source_name: str, *, lazy: bool = False) -> State:
-    """Parse, upgrade and validate a state document.
-
-    Every problem is a :class:`StateError` naming ``source_name`` (and, for
-    broken JSON, the line and column) so the user can find and fix the file.
-    ``lazy``: each resource record is checked when first used (:class:`Records`), not
-    here; the backends read so, and commands that write state check them all first.
-    """
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise StateError(
-            f"{source_name}:{exc.lineno}:{exc.colno}: corrupt state file: {exc.msg}",
-            hint="the file was left untouched; fix it or restore the .backup beside it",
-        ) from exc
-    _expect(isinstance(doc, dict), source_name, "the top level must be an object")
-    doc = upgrade(doc, source_name)
-    _keys(doc, {"version", "lineage", "serial", "resources", "nodes", "converged"}, set(), source_name, "state")
-    _expect(isinstance(doc["lineage"], str) and bool(doc["lineage"]), source_name, "bad lineage")
-    serial = doc["serial"]
-    _expect(
-        isinstance(serial, int) and not isinstance(serial, bool) and serial >= 0,
-        source_name,
-        "serial must be a non-negative integer",
-    )
-    _expect(isinstance(doc["resources"], dict), source_name, "'resources' must be an object")
-    _expect(isinstance(doc["nodes"], dict), source_name, "'nodes' must be an object")
-    converged = doc["converged"]
-    _expect(isinstance(converged, dict) and all(isinstance(v, str) and _NODE_NAME.match(k)
-                                                for k, v in converged.items()),
-            source_name, "'converged' must map node names to digests")
-    raw: dict[str, Any] = doc["resources"]
-    if list(raw) != sorted(raw):  # to_json writes them sorted; a hand-edited file may not be
-        raw = dict(sorted(raw.items(), key=lambda kv: kv[0]))
-    screened = not lazy and _screened_clean(text) and _addresses_well_formed(raw)
-    resources = Records(raw, source_name, screened=screened, text=text if lazy else None)
-    if not lazy:
-        resources.check()
-    try:
-        nodes: dict[str, NodeState] = {}
-        for name, n in doc["nodes"].items():
-            if (type(n) is dict and len(n) == 3 and "kong_version" in n and type(n.get("pending_restart")) is bool
-                    and type(n.get("migrations_done")) is bool and _opt_str(n.get("kong_version"))
-                    and _NODE_NAME.match(name)):  # what to_json writes: the checks below, cheaper
-                nodes[name] = NodeState._trusted(name, n["pending_restart"], n["kong_version"], n["migrations_done"])
-                continue
-            where = f"node {name!r}"
-            _expect(isinstance(n, dict), source_name, f"{where} must be an object")
-            _keys(
-                n, set(), {"pending_restart", "kong_version", "migrations_done"}, source_name, where
-            )
-            pending = n.get("pending_restart", False)
-            done = n.get("migrations_done", False)
-            _expect(isinstance(pending, bool), source_name, f"{where}: pending_restart not boolean")
-            _expect(isinstance(done, bool), source_name, f"{where}: migrations_done not boolean")
-            _expect(_opt_str(n.get("kong_version")), source_name, f"{where}: bad kong_version")
-            nodes[name] = NodeState(
-                name=name,
-                pending_restart=pending,
-                kong_version=n.get("kong_version"),
-                migrations_done=done,
-            )
-        return State(
-            version=STATE_VERSION,
-            lineage=doc["lineage"],
-            serial=serial,
-            resources=resources,
-            nodes=nodes,
-            converged=converged,
-        )
-    except StateError as exc:
-        if str(exc).startswith(f"{source_name}:"):
-            raise
-        raise StateError(f"{source_name}: {exc}", hint=exc.hint or _CORRUPT_HINT) from exc
