@@ -7,7 +7,7 @@ Two paths:
 * keygen+sign: hyprov generates each DP key and signs its leaf (then PEM-encodes
   key and certificate, as apply writes them).
 * csr+sign: keys stay on the nodes; hyprov checks each node's CSR
-  (:func:`hyprov.pki.verify_csr`) and signs its public key. The CSRs are made
+  (:func:`hyprov.csr.verify_csr`) and signs its public key. The CSRs are made
   before the clock starts, as the nodes would make them.
 
 The issuing CA is an intermediate under a root, both of ``--ca-key-type``
@@ -35,7 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from hyprov.certs import pki
+from hyprov.certs import csr, pki
 
 # Set in the parent before forking; workers inherit them.
 _CA: tuple[x509.Certificate, pki.PrivateKey] | None = None
@@ -68,7 +68,7 @@ def csr_and_sign(key_type: str, first: int, csrs: Sequence[bytes]) -> int:
     assert _CA is not None
     ca_cert, ca_key = _CA
     for i, pem in enumerate(csrs, start=first):
-        pub = pki.verify_csr(pem, expected_key_type=key_type, expected_cn=f"dp-{i}")
+        pub = csr.verify_csr(pem, expected_key_type=key_type, expected_cn=f"dp-{i}")
         cert = pki.issue_dp_leaf(
             pub, ca_cert, ca_key, node_name=f"dp-{i}", validity_days=90, now=_NOW
         )

@@ -108,7 +108,7 @@ def write_topology(path: Path, doc: dict[str, Any]) -> None:
 
 def make_job(hosts: Any, parallelism: int | None = None) -> Job:
     """Job inputs for ``hosts`` (an sshhosts.SSHHosts): h1 is the CP, the rest DPs."""
-    from hyprov.certs import pki
+    from hyprov.certs import shared
     from hyprov.model import kongconf
     from hyprov.model.load import load_topology
 
@@ -128,7 +128,7 @@ def make_job(hosts: Any, parallelism: int | None = None) -> Job:
                     confs[n.name] = kongconf.render_conf(t, tn, PASSWORD).encode()
             else:
                 changed_conf = kongconf.render_conf(t, t.node(changed), PASSWORD).encode()
-        pki.gen_cert(base / "c.crt", base / "c.key", now=datetime.now(UTC))
+        shared.gen_cert(base / "c.crt", base / "c.key", now=datetime.now(UTC))
         crt, key = (base / "c.crt").read_bytes(), (base / "c.key").read_bytes()
     assert changed_conf != confs[changed]
     return Job(nodes, hosts.client_key, hosts.known_hosts, crt, key, confs, changed, changed_conf,

@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tlshelpers import cp_server, dp_connect, openssl_available
 
-from hyprov.certs import pki
+from hyprov.certs import csr, external, pki, shared
 from hyprov.certs.secretsdir import PASSPHRASE_ENV, SecretsDir
 from hyprov.errors import PKIError
 
@@ -222,7 +222,7 @@ def kong_gen_cert_reference(key: pki.PrivateKey, epoch: int, days: int) -> bytes
 
 
 def test_gen_cert_matches_kong_field_by_field(tmp_path: Path) -> None:
-    cert = pki.gen_cert(tmp_path / "cluster.crt", tmp_path / "cluster.key", now=NOW)
+    cert = shared.gen_cert(tmp_path / "cluster.crt", tmp_path / "cluster.key", now=NOW)
     key = serialization.load_pem_private_key((tmp_path / "cluster.key").read_bytes(), None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     ref = pki.load_cert(
@@ -257,7 +257,7 @@ def test_issue_shared_serial_zero_is_byte_identical_to_kong(
 ) -> None:
     key = keys.get(key_type, 0)
     ref = kong_gen_cert_reference(key, int(NOW.timestamp()), days)
-    ours = pki.issue_shared(key, days=days, now=NOW + dt.timedelta(microseconds=123456), serial=0)
+    ours = shared.issue_shared(key, days=days, now=NOW + dt.timedelta(microseconds=123456), serial=0)
     ref_cert = pki.load_cert(ssl.DER_cert_to_PEM_cert(ref).encode())
     assert ours.tbs_certificate_bytes == ref_cert.tbs_certificate_bytes
     assert ours.signature_algorithm_oid == ref_cert.signature_algorithm_oid
@@ -275,7 +275,7 @@ def test_issue_shared_serial_zero_is_byte_identical_to_kong(
 )
 def test_issue_shared_validity_round_trips(start: dt.datetime, days: int) -> None:
     key = _p256_key()
-    cert = pki.issue_shared(key, days=days, now=start)
+    cert = shared.issue_shared(key, days=days, now=start)
     assert cert.not_valid_before_utc == start.replace(microsecond=0)
     assert cert.not_valid_after_utc - cert.not_valid_before_utc == dt.timedelta(days=days)
 
@@ -301,7 +301,7 @@ def test_gen_cert_file_modes(tmp_path: Path, umask: int, monkeypatch: pytest.Mon
     monkeypatch.setattr(os, "open", spy)
     old = os.umask(umask)
     try:
-        pki.gen_cert(tmp_path / "c.crt", tmp_path / "c.key", days=2, now=NOW)
+        shared.gen_cert(tmp_path / "c.crt", tmp_path / "c.key", days=2, now=NOW)
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "c.crt").stat().st_mode) == 0o644
@@ -313,7 +313,7 @@ def test_gen_cert_file_modes(tmp_path: Path, umask: int, monkeypatch: pytest.Mon
 def test_gen_cert_refuses_to_overwrite(tmp_path: Path, existing: str) -> None:
     (tmp_path / existing).write_bytes(b"foo")
     with pytest.raises(PKIError, match="already exists; will not overwrite") as exc:
-        pki.gen_cert(tmp_path / "c.crt", tmp_path / "c.key", now=NOW)
+        shared.gen_cert(tmp_path / "c.crt", tmp_path / "c.key", now=NOW)
     assert str(tmp_path / existing) in str(exc.value)
     assert exc.value.hint
     assert sorted(p.name for p in tmp_path.iterdir()) == [existing]  # nothing else was written
@@ -323,7 +323,7 @@ def test_gen_cert_refuses_to_overwrite(tmp_path: Path, existing: str) -> None:
 def test_gen_cert_refuses_dangling_symlink(tmp_path: Path) -> None:
     (tmp_path / "c.key").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(PKIError, match="already exists"):
-        pki.gen_cert(tmp_path / "c.crt", tmp_path / "c.key", now=NOW)
+        shared.gen_cert(tmp_path / "c.crt", tmp_path / "c.key", now=NOW)
     assert not (tmp_path / "elsewhere").exists()
 
 
@@ -333,7 +333,7 @@ def test_gen_cert_refuses_dangling_symlink(tmp_path: Path) -> None:
 @pytest.fixture
 def shared_pair(tmp_path: Path) -> tuple[Path, Path]:
     cert, key = tmp_path / "cluster.crt", tmp_path / "cluster.key"
-    pki.gen_cert(cert, key, now=NOW)
+    shared.gen_cert(cert, key, now=NOW)
     return cert, key
 
 
@@ -361,7 +361,7 @@ def test_shared_mode_cp_rejects_another_pair(
 ) -> None:
     cert, key = shared_pair
     other_cert, other_key = tmp_path / "o.crt", tmp_path / "o.key"
-    pki.gen_cert(other_cert, other_key, now=NOW)
+    shared.gen_cert(other_cert, other_key, now=NOW)
     with cp_server(cert, key, "shared") as cp:
         # The DP trusts the CP's certificate but presents its own, different pair.
         r = dp_connect(cp.host, cp.port, other_cert, other_key, cert, 1, "kong_clustering")
@@ -504,7 +504,7 @@ def test_external_ca_end_to_end(tmp_path: Path, keys: KeyPool) -> None:
     write(tmp_path / "int.crt", pki.cert_pem(inter))
     write(tmp_path / "int.key", pki.key_pem(int_key, b"s3cret"), 0o600)
     write(tmp_path / "chain.crt", pki.cert_pem(root))
-    ca = pki.load_external_ca(
+    ca = external.load_external_ca(
         tmp_path / "int.crt", tmp_path / "int.key", tmp_path / "chain.crt", "s3cret"
     )
     assert ca.root == root and ca.intermediates == (inter,)
@@ -533,20 +533,20 @@ def test_external_ca_errors(tmp_path: Path, keys: KeyPool) -> None:
     write(tmp_path / "int.key", pki.key_pem(c.issuer_key, b"pw"), 0o600)
     write(tmp_path / "wrong.key", pki.key_pem(keys.get("ec-p256", 9)), 0o600)
     with pytest.raises(PKIError, match="no issuer for CN=Hybrid Intermediate 0"):
-        pki.load_external_ca(inter, tmp_path / "int.key", None, "pw")
+        external.load_external_ca(inter, tmp_path / "int.key", None, "pw")
     with pytest.raises(PKIError, match="wrong passphrase"):
-        pki.load_external_ca(inter, tmp_path / "int.key", c.ca_cert, "nope")
+        external.load_external_ca(inter, tmp_path / "int.key", c.ca_cert, "nope")
     with pytest.raises(PKIError, match="encrypted"):
-        pki.load_external_ca(inter, tmp_path / "int.key", c.ca_cert, None)
+        external.load_external_ca(inter, tmp_path / "int.key", c.ca_cert, None)
     with pytest.raises(PKIError, match="does not match"):
-        pki.load_external_ca(inter, tmp_path / "wrong.key", c.ca_cert, None)
+        external.load_external_ca(inter, tmp_path / "wrong.key", c.ca_cert, None)
     with pytest.raises(PKIError, match="is not a CA"):
-        pki.load_external_ca(c.dp_cert, c.dp_key, c.ca_cert, None)
+        external.load_external_ca(c.dp_cert, c.dp_key, c.ca_cert, None)
     with pytest.raises(PKIError, match="cannot read CA certificate"):
-        pki.load_external_ca(tmp_path / "missing.crt", c.dp_key, None, None)
+        external.load_external_ca(tmp_path / "missing.crt", c.dp_key, None, None)
     # The chain may also follow the CA certificate in its own file.
     write(tmp_path / "bundle.crt", pki.cert_pem(c.issuer) + pki.cert_pem(c.root))
-    ca = pki.load_external_ca(tmp_path / "bundle.crt", tmp_path / "int.key", None, b"pw")
+    ca = external.load_external_ca(tmp_path / "bundle.crt", tmp_path / "int.key", None, b"pw")
     assert ca.chain == (c.root,)
 
 
@@ -730,7 +730,7 @@ def test_needs_renewal(left: dt.timedelta, expected: str | None) -> None:
 
 
 def test_needs_renewal_not_yet_valid() -> None:
-    info = pki.cert_info(pki.issue_shared(_p256_key(), days=10, now=NOW + dt.timedelta(days=1)))
+    info = pki.cert_info(shared.issue_shared(_p256_key(), days=10, now=NOW + dt.timedelta(days=1)))
     assert "not valid before" in (pki.needs_renewal(info, NOW, 5) or "")
 
 
@@ -770,7 +770,7 @@ def _cn(value: str) -> x509.Name:
 
 def test_verify_csr_accepts_a_plain_csr(keys: KeyPool) -> None:
     key = keys.get("ec-p256", 3)
-    pub = pki.verify_csr(_csr(key, _cn("dp-1")), expected_key_type="ec-p256", expected_cn="dp-1")
+    pub = csr.verify_csr(_csr(key, _cn("dp-1")), expected_key_type="ec-p256", expected_cn="dp-1")
     assert pub == key.public_key()
 
 
@@ -819,7 +819,7 @@ def test_verify_csr_refuses(keys: KeyPool, case: str, message: str) -> None:
     }
     pem = builders[case]()
     with pytest.raises(PKIError) as exc:
-        pki.verify_csr(pem, expected_key_type="ec-p256", expected_cn="dp-1")
+        csr.verify_csr(pem, expected_key_type="ec-p256", expected_cn="dp-1")
     assert message in str(exc.value)
 
 
@@ -854,13 +854,13 @@ def test_csr_command_on_node(tmp_path: Path, keys: KeyPool, key_type: str) -> No
     owner = pwd.getpwuid(os.getuid()).pw_name
     old = os.umask(0o022)
     try:
-        proc = _run_sh(pki.csr_command(key_type, str(key_path), "dp-1", owner), node)
+        proc = _run_sh(csr.csr_command(key_type, str(key_path), "dp-1", owner), node)
     finally:
         os.umask(old)
     assert proc.returncode == 0, proc.stderr.decode()
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
     assert sorted(p.name for p in node.iterdir()) == ["cluster.key"]  # no temp files left
-    pub = pki.verify_csr(proc.stdout, expected_key_type=key_type, expected_cn="dp-1")
+    pub = csr.verify_csr(proc.stdout, expected_key_type=key_type, expected_cn="dp-1")
     node_key = serialization.load_pem_private_key(key_path.read_bytes(), None)
     assert pub == node_key.public_key()
 
@@ -874,45 +874,45 @@ def test_csr_command_on_node(tmp_path: Path, keys: KeyPool, key_type: str) -> No
 
 def test_csr_command_keeps_or_rotates_the_key(tmp_path: Path) -> None:
     key_path = tmp_path / "cluster.key"
-    first = _run_sh(pki.csr_command("ec-p256", str(key_path), "dp-1"), tmp_path)
+    first = _run_sh(csr.csr_command("ec-p256", str(key_path), "dp-1"), tmp_path)
     assert first.returncode == 0, first.stderr.decode()
     original = key_path.read_bytes()
 
-    again = _run_sh(pki.csr_command("ec-p256", str(key_path), "dp-1"), tmp_path)
+    again = _run_sh(csr.csr_command("ec-p256", str(key_path), "dp-1"), tmp_path)
     assert again.returncode == 0
-    kept = pki.verify_csr(again.stdout, expected_key_type="ec-p256", expected_cn="dp-1")
+    kept = csr.verify_csr(again.stdout, expected_key_type="ec-p256", expected_cn="dp-1")
     assert key_path.read_bytes() == original
     assert kept == serialization.load_pem_private_key(original, None).public_key()
 
-    rotated = _run_sh(pki.csr_command("ec-p256", str(key_path), "dp-1", rotate=True), tmp_path)
+    rotated = _run_sh(csr.csr_command("ec-p256", str(key_path), "dp-1", rotate=True), tmp_path)
     assert rotated.returncode == 0, rotated.stderr.decode()
-    pending = Path(pki.pending_key_path(str(key_path)))
+    pending = Path(csr.pending_key_path(str(key_path)))
     assert key_path.read_bytes() == original  # the live key is untouched until install
     assert stat.S_IMODE(pending.stat().st_mode) == 0o600
-    new_pub = pki.verify_csr(rotated.stdout, expected_key_type="ec-p256", expected_cn="dp-1")
+    new_pub = csr.verify_csr(rotated.stdout, expected_key_type="ec-p256", expected_cn="dp-1")
     assert new_pub == serialization.load_pem_private_key(pending.read_bytes(), None).public_key()
     assert new_pub != kept
 
     # Changing key type without rotating reuses the old key: verify_csr catches it.
-    wrong = _run_sh(pki.csr_command("rsa-2048", str(key_path), "dp-1"), tmp_path)
+    wrong = _run_sh(csr.csr_command("rsa-2048", str(key_path), "dp-1"), tmp_path)
     with pytest.raises(PKIError, match="CSR key type is ec-p256 but the plan wants rsa-2048"):
-        pki.verify_csr(wrong.stdout, expected_key_type="rsa-2048", expected_cn="dp-1")
+        csr.verify_csr(wrong.stdout, expected_key_type="rsa-2048", expected_cn="dp-1")
 
 
 @pytest.mark.parametrize("cn", ["dp-1.example.internal", "a/b+c=d,e\\f", "node with space"])
 def test_csr_command_subject_escaping(tmp_path: Path, cn: str) -> None:
-    proc = _run_sh(pki.csr_command("ec-p256", str(tmp_path / "k.pem"), cn), tmp_path)
+    proc = _run_sh(csr.csr_command("ec-p256", str(tmp_path / "k.pem"), cn), tmp_path)
     assert proc.returncode == 0, proc.stderr.decode()
-    assert pki.verify_csr(proc.stdout, expected_key_type="ec-p256", expected_cn=cn)
+    assert csr.verify_csr(proc.stdout, expected_key_type="ec-p256", expected_cn=cn)
 
 
 def test_csr_command_refuses_bad_input() -> None:
     with pytest.raises(PKIError, match="invalid owner"):
-        pki.csr_command("ec-p256", "/etc/kong/cluster.key", "dp", "kong; rm -rf /")
+        csr.csr_command("ec-p256", "/etc/kong/cluster.key", "dp", "kong; rm -rf /")
     with pytest.raises(PKIError, match="invalid CSR common name"):
-        pki.csr_command("ec-p256", "/etc/kong/cluster.key", "dp\n1")
+        csr.csr_command("ec-p256", "/etc/kong/cluster.key", "dp\n1")
     with pytest.raises(PKIError, match="unknown key type"):
-        pki.csr_command("ed25519", "/etc/kong/cluster.key", "dp")
+        csr.csr_command("ed25519", "/etc/kong/cluster.key", "dp")
 
 
 # --------------------------------------------------------------------------- secrets dir
@@ -930,7 +930,7 @@ def test_secrets_dir_created_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert path.read_bytes().startswith((DASHES + "BEGIN PRIVATE KEY" + DASHES).encode())
     assert s.read_key("shared").private_numbers() == key.private_numbers()  # type: ignore[union-attr]
-    cert = pki.issue_shared(key, now=NOW)
+    cert = shared.issue_shared(key, now=NOW)
     s.write_cert("shared", cert)
     assert s.read_cert("shared") == cert
     s.write_key("shared", key)  # overwrite is atomic and leaves nothing behind

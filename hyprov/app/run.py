@@ -271,6 +271,6 @@ def status(file: str, *, admin_url: str | None, as_json: bool, watch: bool, inte
 
 def gen_cert(cert: Path, key: Path, *, days: int, key_type: str) -> None:
     """`hyprov gen-cert`: a shared pair as ``kong hybrid gen_cert`` makes it, at the current time."""
-    from hyprov.certs import pki
+    from hyprov.certs import shared
 
-    pki.gen_cert(cert, key, days=days, key_type=key_type, now=env.now())
+    shared.gen_cert(cert, key, days=days, key_type=key_type, now=env.now())

@@ -314,14 +314,14 @@ class Applier:
     # ------------------------------------------------------------ controller
 
     def _controller_phase(self) -> None:
-        from hyprov.certs import pki
+        from hyprov.certs import external, pki, shared
 
         pk = self.t.pki
         if pk is not None and pk.root.external and any(
                 c.type == "ca" and c.address != "ca.root" and c.action in (Action.CREATE, Action.REPLACE)
                 for c in self.plan.actionable):
             # before any CA is made: the root you brought must allow the intermediates below it
-            pki.check_room_below(self._external_ca().cert, len(pk.intermediates))
+            external.check_room_below(self._external_ca().cert, len(pk.intermediates))
         for c in self.plan.actionable:
             if self._settings_only(c):
                 self._record_settings(c)
@@ -337,7 +337,7 @@ class Applier:
             now = self.now()
             if c.type == "shared_cert":
                 key = pki.generate_key(after["key_type"])
-                cert = pki.issue_shared(key, days=int(after["validity_days"]), now=now)
+                cert = shared.issue_shared(key, days=int(after["validity_days"]), now=now)
                 self.secrets.write_key("shared", key)
                 self.secrets.write_cert("shared", cert)
             elif after.get("external"):
@@ -380,13 +380,13 @@ class Applier:
         self.emit(c.node or "hyprov", f"{c.address} renewal settings recorded (not reissued)")
 
     def _external_ca(self) -> Any:
-        from hyprov.certs import pki
+        from hyprov.certs import external, pki
 
         pk = self.t.pki
         assert pk is not None
         ca = pk.signing if pk.signing.external else pk.root  # your CA that signs, else your root
         assert ca.cert_file is not None and ca.key_file is not None
-        ext = pki.load_external_ca(ca.cert_file, ca.key_file, ca.chain_file, self.passphrase)
+        ext = external.load_external_ca(ca.cert_file, ca.key_file, ca.chain_file, self.passphrase)
         if ca.fingerprint is not None and pki.cert_info(ext.cert).sha256 != ca.fingerprint:
             raise StaleState(f"{ca.cert_file} changed since the plan was made",
                              "make a new plan: apply installs exactly what the plan showed")
@@ -644,7 +644,7 @@ class Applier:
     def _issue_leaf(self, node: m.Node, c: Change) -> tuple[bytes | None, ResourceState]:
         """Issue the node's certificate: (the key PEM when hyprov generated it, the record
         to put in the state once the certificate's files have been written)."""
-        from hyprov.certs import pki
+        from hyprov.certs import csr, pki
 
         after = c.after or {}
         signing_cert, signing_key, intermediates, _root = self.signing_chain()
@@ -654,22 +654,22 @@ class Applier:
             # (after a switch from shared mode it is the cluster-wide shared key)
             rotate = c.new_key
             owner = node.kong.owner and (f"{node.kong.owner}:{node.kong.group}" if node.kong.group else node.kong.owner)
-            script = pki.csr_command(after["key_type"], after["key_path"], after["common_name"], owner,
+            script = csr.csr_command(after["key_type"], after["key_path"], after["common_name"], owner,
                                      rotate=rotate, under_root=True)
             tr = self.transport(node)
             key_dir = after["key_path"].rsplit("/", 1)[0] or "/"
-            guard = hs.guard([after["key_path"], pki.pending_key_path(after["key_path"])], _own_dirs(node),
+            guard = hs.guard([after["key_path"], csr.pending_key_path(after["key_path"])], _own_dirs(node),
                              doing="no key was made")
             res = tr.run(hs.in_root(guard + f'(umask 022; mkdir -p "$R"{_q(key_dir)})\n' + script))
             if res.exit_status != 0:
                 err = res.stderr.decode(errors="replace")
                 hint = " (is openssl installed on the node?)" if "openssl" in err and "not found" in err else ""
                 raise CommandFailed(node.name, f"key and CSR generation{hint}", res.exit_status, err)
-            public = pki.verify_csr(res.stdout, expected_key_type=after["key_type"],
+            public = csr.verify_csr(res.stdout, expected_key_type=after["key_type"],
                                     expected_cn=after["common_name"])
             if rotate:  # the new key goes live with its certificate, after the batched write
                 with self.lock:
-                    self.rotations[node.name] = (pki.pending_key_path(after["key_path"]), after["key_path"])
+                    self.rotations[node.name] = (csr.pending_key_path(after["key_path"]), after["key_path"])
         else:
             key = pki.generate_key(after["key_type"])
             public = key.public_key()

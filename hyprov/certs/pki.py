@@ -25,26 +25,22 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import itertools
-import os
 import re
-import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final, Literal
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     PrivateKeyTypes,
 )
-from cryptography.x509.oid import AttributeOID, ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hyprov._fs import AtomicWriteError, atomic_write
-from hyprov.certs.chain import fingerprint, load_certs, path_to_root
+from hyprov.certs.chain import fingerprint, load_certs
 from hyprov.certs.chain import is_ca as _is_ca
 from hyprov.certs.chain import tolerate_serial_zero as _tolerate_serial_zero
 from hyprov.errors import PKIError
@@ -55,7 +51,6 @@ __all__ = [
     "KONG_CLUSTERING_CN",
     "NOT_BEFORE_SKEW",
     "CertInfo",
-    "ExternalCA",
     "KeyType",
     "PrivateKey",
     "PublicKey",
@@ -63,26 +58,19 @@ __all__ = [
     "cert_info",
     "cert_pem",
     "chain_pem",
-    "check_room_below",
     "clamped_not_after",
-    "csr_command",
-    "gen_cert",
     "generate_key",
     "issue_cp_leaf",
     "issue_dp_leaf",
     "issue_intermediate",
     "issue_root",
-    "issue_shared",
     "key_pem",
     "key_type_of",
     "load_cert",
     "load_certs",
-    "load_external_ca",
     "load_key",
     "needs_renewal",
     "new_serial",
-    "pending_key_path",
-    "verify_csr",
 ]
 
 KeyType = Literal["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096"]
@@ -237,136 +225,6 @@ def clamped_not_after(
     wanted = _utc(now) + dt.timedelta(days=validity_days)
     limit = issuer_cert.not_valid_after_utc
     return (limit, True) if wanted > limit else (wanted, False)
-
-
-# --------------------------------------------------------------------------- shared mode
-# `kong hybrid gen_cert` builds its certificate with lua-resty-openssl's
-# x509.new() + sign(key) and leaves OpenSSL's defaults in place: version 1,
-# serial 0, no extensions, digest = the key's default (SHA-256, also for P-384).
-# cryptography's CertificateBuilder always writes v3, so a few DER lines build
-# the v1 TBSCertificate. One deliberate difference: the serial is random
-# (159 bits) unless serial=0 is asked for. RFC 5280 forbids serial 0 and
-# cryptography already warns when parsing one and announces an exception, so
-# hyprov would one day fail to read its own output; Kong never looks at it.
-
-
-def _der(tag: int, content: bytes) -> bytes:
-    n = len(content)
-    if n < 0x80:
-        return bytes([tag, n]) + content
-    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(size)]) + size + content
-
-
-def _der_uint(value: int) -> bytes:
-    return _der(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
-
-
-def _der_time(t: dt.datetime) -> bytes:
-    # RFC 5280 4.1.2.5: UTCTime through 2049, GeneralizedTime from 2050, as ASN1_TIME_set does.
-    if 1950 <= t.year < 2050:
-        return _der(0x17, t.strftime("%y%m%d%H%M%SZ").encode())
-    return _der(0x18, t.strftime("%Y%m%d%H%M%SZ").encode())
-
-
-_ECDSA_SHA256: Final = _der(0x30, bytes.fromhex("06082a8648ce3d040302"))
-_RSA_SHA256: Final = _der(0x30, bytes.fromhex("06092a864886f70d01010b0500"))
-
-
-def _v1_self_signed(
-    key: PrivateKey, cn: str, not_before: dt.datetime, not_after: dt.datetime, serial: int
-) -> x509.Certificate:
-    alg = _ECDSA_SHA256 if isinstance(key, ec.EllipticCurvePrivateKey) else _RSA_SHA256
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]).public_bytes()
-    tbs = _der(
-        0x30,
-        _der_uint(serial)  # no [0] version field: v1, as x509.new() leaves it
-        + alg
-        + name
-        + _der(0x30, _der_time(not_before) + _der_time(not_after))
-        + name
-        + _spki(key),
-    )
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        sig = key.sign(tbs, ec.ECDSA(hashes.SHA256()))
-    else:
-        sig = key.sign(tbs, padding.PKCS1v15(), hashes.SHA256())
-    with _tolerate_serial_zero():
-        return x509.load_der_x509_certificate(_der(0x30, tbs + alg + _der(0x03, b"\x00" + sig)))
-
-
-def issue_shared(
-    key: PrivateKey,
-    *,
-    days: int = DEFAULT_GEN_CERT_DAYS,
-    now: dt.datetime,
-    serial: int | None = None,
-) -> x509.Certificate:
-    """The shared-mode cluster certificate, built as ``kong hybrid gen_cert`` builds it.
-
-    Self-signed X.509 v1, subject = issuer = ``CN=kong_clustering``, no
-    extensions, ecdsa-with-SHA256 (sha256WithRSAEncryption for RSA keys), valid
-    from ``now`` (whole seconds) for exactly ``days`` * 86400 s. ``serial``
-    defaults to a random one; ``serial=0`` gives Kong's byte-identical TBS.
-    No SAN: v1 has no extensions, and the DP's host check (X509_check_host)
-    falls back to the CN when there is no DNS SAN, which the handshake tests
-    confirm.
-    """
-    _check_days(days, "days")
-    key_type_of(key)
-    if serial is None:
-        serial = new_serial()
-    if serial < 0 or serial.bit_length() > 159:
-        raise PKIError(f"serial must be 0 or a positive integer below 2**159, got {serial}")
-    start = _utc(now)
-    return _v1_self_signed(key, KONG_CLUSTERING_CN, start, start + dt.timedelta(days=days), serial)
-
-
-def _create_exclusive(path: str, mode: int, data: bytes) -> None:
-    """Create ``path`` with ``mode`` and ``data``, whole or not at all; never follow or replace."""
-    try:
-        atomic_write(Path(path), data, mode=mode, exclusive=True)
-    except AtomicWriteError as exc:
-        if isinstance(exc.cause, FileExistsError):
-            raise PKIError(
-                f"{path} already exists; will not overwrite it",
-                hint="remove it first or give another path",
-            ) from exc
-        raise PKIError(f"cannot {'create' if exc.step == 'create' else 'write'} {path}: {exc.strerror}") from exc
-
-
-def gen_cert(
-    cert_path: str | os.PathLike[str],
-    key_path: str | os.PathLike[str],
-    *,
-    days: int = DEFAULT_GEN_CERT_DAYS,
-    key_type: str = "ec-p384",
-    now: dt.datetime,
-) -> x509.Certificate:
-    """Drop-in for ``kong hybrid gen_cert CERT KEY --days N``.
-
-    Writes the cert 0644 and the key 0600 (the key file is created 0600, never
-    world-readable even briefly) and refuses to overwrite either file, checking
-    both before writing anything, as Kong does.
-    """
-    cert_p, key_p = os.fspath(cert_path), os.fspath(key_path)
-    if os.path.abspath(cert_p) == os.path.abspath(key_p):
-        raise PKIError(f"certificate and key paths are the same: {cert_p}")
-    for path in (cert_p, key_p):
-        if os.path.lexists(path):
-            raise PKIError(
-                f"{path} already exists; will not overwrite it",
-                hint="remove it first or give another path",
-            )
-    key = generate_key(key_type)
-    cert = issue_shared(key, days=days, now=now)
-    _create_exclusive(key_p, 0o600, key_pem(key))
-    try:
-        _create_exclusive(cert_p, 0o644, cert_pem(cert))
-    except PKIError:
-        os.unlink(key_p)
-        raise
-    return cert
 
 
 # --------------------------------------------------------------------------- pki mode
@@ -685,136 +543,6 @@ def issue_dp_leaf(
     return _sign(builder, issuer_key)
 
 
-# --------------------------------------------------------------------------- CSR flow
-
-_OWNER = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]*(:[A-Za-z0-9._][A-Za-z0-9._-]*)?$")
-
-
-def pending_key_path(key_path: str) -> str:
-    """Where a rotating :func:`csr_command` leaves the new key until its cert is installed."""
-    return key_path + ".new"
-
-
-def _subj_escape(value: str) -> str:
-    return re.sub(r"([\\/+=,])", r"\\\1", value)
-
-
-def csr_command(
-    key_type: str,
-    key_path: str,
-    subject_cn: str,
-    owner: str | None = None,
-    *,
-    rotate: bool = False,
-    under_root: bool = False,
-) -> str:
-    """POSIX sh snippet to run ON the node: make or reuse a key, print a CSR PEM on stdout.
-
-    * no key at ``key_path``: a new key is generated there (0600 from creation:
-      umask 077, temp file in the same directory, then rename).
-    * key present, ``rotate=False``: the existing key is reused (renewal keeps it).
-    * ``rotate=True``: a new key is written to :func:`pending_key_path` and the
-      CSR is for that key; the live key is untouched so a running Kong keeps
-      working until the applier installs the new cert and renames the key.
-
-    ``owner`` ("kong" or "kong:kong") is applied to a new key before it gets its
-    final name. The CSR has exactly ``/CN=subject_cn``, no extensions and no
-    attributes (a private minimal openssl config, not the distro's).
-    """
-    _check_key_type(key_type)
-    if not subject_cn or any(ord(c) < 0x20 or ord(c) == 0x7F for c in subject_cn):
-        raise PKIError(f"invalid CSR common name {subject_cn!r}")
-    if owner is not None and not _OWNER.match(owner):
-        raise PKIError(f"invalid owner {owner!r}", hint="use USER or USER:GROUP")
-    # under_root: paths live below $HYPROV_ROOT (the local connection's node directory)
-    prefix = '"${HYPROV_ROOT:-}"' if under_root else ""
-    q = shlex.quote
-    lines = [
-        "set -eu",
-        "umask 077",
-        f"key={prefix}{q(key_path)}",
-        'tmp=""; cfg=""',
-        'trap \'rm -f "$tmp" "$cfg"\' EXIT',
-    ]
-    generate = [
-        '  tmp=$(mktemp "$target.tmp.XXXXXX")',
-        f'  openssl genpkey {_GENPKEY_ARGS[key_type]} -out "$tmp"',
-    ]
-    if owner:
-        generate.append(f'  chown {q(owner)} "$tmp"')
-    generate += ['  mv -f "$tmp" "$target"', '  tmp=""']
-    if rotate:
-        lines += [f"target={prefix}{q(pending_key_path(key_path))}", *(g.strip() for g in generate)]
-    else:
-        lines += ['target="$key"', 'if [ ! -s "$key" ]; then', *generate, "fi"]
-    lines += [
-        'cfg=$(mktemp "${TMPDIR:-/tmp}/hyprov-req.XXXXXX")',
-        "printf '[req]\\ndistinguished_name = dn\\nprompt = no\\n[dn]\\n' > \"$cfg\"",
-        f'openssl req -new -key "$target" -subj {q("/CN=" + _subj_escape(subject_cn))} '
-        '-config "$cfg" -batch -outform PEM',
-    ]
-    return "\n".join(lines) + "\n"
-
-
-_ATTRIBUTE_NAMES: Final[dict[x509.ObjectIdentifier, str]] = {
-    AttributeOID.CHALLENGE_PASSWORD: "challengePassword",
-    AttributeOID.UNSTRUCTURED_NAME: "unstructuredName",
-    x509.ObjectIdentifier("1.2.840.113549.1.9.14"): "extensionRequest",
-}
-
-
-def _ext_name(ext: x509.Extension[x509.ExtensionType]) -> str:
-    if isinstance(ext.value, x509.UnrecognizedExtension):
-        return f"extension {ext.oid.dotted_string}"
-    return type(ext.value).__name__
-
-
-def verify_csr(pem: bytes, *, expected_key_type: str, expected_cn: str) -> PublicKey:
-    """Check a node's CSR against the plan and return the public key to sign.
-
-    The CSR is only a carrier for the public key: hyprov decides every field of
-    the certificate, so a CSR asking for more (extensions, attributes, extra
-    subject fields) is refused rather than silently ignored.
-    """
-    _check_key_type(expected_key_type)
-    try:
-        csr = x509.load_pem_x509_csr(pem)
-    except ValueError as exc:
-        raise PKIError(f"not a PEM certificate signing request: {exc}") from exc
-    try:
-        if not csr.is_signature_valid:
-            raise PKIError("the CSR signature is invalid (tampered with, or not signed by its key)")
-        public_key = csr.public_key()
-    except (ValueError, UnsupportedAlgorithm, InvalidSignature) as exc:
-        raise PKIError(f"the CSR cannot be verified: {exc}") from exc
-    got = key_type_of(public_key)
-    if got != expected_key_type:
-        raise PKIError(
-            f"CSR key type is {got} but the plan wants {expected_key_type}",
-            hint="run the CSR command with rotate=True to replace the node key",
-        )
-    attrs = [(a.oid, a.value) for rdn in csr.subject.rdns for a in rdn]
-    if attrs != [(NameOID.COMMON_NAME, expected_cn)]:
-        raise PKIError(
-            f"CSR subject is {csr.subject.rfc4514_string()!r}, the plan wants 'CN={expected_cn}'"
-        )
-    try:
-        exts = [_ext_name(e) for e in csr.extensions]
-        requested = [_ATTRIBUTE_NAMES.get(a.oid, a.oid.dotted_string) for a in csr.attributes]
-    except ValueError as exc:
-        raise PKIError(f"the CSR carries malformed attributes: {exc}") from exc
-    if exts:
-        raise PKIError(
-            f"CSR asks for {', '.join(exts)} which the plan does not",
-            hint="hyprov sets every extension itself; request only /CN=NAME",
-        )
-    if requested:
-        raise PKIError(f"CSR asks for attributes {', '.join(requested)} which the plan does not")
-    if not isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
-        raise PKIError("unsupported CSR key")  # unreachable: key_type_of checked
-    return public_key
-
-
 # --------------------------------------------------------------------------- info and PEM
 
 
@@ -967,91 +695,3 @@ def ca_needs_renewal(
             f"({leaf_validity_days}) + renew_before_days ({renew_before_days}) = {need}"
         )
     return None
-
-
-# --------------------------------------------------------------------------- bring your own CA
-
-
-@dataclass(frozen=True)
-class ExternalCA:
-    """A user-supplied signing CA: its cert and key, and the chain from it up to the root."""
-
-    cert: x509.Certificate
-    key: CertificateIssuerPrivateKeyTypes
-    chain: tuple[x509.Certificate, ...]  # issuers of ``cert`` bottom-up, ending at the root
-
-    @property
-    def root(self) -> x509.Certificate:
-        """The trust anchor for ``cluster_ca_cert``."""
-        return self.chain[-1] if self.chain else self.cert
-
-    @property
-    def intermediates(self) -> tuple[x509.Certificate, ...]:
-        """Certificates to append after a leaf in ``cluster_cert`` (signing CA included)."""
-        if self.cert.issuer == self.cert.subject:
-            return ()
-        return (self.cert, *self.chain[:-1])
-
-
-def _read(path: str | os.PathLike[str], what: str) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise PKIError(f"cannot read {what} {os.fspath(path)}: {exc.strerror}") from exc
-
-
-def check_room_below(ca: x509.Certificate, intermediates: int) -> None:
-    """Refuse ``intermediates`` CAs in a row below ``ca`` when its pathLenConstraint forbids
-    them (OpenSSL would refuse every chain through them: "path length constraint exceeded")."""
-    _, path_length = _is_ca(ca)
-    if path_length is not None and intermediates > path_length:
-        who = ca.subject.rfc4514_string()
-        raise PKIError(
-            f"{who} allows {path_length} intermediate CA{'s' if path_length != 1 else ''} below it "
-            f"(pathLenConstraint {path_length}) but pki.intermediates lists {intermediates}",
-            hint=f"list at most {path_length} in pki.intermediates, or bring a CA whose path "
-            "length allows more",
-        )
-
-
-def load_external_ca(
-    cert_file: str | os.PathLike[str],
-    key_file: str | os.PathLike[str],
-    chain_file: str | os.PathLike[str] | None,
-    passphrase: bytes | str | None,
-) -> ExternalCA:
-    """Load a bring-your-own signing CA and check it can do the job.
-
-    The key must match the certificate, the certificate must be a CA, and its
-    issuers (extra certs in ``cert_file`` and ``chain_file``, any order) must
-    lead to a self-signed root whose signatures verify.
-    """
-    certs = load_certs(_read(cert_file, "CA certificate"))
-    pool = certs[1:]
-    if chain_file is not None:
-        pool += load_certs(_read(chain_file, "CA chain"))
-    pw = passphrase.encode() if isinstance(passphrase, str) else passphrase
-    key = load_key(_read(key_file, "CA key"), pw, what=f"CA key {os.fspath(key_file)}")
-    if not isinstance(
-        key,
-        ec.EllipticCurvePrivateKey
-        | rsa.RSAPrivateKey
-        | ed25519.Ed25519PrivateKey
-        | ed448.Ed448PrivateKey,
-    ):
-        raise PKIError(f"CA key {os.fspath(key_file)} has unsupported type {type(key).__name__}")
-    cert = certs[0]
-    who = cert.subject.rfc4514_string()
-    if _spki(key) != _spki(cert.public_key()):
-        raise PKIError(f"CA key {os.fspath(key_file)} does not match the certificate of {who}")
-    is_ca, _ = _is_ca(cert)
-    if not is_ca:
-        raise PKIError(f"{who} is not a CA certificate (basicConstraints CA:FALSE or missing)")
-    try:
-        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-        if not ku.key_cert_sign:
-            raise PKIError(f"{who} has keyUsage without keyCertSign and cannot sign certificates")
-    except x509.ExtensionNotFound:
-        pass
-    return ExternalCA(cert=cert, key=key, chain=tuple(path_to_root(cert, pool)))
