@@ -18,7 +18,7 @@ from hyprov.apply import refresh as refreshing
 from hyprov.errors import HyprovError
 
 if TYPE_CHECKING:
-    from hyprov.apply.applier import ApplyResult, NodeOutcome
+    from hyprov.apply.outcomes import ApplyResult, NodeOutcome
     from hyprov.backends.base import StateBackend
     from hyprov.model.topology import Topology
     from hyprov.plan.changes import Plan

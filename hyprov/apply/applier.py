@@ -22,12 +22,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, assert_never
 
 from hyprov.apply import rootca
+from hyprov.apply.controller import ControllerSteps, _cert_attrs
+from hyprov.apply.outcomes import ApplyResult, Emit, NodeOutcome
+from hyprov.apply.restarts import RolloutSteps
 from hyprov.backends.base import StateBackend
 from hyprov.errors import CommandFailed, HyprovError, PKIError, StaleState, TransportError
 from hyprov.hostscripts import files as hs
@@ -39,31 +41,10 @@ from hyprov.plan.resources import sha256
 from hyprov.state.document import NodeState, ResourceState, State
 from hyprov.transports.base import Transport
 
-Emit = Callable[[str, str], None]
-SAVE_INTERVAL = 0.25  # seconds between coalesced per-node state saves  # (node or "hyprov", message)
+SAVE_INTERVAL = 0.25  # seconds between coalesced per-node state saves
 
 
-@dataclass
-class NodeOutcome:
-    status: str = "not started"  # done | failed | not started | skipped
-    detail: str = ""
-    restarted: bool = False
-    restarted_at: float | None = None  # epoch s the restart was issued (apply --wait-connected)
-    hint: str | None = None  # what to do about a failure (the error's own hint)
-
-
-@dataclass
-class ApplyResult:
-    state: State
-    outcomes: dict[str, NodeOutcome]
-    counts: dict[str, int] = field(default_factory=lambda: {"added": 0, "changed": 0, "destroyed": 0})
-
-    @property
-    def failed(self) -> bool:
-        return any(o.status == "failed" for o in self.outcomes.values())
-
-
-class Applier:
+class Applier(ControllerSteps, RolloutSteps):
     def __init__(
         self,
         topology: m.Topology,
@@ -310,118 +291,6 @@ class Applier:
                               f"delete its files by hand, then: hyprov state rm {name}")
         return m.DataPlane(name=name, role="data_plane", address=attrs.get("address"), firewall_address=None,
                            kong_version=None, connection=template.connection, kong=template.kong, settings=())
-
-    # ------------------------------------------------------------ controller
-
-    def _controller_phase(self) -> None:
-        from hyprov.certs import external, pki, shared
-
-        pk = self.t.pki
-        if pk is not None and pk.root.external and any(
-                c.type == "ca" and c.address != "ca.root" and c.action in (Action.CREATE, Action.REPLACE)
-                for c in self.plan.actionable):
-            # before any CA is made: the root you brought must allow the intermediates below it
-            external.check_room_below(self._external_ca().cert, len(pk.intermediates))
-        for c in self.plan.actionable:
-            if self._settings_only(c):
-                self._record_settings(c)
-                continue
-            if c.type not in ("ca", "shared_cert") or c.action is Action.DELETE:
-                continue
-            if c.address == "ca.root" and c.action is Action.UPDATE:  # root CA rotation phase 1 or 3
-                rootca.advance(self, c)
-                self._count(c)
-                continue
-            after = c.after or {}
-            chain: dict[str, Any] = {}
-            now = self.now()
-            if c.type == "shared_cert":
-                key = pki.generate_key(after["key_type"])
-                cert = shared.issue_shared(key, days=int(after["validity_days"]), now=now)
-                self.secrets.write_key("shared", key)
-                self.secrets.write_cert("shared", cert)
-            elif after.get("external"):
-                ext = self._external_ca()
-                # the root cluster_ca_cert holds: the planner checks every bundle against it
-                cert, chain = ext.cert, {"anchor_fingerprint": pki.cert_info(ext.root).sha256}
-            else:
-                key = pki.generate_key(after["key_type"])
-                name = rootca.secret_name(self, c.address)
-                if c.address == "ca.root":
-                    name, chain = rootca.fresh(self)
-                    cert = pki.issue_root(key, common_name=after["common_name"], organization=after.get("organization"),
-                                          validity_days=int(after["validity_days"]),
-                                          path_length=int(after["path_length"]), now=now)
-                else:
-                    parent_cert, parent_key = self._ca(_parent_ca(c.address))
-                    cert = pki.issue_intermediate(key.public_key(), parent_cert, parent_key,
-                                                  common_name=after["common_name"],
-                                                  organization=after.get("organization"),
-                                                  validity_days=int(after["validity_days"]),
-                                                  path_length=int(after["path_length"]), now=now)
-                    chain = rootca.root_of(self, _parent_ca(c.address), parent_cert)
-                self.secrets.write_key(name, key)
-                self.secrets.write_cert(name, cert)
-            info = pki.cert_info(cert)
-            self.put(ResourceState(
-                c.address, c.type, None, info.sha256, {**after, **_cert_attrs(info), **chain}))
-            self.emit("hyprov", f"{c.address} {'created' if c.action is Action.CREATE else 'replaced'} "
-                                f"(expires {info.not_after})")
-            self._count(c)
-
-    def _record_settings(self, c: Change) -> None:
-        """The recorded certificate stays; its attributes take the new renewal settings."""
-        rec = self.state.resources.get(c.address)
-        if rec is None:
-            raise HyprovError(f"{c.address}: the plan updates its settings but the state does not record it",
-                              "make a new plan with: hyprov plan --out FILE")
-        self.put(ResourceState(c.address, rec.type, rec.node, rec.digest, {**rec.attrs, **(c.after or {})}))
-        self._count(c)
-        self.emit(c.node or "hyprov", f"{c.address} renewal settings recorded (not reissued)")
-
-    def _external_ca(self) -> Any:
-        from hyprov.certs import external, pki
-
-        pk = self.t.pki
-        assert pk is not None
-        ca = pk.signing if pk.signing.external else pk.root  # your CA that signs, else your root
-        assert ca.cert_file is not None and ca.key_file is not None
-        ext = external.load_external_ca(ca.cert_file, ca.key_file, ca.chain_file, self.passphrase)
-        if ca.fingerprint is not None and pki.cert_info(ext.cert).sha256 != ca.fingerprint:
-            raise StaleState(f"{ca.cert_file} changed since the plan was made",
-                             "make a new plan: apply installs exactly what the plan showed")
-        return ext
-
-    def _ca(self, address: str) -> tuple[Any, Any]:
-        pk = self.t.pki
-        assert pk is not None
-        cfg = pk.root if address == "ca.root" else pk.intermediates[int(address.split("[")[1].rstrip("]"))]
-        if cfg.external:
-            ext = self._external_ca()
-            return ext.cert, ext.key
-        name = rootca.secret_name(self, address)
-        return self.secrets.read_cert(name), self.secrets.read_key(name)
-
-    def signing_chain(self) -> tuple[Any, Any, list[Any], Any]:
-        """(signing cert, signing key, intermediates bottom-up for the cert file, root cert)."""
-        from hyprov.plan.resources import ca_addresses
-
-        addrs = ca_addresses(self.t)
-        pk = self.t.pki
-        assert pk is not None
-        if pk.signing.external:
-            # the signing CA is one you brought: its own files give the chain up to the root
-            ext = self._external_ca()
-            return ext.cert, ext.key, list(ext.intermediates), ext.root
-        # the last intermediate hyprov made signs; above the ones hyprov made comes a root
-        # hyprov made, or one you brought (with any CAs of yours between it and its root)
-        made = [self.secrets.read_cert(rootca.secret_name(self, a)) for a in addrs[1:]]
-        signing_key = self.secrets.read_key(rootca.secret_name(self, addrs[-1]))
-        if pk.root.external:
-            ext = self._external_ca()
-            return made[-1], signing_key, [*reversed(made), *ext.intermediates], ext.root
-        root = self._ca("ca.root")[0]
-        return made[-1] if made else root, signing_key, list(reversed(made)), root
 
     # ----------------------------------------------------------------- nodes
 
@@ -796,221 +665,8 @@ class Applier:
             self._count(c)
             self.emit(name, f"file {(c.before or {}).get('path')} deleted")
 
-    # ----------------------------------------------------------- migrations
-
-    def _migrations(self, when: str) -> None:
-        c = next((c for c in self.plan.actionable if c.type == "migrations"), None)
-        if c is None or c.action is Action.DELETE:
-            return
-        after = c.after or {}
-        runs_on = after["runs_on"]
-        if self.outcomes.get(runs_on, NodeOutcome("done")).status == "failed":
-            return
-        conf = after["conf_path"]
-        tr = self.transport(runs_on)
-
-        def run(step: str) -> int:
-            cmd = after.get(step)
-            if not cmd:
-                return 0
-            res = tr.run(hs.in_root(cmd.format(conf=conf)))
-            self.emit(runs_on, f"kong migrations {step}: exit {res.exit_status}")
-            return res.exit_status
-
-        try:
-            if when == "before":
-                code = run("list")
-                if code == 3:
-                    code = run("bootstrap")
-                elif code == 5 or (c.action is Action.UPDATE and code in (0, 4, 5)):
-                    code = run("up") if code != 4 else 0
-                elif code == 4:
-                    code = 0  # pending: finish runs after every node has restarted
-                if code not in (0,):
-                    raise CommandFailed(runs_on, "kong migrations", code, "see the command's output on the node")
-            else:
-                code = run("list")
-                if code == 4:
-                    code = run("finish")
-                if code != 0:
-                    raise CommandFailed(runs_on, "kong migrations finish", code, "")
-                self.put(ResourceState(c.address, "migrations", runs_on, None, after))
-                self._count(c)
-        except HyprovError as exc:
-            self.outcomes.setdefault(runs_on, NodeOutcome()).status = "failed"
-            self.outcomes[runs_on].detail = str(exc).removeprefix(f"{runs_on}: ")
-            self.outcomes[runs_on].hint = exc.hint
-            self.emit(runs_on, f"failed: {self.outcomes[runs_on].detail}")
-            raise
-
-    # -------------------------------------------------------------- restarts
-
-    def _restarts(self) -> list[str]:
-        """CPs one at a time in topology order, each once its files have landed (after
-        ``migrations before``, once the migrations node's files have landed), each recorded
-        before the next starts; then DP batches of ``rollout.max_unavailable``, each once
-        every CP restarted and every CP's files (e.g. its firewall) landed and the previous
-        batch passed its health checks, each member as soon as its own files have landed.
-        A CP that fails, or a DP whose restart or health check fails, stops later batches
-        (a DP whose files step failed fails alone); returns the nodes of the rollout when it
-        stopped (none when it did not)."""
-        svc = {c.node: c for c in self.plan.actionable
-               if c.type == "service" and c.action in (Action.CREATE, Action.UPDATE) and c.node}
-        cps = [n.name for n in self.t.control_planes if n.name in svc]
-        dps = [n.name for n in self.t.data_planes if n.name in svc]
-        batch = self.t.rollout.batch_size(len(self.t.data_planes))
-        mig = next((c for c in self.plan.actionable if c.type == "migrations"), None)
-        if mig is not None and mig.action is not Action.DELETE:
-            self._wait_files((mig.after or {})["runs_on"])  # migrations read that node's kong.conf
-        self._migrations("before")
-        stopped = False
-        for name in cps:
-            self._files_in_turn(name)
-            cp_ok = self._restart_one(name, svc[name])
-            self._save()  # a CP's restart is recorded before the next one starts
-            if not cp_ok:
-                stopped = True
-                break
-        if dps and self._cp_left_behind:
-            stopped = True  # an unreachable CP has changes this run cannot make
-        if dps and not stopped:
-            for cp in self.t.control_planes:
-                self._wait_files(cp.name)
-
-        def restart_dp(name: str) -> bool:
-            self._files_in_turn(name)
-            if self.outcomes[name].status == "failed":
-                return True  # its files step failed (unreachable, a write): that DP alone, the rest go on
-            return self._restart_one(name, svc[name])
-
-        batches = [dps[i:i + batch] for i in range(0, len(dps), batch)]
-        if batches and not stopped:
-            with ThreadPoolExecutor(max_workers=min(self.parallelism, batch),
-                                    thread_name_prefix="hyprov-restart") as pool:  # one pool for every batch
-                for i, group in enumerate(batches):
-                    ok = list(pool.map(restart_dp, group))
-                    # coalesced like the file saves (a restart not yet recorded only runs again);
-                    # the last batch and a failed one are always written
-                    self._save(periodic=i < len(batches) - 1 and all(ok))
-                    if not all(ok):
-                        stopped = True
-                        break
-        return cps + dps if stopped else []
-
-    def _restart_one(self, name: str, c: Change) -> bool:
-        outcome = self.outcomes.setdefault(name, NodeOutcome())
-        if outcome.status == "failed":
-            return False
-        node = self.t.node(name)
-        assert node is not None
-        after = c.after or {}
-        paths = [(x.after or {}).get("path", "") for x in self.by_node.get(name, [])
-                 if x.type == "file" and x.action in (Action.CREATE, Action.UPDATE)]
-        earlier = sorted({str(r.attributes.get("path")) for r in self.prior.resources.values()
-                          if r.type == "file" and r.node == name and r.attributes.get("path")} - set(paths)
-                         ) if self._unproven(name) else []
-        try:
-            tr = self.transport(node)
-            outcome.restarted_at = self.now().timestamp()
-            restart, health = after.get("restart"), after.get("health")
-            if restart or health or paths or earlier:
-                self.progress(name, "restarting and checking health" if restart and health else
-                              "restarting" if restart else "checking health" if health else "cleaning up")
-                # one channel: restart, health check, then drop or restore the .hyprov-prev files
-                res = tr.run(hs.restart_script(restart, health, paths, earlier))
-                steps = hs.parse_steps(res.stdout, res.stderr)
-                ran = steps.status
-                if res.exit_status != 0 or (restart and "restart" not in ran) or (
-                        health and ran.get("restart", 0) == 0 and "health" not in ran):
-                    raise CommandFailed(name, "restart and health check", res.exit_status,
-                                        res.stderr.decode(errors="replace"))
-                if ran.get("restart", 0) != 0:
-                    raise CommandFailed(name, str(restart), ran["restart"], steps.output("restart"))
-                if health and ran["health"] != 0:
-                    self.emit(name, "health check failed: " + _restored(ran))
-                    self._rolled_back(name, {paths[i] for i in steps.restored if i < len(paths)})
-                    raise CommandFailed(name, f"health check ({health})", ran["health"], steps.output("health"))
-        except HyprovError as exc:
-            outcome.status, outcome.detail = "failed", str(exc).removeprefix(f"{name}: ")
-            outcome.hint = exc.hint
-            self.emit(name, f"failed: {outcome.detail}")
-            self._save()
-            return False
-        prior = self.state.nodes.get(name)
-        self._put_node(NodeState(name, False, after.get("kong_version"), prior.migrations_done if prior else False))
-        self.put(ResourceState(c.address, "service", name, None, after))
-        self._count(c)
-        outcome.status, outcome.restarted = "done", True
-        self.emit(name, "restarted" if after.get("restart") else "no restart command configured")
-        return True
-
-    def _rolled_back(self, name: str, restored: set[str]) -> None:
-        """The restore put ``restored`` (host paths) back to their ``.hyprov-prev``: record
-        what the node holds again, the prior record of each (none if there was none: a file
-        hyprov had not written yet), and the prior certificate when its file went back.
-        The next plan then proposes those changes again, with or without refresh; files
-        that had no previous version stay, and stay recorded as written."""
-        back = [c for c in self.by_node.get(name, []) if c.type == "file" and c.action is not Action.DELETE
-                and (c.after or {}).get("path") in restored]
-        if any((c.after or {}).get("source") == FileSource.LEAF for c in back):
-            back += [c for c in self.by_node[name] if c.type == "cert" and c.action is not Action.DELETE]
-        unproven = self._unproven(name)
-        for c in back:
-            self._count(c, -1)  # undone: not in "Apply complete: ..."
-            prior = self.prior.resources.get(c.address)
-            if unproven:
-                # the .hyprov-prev kept predates the prior record (an earlier run's change was
-                # never proven healthy): what the node holds is not recorded anywhere
-                self._drop(c.address)
-            elif prior is not None:
-                self.put(prior)
-            else:
-                self._drop(c.address)
-
-    def _unproven(self, name: str) -> bool:
-        """The node's files were changed by an earlier run whose restart never passed (its
-        restart was pending when this run began): their ``.hyprov-prev`` files are from
-        before that run, the last ones proven healthy."""
-        prior = self.prior.nodes.get(name)
-        return prior is not None and prior.pending_restart
-
-    def _controller_deletes(self) -> None:
-        for c in self.plan.actionable:
-            if c.action is not Action.DELETE or c.type in ("file", "firewall"):
-                continue
-            if c.node and self.outcomes.get(c.node, NodeOutcome("done")).status == "failed":
-                continue
-            self._drop(c.address)
-            if c.type == "service" and c.node:
-                self._drop_node(c.node)
-            self._count(c)
-        for o in self.outcomes.values():
-            if o.status == "files done":
-                o.status = "done"
-
-
 class _FilesAborted(Exception):
     """The files step stopped on an error of its own (raised by the rollout once joined)."""
-
-
-def _restored(ran: Mapping[str, int]) -> str:
-    """What the restart script did after a failed health check."""
-    text = ("put the previous files back" if ran.get("restore") == 0 else
-            f"putting the previous files back failed (exit {ran.get('restore', '?')})")
-    again = ran.get("restart-again")
-    if again is not None:
-        text += " and restarted" if again == 0 else f", then the restart failed (exit {again})"
-    return text
-
-
-def _cert_attrs(info: Any) -> dict[str, Any]:
-    return {"serial": info.serial, "fingerprint": info.sha256, "not_before": info.not_before,
-            "not_after": info.not_after}
-
-
-def _parent_ca(address: str) -> str:
-    i = int(address.split("[")[1].rstrip("]"))
-    return "ca.root" if i == 0 else f"ca.intermediate[{i - 1}]"
 
 
 def _q(s: str) -> str:
