@@ -23,8 +23,10 @@ from sshhosts import SSHHost, SSHHosts
 
 from hyprov.errors import ConnectError, HostKeyError, TransportError
 from hyprov.transports.base import CommandResult
+from hyprov.transports.knownhosts import KnownHosts, fingerprint
 from hyprov.transports.local import LocalTransport
-from hyprov.transports.ssh import KnownHosts, SSHParams, SSHTransport, fingerprint
+from hyprov.transports.ssh import SSHTransport
+from hyprov.transports.sshconfig import SSHParams
 
 # The fixtures live in tests/sshhosts.py (shared with bench/); bind them here.
 ssh_hosts = sshhosts.ssh_hosts
@@ -639,7 +641,7 @@ def test_invoke_is_loaded_only_for_match_exec(tmp_path: Path) -> None:
     with_exec.write_text('Match exec "test -n x"\n  HostName 192.0.2.7\n  Port 2222\n')
     code = (
         "import sys\n"
-        "import hyprov.transports.ssh as s\n"
+        "import hyprov.transports.sshconfig as s\n"
         "assert 'invoke' not in sys.modules\n"
         "assert s._load_ssh_config('h', sys.argv[1]).lookup('web1')['hostname'] == '192.0.2.1'\n"
         "assert 'invoke' not in sys.modules\n"

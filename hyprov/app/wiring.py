@@ -47,7 +47,9 @@ def _local_transport(node: m.Node, shared: Shared) -> Transport:
 
 
 def _ssh_transport(node: m.Node, shared: Shared) -> Transport:
-    from hyprov.transports.ssh import KnownHosts, SSHParams, SSHTransport
+    from hyprov.transports.knownhosts import KnownHosts
+    from hyprov.transports.ssh import SSHTransport
+    from hyprov.transports.sshconfig import SSHParams
 
     c = node.connection
     with shared.lock:
