@@ -303,12 +303,11 @@ def render(doc: dict[str, Any], png_name: str | None) -> str:
         for r in iss["rows"]:
             w(f"| {r['path']} | {r['dps']:,} | {r['wall']:.2f} | {r['cpu']:.2f} | {r['ms_per_cert']:.3f} |")
         w("")
-    notes = BENCH / "findings.md"
-    if notes.exists():
-        w("## Notes (by hand, session by session)\n")
-        w("Not generated: each figure below names the commit and run it was measured on; the "
-          "tables above are this run's.\n")
-        w(notes.read_text().rstrip() + "\n")
+    if (BENCH / "findings.md").exists():  # the work notes stay with the harness, not the user's page
+        w("## Notes\n")
+        w("Where hyprov's time goes, the profiles and the fixes they led to, session by session, are "
+          "the developers' notes in [`bench/findings.md`](../bench/findings.md): each figure there names "
+          "the commit and run it was measured on; the tables above are this run's.\n")
     return "\n".join(out)
 
 
