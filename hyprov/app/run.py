@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 def make_plan(t: Topology, backend: StateBackend, args: argparse.Namespace, *, destroy: bool = False,
-               connector: Any = None) -> tuple[Plan, State | None, dict[str, Any]]:
+               connector: wiring.Connector | None = None) -> tuple[Plan, State | None, dict[str, Any]]:
     """Plan, refreshing from the hosts first when asked (or by default once there is
     state). The refresh's connections are returned so apply reuses them: one
     connection per host for the whole run. Given apply's ``connector``, a first apply
