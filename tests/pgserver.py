@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sshhosts import _proc_start  # the owner check of the sshd hosts' reaper, shared
+
 __all__ = [
     "PASSWORD",
     "PASSWORD_USER",
@@ -211,18 +213,6 @@ class PgServer:
 
 _PREFIX = "hyprov-pg-"
 OWNER_FILE = "owner.json"
-
-
-def _proc_start(pid: int) -> int | None:
-    """The start time (clock ticks) of a running process, None if gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
 
 
 def _owner_alive(rec: dict[str, Any]) -> bool:

@@ -116,21 +116,22 @@ def test_imports_follow_the_layout_rules() -> None:
     assert not found, "\n".join(found)
 
 
-def test_a_planted_forbidden_import_is_caught(tmp_path: Path) -> None:
+def _planted(tmp_path: Path, code: str) -> list[str]:
+    """The violations of a copy of the package whose model/topology.py ends with ``code``."""
     pkg = tmp_path / "hyprov"
     shutil.copytree(PKG, pkg, ignore=shutil.ignore_patterns("__pycache__"))
     target = pkg / "model" / "topology.py"
-    target.write_text(target.read_text() + "\n\ndef _late() -> None:\n    from hyprov.apply import applier  # noqa\n")
-    found = violations(pkg)
+    target.write_text(target.read_text() + code)
+    return violations(pkg)
+
+
+def test_a_planted_forbidden_import_is_caught(tmp_path: Path) -> None:
+    found = _planted(tmp_path, "\n\ndef _late() -> None:\n    from hyprov.apply import applier  # noqa\n")
     assert any("hyprov/model/topology.py imports hyprov/apply/applier.py" in f for f in found), found
 
 
 def test_a_planted_cycle_is_caught(tmp_path: Path) -> None:
-    pkg = tmp_path / "hyprov"
-    shutil.copytree(PKG, pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    target = pkg / "model" / "topology.py"
-    target.write_text(target.read_text() + "\n\nif False:\n    from hyprov.model import load  # noqa\n")
-    found = violations(pkg)
+    found = _planted(tmp_path, "\n\nif False:\n    from hyprov.model import load  # noqa\n")
     assert any(f.startswith("import cycle:") and "hyprov/model/topology.py" in f and "hyprov/model/load.py" in f
                for f in found), found
 
