@@ -137,7 +137,7 @@ def render(doc: dict[str, Any], png_name: str | None) -> str:
         w(f"- **Outside load** (machine CPU − controller − host-side, per second of wall, i.e. "
           f"cores taken by other work during each command): median {outside[len(outside) // 2]:.2f}, "
           f"min {outside[0]:.2f}, max {outside[-1]:.2f} of {m['cores']} cores.")
-    w(f"- **Delayed ACKs**: {'OFF (`--quickack`: `quickack 1` on the hosts’ loopback route)' if meta['quickack'] else 'ON (kernel defaults, as in shared/testing.md; `--quickack` turns them off)'}.")
+    w(f"- **Delayed ACKs**: {'OFF (`--quickack`: `quickack 1` on the hosts’ loopback route)' if meta['quickack'] else 'ON (kernel defaults, as on a real network; `--quickack` turns them off)'}.")
     w(f"- **Hosts**: real sshd ({m['openssh']}) per host on 127.0.x.y:22, each in its own mount "
       "namespace with its own /etc overlay and an empty /root (`tests/sshhosts.py`, loopback mode); "
       "strict host-key checking with a known_hosts file for every tool; key authentication as root.")
