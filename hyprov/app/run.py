@@ -154,8 +154,8 @@ def warn_unencrypted(t: Topology) -> None:
     if t.pki is None or env.passphrase() is not None or all(
             ca.external for ca in (t.pki.root, *t.pki.intermediates)):
         return
-    print(f"hyprov: warning: {PASSPHRASE_ENV} is not set: the CA private keys in {t.secrets_dir} are "
-          "stored unencrypted\n"
+    print(f"hyprov: warning: {PASSPHRASE_ENV} is not set: the CA private keys hyprov writes to {t.secrets_dir} "
+          "are stored unencrypted\n"
           f"hyprov: hint: export {PASSPHRASE_ENV}=... (a passphrase kept outside the repository) to encrypt "
           "them; keys already written stay readable either way", file=sys.stderr)
 
