@@ -91,21 +91,22 @@ def rename_cluster(file: str, lock_timeout: float, old: str, new: str) -> str:
                           f"set cluster.name: {new} there first to rename the cluster to {new}")
     with wiring.locked(backend, lock_timeout):
         st = wiring.read_state(backend, file)
+        where = backend.describe()
         if st is None:
-            raise HyprovError(f"there is no state in {backend.describe()}", "nothing to rename; hyprov apply creates it"
-                              if isinstance(backend, LocalFile) else "the workspace is cluster.name unless "
-                              f"state.workspace is set: set state.workspace: {old} in {file} to keep that state")
+            if isinstance(backend, LocalFile):
+                raise HyprovError(f"there is no state in {where}", "nothing to rename; hyprov apply creates it")
+            raise HyprovError(f"there is no state in {where}", "the workspace is cluster.name unless state.workspace "
+                              f"is set: set state.workspace: {old} in {file} to keep using that state")
         if st.cluster == new:
-            return f"The state in {backend.describe()} already belongs to cluster {new}: nothing to do."
+            return f"The state in {where} already belongs to cluster {new}: nothing to do."
+        if st.cluster is None:
+            raise HyprovError(f"the state in {where} records no cluster yet, not {old}",
+                              f"nothing was changed; it is taken as it is, and the next apply with {file} records {new}")
         if st.cluster != old:
-            recorded = "records no cluster yet" if st.cluster is None else f"belongs to cluster {st.cluster}"
-            hint = (f"nothing was changed; the next plan or apply with {file} takes it as it is and records {new}"
-                    if st.cluster is None else f"nothing was changed; to rename it: hyprov state rename-cluster "
-                    f"-f {file} {st.cluster} {new}")
-            raise HyprovError(f"the state in {backend.describe()} {recorded}, not {old}", hint)
+            raise HyprovError(f"the state in {where} belongs to cluster {st.cluster}, not {old}",
+                              f"nothing was changed; to rename it: hyprov state rename-cluster -f {file} {st.cluster} {new}")
         backend.write(st.with_cluster(new).bump_serial_if_changed(st), st.serial)
-    return (f"Renamed the state's cluster from {old} to {new} in {backend.describe()} "
-            "(nothing on the hosts was touched).")
+    return f"Renamed the state's cluster from {old} to {new} in {where} (nothing on the hosts was touched)."
 
 
 def history(file: str) -> tuple[str, list[HistoryEntry]]:
