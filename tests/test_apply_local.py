@@ -60,7 +60,7 @@ def test_quickstart_example_applies_and_converges(tmp_path: Path, examples_dir: 
     assert "Plan: 13 to add, 0 to change, 0 to replace, 0 to destroy." in r.stdout
     assert "Apply complete: 13 added, 0 changed, 0 destroyed." in r.stdout, "what the plan counted"
     assert_converged(tmp_path)
-    conf = host_file(tmp_path, "dp1", "/etc/kong/kong.conf").read_text()
+    conf = (tmp_path / ".hyprov" / "quickstart" / "hosts" / "dp1" / "etc/kong/kong.conf").read_text()  # its own root
     assert "role = data_plane" in conf and "database = off" in conf
 
 

@@ -370,6 +370,38 @@ def test_apply_with_postgres_state_then_replan_is_empty(pg_fresh_dsn: str, tmp_p
     assert hyprov("plan", "--detailed-exitcode", cwd=tmp_path, env=env).returncode == 0
 
 
+def test_a_workspace_holding_another_clusters_state_is_refused_until_renamed(pg_fresh_dsn: str,
+                                                                             tmp_path: Path) -> None:
+    """Two topologies naming one state.workspace: the second is refused the first's state (issue 24;
+    the local backend's side is in tests/test_state_cluster.py), and a rename on purpose takes it."""
+    env = {"HYPROV_STATE_DSN": pg_fresh_dsn}
+    pg_topology(tmp_path, workspace="shared")
+    assert hyprov("apply", "--auto-approve", cwd=tmp_path, env=env).returncode == 0
+    st = backend(pg_fresh_dsn, workspace="shared").read()
+    assert st is not None and st.cluster == "test"
+    other = local_topology(extra={"state": {"backend": "postgres", "workspace": "shared"}})
+    other["cluster"]["name"] = "other"
+    write(tmp_path, other, "other.yaml")
+    where = f"{backend(pg_fresh_dsn, workspace='shared').describe()}"
+    for args in (["plan"], ["apply", "--auto-approve"], ["destroy", "--auto-approve"],
+                 ["state", "rm", "service.dp2"]):
+        r = hyprov(*args, "-f", "other.yaml", cwd=tmp_path, env=env)
+        assert assert_one_line_error(r) == (f"hyprov: error: the state in {where} (cluster test) belongs to "
+                                            "another cluster than other.yaml (cluster other)")
+        assert "a state.workspace of its own" in r.stderr and \
+            "hyprov state rename-cluster -f other.yaml test other" in r.stderr
+    assert backend(pg_fresh_dsn, workspace="shared").read() == st
+    r = hyprov("state", "rename-cluster", "-f", "other.yaml", "test", "other", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    renamed = backend(pg_fresh_dsn, workspace="shared").read()
+    assert renamed is not None and (renamed.cluster, renamed.serial) == ("other", st.serial + 1)
+    r = hyprov("plan", "-f", "other.yaml", cwd=tmp_path, env=env)
+    assert r.returncode == 0 and "0 to add" in r.stdout and "0 to destroy" in r.stdout, r.stdout + r.stderr
+    # and now the first topology is the one refused
+    assert "(cluster other) belongs to another cluster than hyprov.yaml (cluster test)" in \
+        assert_one_line_error(hyprov("plan", cwd=tmp_path, env=env))
+
+
 def test_history_and_unlock_on_the_local_backend_explain_themselves(tmp_path: Path) -> None:
     write(tmp_path, local_topology())
     msg = assert_one_line_error(hyprov("state", "history", cwd=tmp_path))

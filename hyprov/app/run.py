@@ -33,7 +33,7 @@ def make_plan(t: Topology, backend: StateBackend, args: argparse.Namespace, *, d
     (nothing to refresh) opens its connections while the plan is made."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    state = wiring.read_state(backend, getattr(args, "file", "hyprov.yaml"))
+    state = wiring.read_own_state(t, backend, getattr(args, "file", "hyprov.yaml"))  # another cluster's: refused
     pw = env.password(t) if not destroy else env.password(t, required=False)
     refresh = getattr(args, "refresh", None)
     pending: Future[tuple[Any, dict[str, Any]]] | None = None
@@ -81,7 +81,8 @@ def stamp_unchanged(t: Topology, backend: StateBackend, state: State, p: Plan) -
     later plans skip them: a plan with no change and no error says every node is converged."""
     from hyprov.plan import convergence
 
-    stamped = convergence.stamped(t, state, env.now(), env.code_digest(), plan=None if p.targets else p)
+    named = state.with_cluster(t.cluster.name)  # a state written before hyprov recorded it gets it now
+    stamped = convergence.stamped(t, named, env.now(), env.code_digest(), plan=None if p.targets else p)
     if stamped is not state:
         backend.write(stamped.bump_serial_if_changed(state), state.serial)
 
@@ -190,8 +191,8 @@ def apply(args: argparse.Namespace, *, destroy: bool, show: Callable[[Plan], Non
                     raise HyprovError("--target cannot be used with a saved plan: it is applied as it was made",
                                       f"make a targeted plan instead: hyprov plan -f {args.file} "
                                       f"--target ADDR --out {args.planfile}")
+                state = wiring.read_own_state(t, backend, args.file)  # another cluster's: refused first
                 p, intact = read_plan(args.planfile, args.file)
-                state = wiring.read_state(backend, args.file)
                 if state is not None:
                     state.records.check()  # every record, before anything is touched
                 check_stale(p, t, state, args.planfile, args.file, env.password(t, required=False))

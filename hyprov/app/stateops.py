@@ -42,9 +42,9 @@ def edit(file: str, lock_timeout: float, *, move: tuple[str, str] | None = None,
     """``state mv OLD NEW`` or ``state rm ADDRESS``: the sentence saying what was done."""
     from hyprov.state.document import MoveConflict
 
-    _, backend = opened(file)
+    t, backend = opened(file)
     with wiring.locked(backend, lock_timeout):
-        st = wiring.read_state(backend, file)
+        st = wiring.read_own_state(t, backend, file)
         if st is None:
             raise HyprovError("there is no state yet", "run hyprov apply first")
         if move is not None:
@@ -73,9 +73,40 @@ def edit(file: str, lock_timeout: float, *, move: tuple[str, str] | None = None,
             else:
                 raise HyprovError(f"no resource or node {remove!r} in the state", "see: hyprov state list")
             what = f"Removed {remove} from the state (nothing on the host was touched)"
-        new = new.bump_serial_if_changed(st)
+        new = new.with_cluster(t.cluster.name).bump_serial_if_changed(st)
         backend.write(new, st.serial)
     return what + "."
+
+
+def rename_cluster(file: str, lock_timeout: float, old: str, new: str) -> str:
+    """``state rename-cluster OLD NEW``: the state follows a cluster renamed on purpose in the
+    topology (plan and apply refuse a state recording another cluster). Both names are asked
+    for, as ``state mv`` asks for both addresses: the command says what it changes."""
+    from hyprov.backends.base import LocalFile
+
+    t, backend = opened(file)
+    if new != t.cluster.name:
+        raise HyprovError(f"{file} names the cluster {t.cluster.name}, not {new}",
+                          f"NEW is the name {file} gives (cluster.name): the state follows the topology; "
+                          f"set cluster.name: {new} there first to rename the cluster to {new}")
+    with wiring.locked(backend, lock_timeout):
+        st = wiring.read_state(backend, file)
+        where = backend.describe()
+        if st is None:
+            if isinstance(backend, LocalFile):
+                raise HyprovError(f"there is no state in {where}", "nothing to rename; hyprov apply creates it")
+            raise HyprovError(f"there is no state in {where}", "the workspace is cluster.name unless state.workspace "
+                              f"is set: set state.workspace: {old} in {file} to keep using that state")
+        if st.cluster == new:
+            return f"The state in {where} already belongs to cluster {new}: nothing to do."
+        if st.cluster is None:
+            raise HyprovError(f"the state in {where} records no cluster yet, not {old}",
+                              f"nothing was changed; it is taken as it is, and the next apply with {file} records {new}")
+        if st.cluster != old:
+            raise HyprovError(f"the state in {where} belongs to cluster {st.cluster}, not {old}",
+                              f"nothing was changed; to rename it: hyprov state rename-cluster -f {file} {st.cluster} {new}")
+        backend.write(st.with_cluster(new).bump_serial_if_changed(st), st.serial)
+    return f"Renamed the state's cluster from {old} to {new} in {where} (nothing on the hosts was touched)."
 
 
 def history(file: str) -> tuple[str, list[HistoryEntry]]:
@@ -124,7 +155,7 @@ def migrate(file: str, to: str, lock_timeout: float) -> list[str]:
     source = wiring.backend_for(t)
     target = wiring.backend_named(t, to)
     with wiring.locked(source, lock_timeout), wiring.locked(target, lock_timeout):
-        st = wiring.read_state(source, file)
+        st = wiring.read_own_state(t, source, file)
         if st is None:
             raise HyprovError(f"there is no state to migrate in {source.describe()}",
                               "nothing to move; hyprov apply creates the state")

@@ -127,6 +127,25 @@ def read_state(backend: StateBackend, file: str) -> State | None:
         raise
 
 
+def read_own_state(t: m.Topology, backend: StateBackend, file: str) -> State | None:
+    """:func:`read_state` for a command that plans or writes: refused when the state records
+    another cluster than ``t``'s. Two topologies sharing a state.path (or a workspace) would
+    otherwise plan to destroy each other's resources. A state that records no cluster yet
+    (written before hyprov recorded it) is taken, and its next write records ``t``'s."""
+    from hyprov.backends.base import LocalFile
+
+    st = read_state(backend, file)
+    if st is not None and st.cluster is not None and st.cluster != t.cluster.name:
+        own = "state.path" if isinstance(backend, LocalFile) else "state.workspace"
+        raise StateError(
+            f"the state in {backend.describe()} (cluster {st.cluster}) belongs to another cluster "
+            f"than {file} (cluster {t.cluster.name})",
+            hint=f"nothing was read from or written to a host; give {file} a {own} of its own, or, if "
+                 f"the cluster was renamed on purpose: hyprov state rename-cluster -f {file} "
+                 f"{st.cluster} {t.cluster.name}")
+    return st
+
+
 def read_or_new(backend: StateBackend) -> State:
     from hyprov.state.document import new_state
 

@@ -66,14 +66,14 @@ class Applier(ControllerSteps, RolloutSteps):
         self.t = topology
         self.plan = plan
         self.backend = backend
-        self.state = state
+        self.state = state.with_cluster(topology.cluster.name)  # an older state records it on the first save
         self.prior = state  # the state before this run: what a rolled-back file is again
         # the state as last written by this run (None: nothing stored yet), kept in memory
         # so a save never re-reads and re-parses the whole document
         self._written: State | None = state if plan.serial is not None else None
         self._last_save = 0.0
         self._flush: threading.Timer | None = None  # a coalesced save's trailing write
-        self._dirty = False  # the state changed since it was last written
+        self._dirty = self.state is not state  # the state changed since it was last written
         self.connect_fn = connect
         self.now = now
         self.password = password

@@ -1,5 +1,5 @@
-"""The state verbs: list, show, mv, rm, pull, and the team backend's history, unlock and
-migrate. hyprov.app.stateops opens, locks and writes the state; these print."""
+"""The state verbs: list, show, mv, rm, pull, rename-cluster, and the team backend's history,
+unlock and migrate. hyprov.app.stateops opens, locks and writes the state; these print."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ def cmd_state(args: argparse.Namespace) -> int:
     if sub == "pull":
         sys.stdout.write(stateops.document(args.file))
         return EXIT_OK
-    if sub == "mv":
+    if sub == "rename-cluster":
+        print(stateops.rename_cluster(args.file, args.lock_timeout, args.old, args.new))
+    elif sub == "mv":
         print(stateops.edit(args.file, args.lock_timeout, move=(args.old, args.new)))
     else:
         print(stateops.edit(args.file, args.lock_timeout, remove=args.address))
@@ -75,13 +77,14 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     ss.required = True
     for name, helptext in (("list", "list resource addresses"), ("show", "show one resource"),
                            ("mv", "rename a resource or a node"), ("rm", "forget a resource or node"),
-                           ("pull", "print the whole state document")):
+                           ("pull", "print the whole state document"),
+                           ("rename-cluster", "record the cluster's new name (after renaming cluster.name)")):
         q = ss.add_parser(name, help=helptext)
         add_file(q)
         add_lock(q)
         if name in ("show", "rm"):
             q.add_argument("address")
-        if name == "mv":
+        if name in ("mv", "rename-cluster"):
             q.add_argument("old")
             q.add_argument("new")
         q.set_defaults(func=cmd_state)

@@ -37,11 +37,10 @@ from hyprov.errors import StateError
 from hyprov.state.screen import (
     _ADDRESS,
     _AFTER_TYPE,
-    _ASCII_LOOKALIKES,
     _NESTED_OR_FLOAT,
     _NODE_NAME,
-    _SUSPECT_NAME,
     _addresses_well_formed,
+    _plainly_clean,
     _screened_clean,
     check_no_secrets,
     parse_address,
@@ -61,7 +60,8 @@ __all__ = [
     "to_json",
 ]
 
-#: The state schema version this hyprov writes (2: ``converged``, hyprov.convergence).
+#: The state schema version this hyprov writes (2: ``converged``, hyprov.convergence). ``cluster``
+#: is optional in version 2: absent from states written before hyprov recorded it, so no upgrade.
 STATE_VERSION = 2
 
 #: The resource types hyprov produces today (informative: not enforced, so a
@@ -344,35 +344,6 @@ def _ff(value: object) -> JSONValue:
     raise _NotPlain  # floats (NaN checks) and anything else: slow path
 
 
-def _plain_text(text: str) -> bool:
-    """Substring tests (C speed) that every text the precise check could refuse fails
-    (its case-insensitive match takes a long s for an s: no look-alike may pass here)."""
-    low = text.lower()
-    return ("private key" not in low and "pass" not in low
-            and (text.isascii() or not any(c in text for c in _ASCII_LOOKALIKES)))
-
-
-def _plainly_clean(value: JSONValue) -> bool:
-    """True when no name or string can possibly trip :func:`check_no_secrets`.
-
-    Two regex searches per mapping (its names, its strings joined), not one per value."""
-    if isinstance(value, str):
-        return _plain_text(value)
-    if isinstance(value, Mapping):
-        if _SUSPECT_NAME.search("\x00".join(value).lower().replace("-", "_")):
-            return False
-        strings = []
-        for v in value.values():
-            if isinstance(v, str):
-                strings.append(v)
-            elif isinstance(v, Mapping | tuple) and not _plainly_clean(v):
-                return False
-        return not strings or _plain_text("\x00".join(strings))
-    if isinstance(value, tuple):
-        return all(_plainly_clean(v) for v in value)
-    return True
-
-
 def thaw(value: JSONValue) -> Any:
     """Turn a frozen value back into plain dicts and lists (for JSON and callers)."""
     if isinstance(value, FrozenMap):
@@ -528,10 +499,15 @@ class State:
     # node -> the digest of what its records were last found converged with
     # (hyprov.convergence); every change of the node's records or node record drops it
     converged: Mapping[str, str] = field(default_factory=FrozenMap)
+    # the topology's cluster.name, recorded by every write (None: written before hyprov recorded
+    # it); a topology of another cluster is refused this state (hyprov.app.wiring.read_own_state)
+    cluster: str | None = None
 
     def __post_init__(self) -> None:
         if self.version != STATE_VERSION:
             raise StateError(f"in-memory state must be version {STATE_VERSION}, got {self.version}")
+        if self.cluster is not None and (not isinstance(self.cluster, str) or not self.cluster):
+            raise StateError(f"state cluster must be a non-empty name, got {self.cluster!r}")
         if not isinstance(self.lineage, str) or not self.lineage:
             raise StateError("state lineage must be a non-empty string")
         if isinstance(self.serial, bool) or not isinstance(self.serial, int) or self.serial < 0:
@@ -581,6 +557,10 @@ class State:
     def with_converged(self, stamps: Mapping[str, str]) -> State:
         """Record that these nodes were found converged (hyprov.convergence): node -> digest."""
         return replace(self, converged={**self.converged, **stamps})
+
+    def with_cluster(self, name: str) -> State:
+        """Record the cluster this state belongs to (itself when it already says so)."""
+        return self if self.cluster == name else replace(self, cluster=name)
 
     def _unstamped(self, names: Iterable[str | None]) -> Mapping[str, str]:
         """``converged`` without these nodes: their records change, so what vouched for them no
@@ -644,7 +624,8 @@ class State:
     # -- serial ---------------------------------------------------------------
 
     def content_equal(self, other: State) -> bool:
-        """True when resources and nodes are the same (version, lineage and serial ignored).
+        """True when resources, nodes, stamps and cluster are the same (version, lineage and serial
+        ignored): recording the cluster name is a change, and moves the serial.
 
         Compared as canonical JSON so ``True`` and ``1`` or ``1`` and ``1.0``
         count as different, as they would in the file.
@@ -653,7 +634,7 @@ class State:
 
     @cached_property
     def _content(self) -> str:
-        """Canonical JSON of resources and nodes, kept: apply compares each new state with the
+        """Canonical JSON of the content, kept: apply compares each new state with the
         one it last wrote, which was itself compared (and so serialised) the save before."""
         return _content_json(self)
 
@@ -682,7 +663,7 @@ def new_state(lineage: str) -> State:
 
 def _content_json(state: State) -> str:
     doc = _to_doc(state)
-    return json.dumps([doc["resources"], doc["nodes"], doc["converged"]], sort_keys=True, allow_nan=False)
+    return json.dumps([doc["resources"], doc["nodes"], doc["converged"], state.cluster], sort_keys=True, allow_nan=False)
 
 
 def _to_doc(state: State) -> dict[str, Any]:
@@ -693,6 +674,7 @@ def _to_doc(state: State) -> dict[str, Any]:
         "resources": {a: r.to_dict() for a, r in state.resources.items()},
         "nodes": {n: v.to_dict() for n, v in state.nodes.items()},
         "converged": dict(state.converged),
+        **({} if state.cluster is None else {"cluster": state.cluster}),  # absent: not yet recorded
     }
 
 

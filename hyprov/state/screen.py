@@ -81,6 +81,35 @@ def check_no_secrets(value: object, where: str, *, names: bool = True) -> None:
             check_no_secrets(v, f"{where}[{i}]", names=names)
 
 
+def _plain_text(text: str) -> bool:
+    """Substring tests (C speed) that every text the precise check could refuse fails
+    (its case-insensitive match takes a long s for an s: no look-alike may pass here)."""
+    low = text.lower()
+    return ("private key" not in low and "pass" not in low
+            and (text.isascii() or not any(c in text for c in _ASCII_LOOKALIKES)))
+
+
+def _plainly_clean(value: object) -> bool:
+    """True when no name or string can possibly trip :func:`check_no_secrets`.
+
+    Two regex searches per mapping (its names, its strings joined), not one per value."""
+    if isinstance(value, str):
+        return _plain_text(value)
+    if isinstance(value, Mapping):
+        if _SUSPECT_NAME.search("\x00".join(value).lower().replace("-", "_")):
+            return False
+        strings = []
+        for v in value.values():
+            if isinstance(v, str):
+                strings.append(v)
+            elif isinstance(v, Mapping | tuple) and not _plainly_clean(v):
+                return False
+        return not strings or _plain_text("\x00".join(strings))
+    if isinstance(value, tuple):
+        return all(_plainly_clean(v) for v in value)
+    return True
+
+
 # --------------------------------------------------------------------------
 # Addresses
 

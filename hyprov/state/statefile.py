@@ -86,7 +86,11 @@ def from_json(text: str, source_name: str, *, lazy: bool = False) -> State:
         ) from exc
     _expect(isinstance(doc, dict), source_name, "the top level must be an object")
     doc = upgrade(doc, source_name)
-    _keys(doc, {"version", "lineage", "serial", "resources", "nodes", "converged"}, set(), source_name, "state")
+    # ``cluster`` is optional in version 2: a state written before hyprov recorded it has none
+    _keys(doc, {"version", "lineage", "serial", "resources", "nodes", "converged"}, {"cluster"}, source_name, "state")
+    cluster = doc.get("cluster")
+    _expect(cluster is None or (isinstance(cluster, str) and bool(cluster)), source_name,
+            "'cluster' must be the name of the cluster")
     _expect(isinstance(doc["lineage"], str) and bool(doc["lineage"]), source_name, "bad lineage")
     serial = doc["serial"]
     _expect(
@@ -138,6 +142,7 @@ def from_json(text: str, source_name: str, *, lazy: bool = False) -> State:
             resources=resources,
             nodes=nodes,
             converged=converged,
+            cluster=cluster,
         )
     except StateError as exc:
         if str(exc).startswith(f"{source_name}:"):
