@@ -8,7 +8,8 @@ with O_EXCL and its final mode from the first byte, and removes it on failure. S
 cache all go through here (tests/test_architecture.py checks nothing else renames).
 
 And read_limited, the one way hyprov reads a file a user names: only a regular file,
-and only up to a size.
+and only up to a size. The one exception is ``-f -`` (the topology on standard input),
+read by read_stream_limited up to the same size.
 
 ``-f /dev/zero`` read without a limit grew until the kernel killed hyprov, and ``-f`` on a
 FIFO blocked forever. The file is opened with O_NONBLOCK (a FIFO never blocks the open),
@@ -27,7 +28,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from hyprov.errors import HyprovError
 
@@ -140,6 +141,28 @@ def read_limited(path: Path | str, limit: int, what: str,
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def read_stream_limited(stream: BinaryIO | None, name: str, limit: int, what: str,
+                        error: type[HyprovError] = HyprovError, hint: str | None = None) -> bytes:
+    """Everything ``stream`` holds (standard input, for ``-f -``), at most ``limit`` bytes of
+    it: read to at most ``limit + 1`` bytes, refused as :func:`read_limited` refuses a larger
+    file. ``name`` names the stream in messages ("<stdin>"). A pipe has no size to check first,
+    and a terminal is read until end of file (Ctrl-D)."""
+    if stream is None:
+        raise error(f"{name}: there is no standard input to read the {what} from",
+                    hint or f"pipe the {what} in, or name it with -f FILE")
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = stream.read(min(limit + 1 - size, 8 * MiB))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise _too_large(name, f"more than {limit} bytes", limit, what, error, hint)
+    return b"".join(chunks)
 
 
 def _too_large(path: Path | str, size: str, limit: int, what: str, error: type[HyprovError],

@@ -13,6 +13,7 @@ import os
 import pty
 import re
 import select
+import signal
 import struct
 import subprocess
 import termios
@@ -24,17 +25,23 @@ _CSI = re.compile(r"\x1b\[([0-9;?]*)([A-Za-z])")
 
 
 def run_on_pty(argv: list[str], *, cwd: Path, env: Mapping[str, str], rows: int = 40, cols: int = 120,
-               timeout: float = 120) -> tuple[int, str]:
-    """Exit status and everything the command wrote to its terminal (stdout and stderr)."""
+               timeout: float = 120, interrupt_after: str | None = None) -> tuple[int, str]:
+    """Exit status and everything the command wrote to its terminal (stdout and stderr).
+    ``interrupt_after``: once the output holds this text, Ctrl-C (SIGINT, as the terminal
+    sends it; SIGINT is not ignored in the command, as from a terminal)."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
     proc = subprocess.Popen(argv, cwd=cwd, env=dict(env), stdin=slave, stdout=slave, stderr=slave,
-                            close_fds=True, start_new_session=True)
+                            close_fds=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     os.close(slave)
     chunks: list[bytes] = []
     deadline = time.monotonic() + timeout
     try:
         while True:
+            if interrupt_after is not None and interrupt_after.encode() in b"".join(chunks):
+                interrupt_after = None
+                proc.send_signal(signal.SIGINT)
             left = deadline - time.monotonic()
             if left <= 0:
                 proc.kill()

@@ -21,12 +21,38 @@ if TYPE_CHECKING:
     from hyprov.certs.secretsdir import SecretsDir
 
 
-def topology(file: str) -> m.Topology:
-    """The topology named by ``-f`` (default ./hyprov.yaml), validated."""
-    from hyprov.app.schemacache import gate
-    from hyprov.model.load import load_topology
+STDIN = "-"  # -f -: the topology on standard input
+STDIN_NAME = "<stdin>"  # how messages name it (<stdin>:3:5: error: ...)
 
+
+def topology(file: str) -> m.Topology:
+    """The topology named by ``-f`` (default ./hyprov.yaml), validated. ``-f -`` reads it from
+    standard input (once per run: a second call gets the same bytes); the relative paths in it
+    (license_file, cert_file, state.path, ...) then start in the current directory."""
+    from hyprov.app.schemacache import gate
+    from hyprov.model.load import load_topology, parse_topology
+
+    if file == STDIN:
+        return parse_topology(_stdin_bytes(), Path(STDIN_NAME), gate())
     return load_topology(Path(file), gate())
+
+
+def shown(file: str) -> str:
+    """``file`` as messages name it: ``<stdin>`` for ``-f -``."""
+    return STDIN_NAME if file == STDIN else file
+
+
+_stdin_read: tuple[object, bytes] | None = None  # (the stream read, what it held)
+
+
+def _stdin_bytes() -> bytes:
+    from hyprov._fs import TOPOLOGY_LIMIT, read_stream_limited
+
+    global _stdin_read
+    stream = getattr(sys.stdin, "buffer", None)
+    if _stdin_read is None or _stdin_read[0] is not stream:
+        _stdin_read = (stream, read_stream_limited(stream, STDIN_NAME, TOPOLOGY_LIMIT, "topology file"))
+    return _stdin_read[1]
 
 
 def now() -> datetime:

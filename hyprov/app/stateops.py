@@ -24,11 +24,17 @@ def read(file: str) -> State | None:
     return wiring.read_state(backend, file)
 
 
-def resource_json(file: str, address: str) -> dict[str, Any]:
+def resource_json(file: str, address: str) -> dict[str, Any] | list[dict[str, Any]]:
+    """``state show ADDRESS``: that resource's record; ``state show NODE``: the records of all of
+    that node's resources, a list sorted by address."""
     st = read(file)
-    if st is None or address not in st.resources:
-        raise HyprovError(f"no resource {address!r} in the state", "see: hyprov state list")
-    return {"address": address, **st.resources[address].to_dict()}
+    records = st.resources if st is not None else {}
+    if address in records:
+        return {"address": address, **records[address].to_dict()}
+    mine = sorted(a for a, r in records.items() if r.node == address)
+    if not mine:
+        raise HyprovError(f"no resource or node {address!r} in the state", "see: hyprov state list")
+    return [{"address": a, **records[a].to_dict()} for a in mine]
 
 
 def document(file: str) -> str:

@@ -81,7 +81,8 @@ def timeout(text: str) -> float:
 
 
 def add_file(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-f", "--file", default="hyprov.yaml", help="topology file (default ./hyprov.yaml)")
+    p.add_argument("-f", "--file", default="hyprov.yaml",
+                   help="topology file (default ./hyprov.yaml; - reads it from standard input)")
 
 
 def add_lock(p: argparse.ArgumentParser) -> None:
@@ -94,6 +95,23 @@ def add_refresh(p: argparse.ArgumentParser) -> None:
     g.add_argument("--refresh", dest="refresh", action="store_true", default=None,
                    help="read the hosts first; an unreachable host is an error")
     g.add_argument("--no-refresh", dest="refresh", action="store_false", help="plan from the state only")
+
+
+def add_no_color(parser: argparse.ArgumentParser) -> None:
+    """``--no-color`` on ``parser`` and every sub-command under it, so it goes before or after
+    any verb (``hyprov --no-color plan``, ``hyprov state list --no-color``). Its default is
+    SUPPRESS: a sub-command's own default would otherwise overwrite the top level's flag.
+    Read it with :func:`no_color`."""
+    parser.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS,
+                        help="no colours in the output (as NO_COLOR=1)")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                add_no_color(sub)
+
+
+def no_color(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "no_color", False))
 
 
 Subparsers = argparse._SubParsersAction  # the type add_subparsers returns

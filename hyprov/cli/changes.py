@@ -17,6 +17,7 @@ from hyprov.cli.args import (
     add_lock,
     add_refresh,
     count,
+    no_color,
     seconds,
     timeout,
 )
@@ -27,10 +28,10 @@ if TYPE_CHECKING:
     from hyprov.plan.changes import Plan
 
 
-def _color() -> bool:
+def _color(args: argparse.Namespace) -> bool:
     from hyprov.cli.progress import color_allowed, is_live_terminal
 
-    return is_live_terminal(sys.stdout) and color_allowed()
+    return is_live_terminal(sys.stdout) and color_allowed() and not no_color(args)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -38,7 +39,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from hyprov.cli import render
 
     t, p = run.plan(args)
-    sys.stdout.write(render.render_json(p) if args.json else render.render_text(p, color=_color()))
+    sys.stdout.write(render.render_json(p) if args.json else render.render_text(p, color=_color(args)))
     if args.out and not args.json:
         print(f"\nSaved the plan to {args.out}. Apply exactly this plan with: hyprov apply -f {args.file} {args.out}")
     run.warn_unencrypted(t)
@@ -52,7 +53,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from hyprov.cli import render
 
     p = run.read_checked_plan(args.planfile)
-    sys.stdout.write(render.render_json(p) if args.json else render.render_text(p, color=_color()))
+    sys.stdout.write(render.render_json(p) if args.json else render.render_text(p, color=_color(args)))
     return EXIT_OK
 
 
@@ -98,7 +99,7 @@ def _display(args: argparse.Namespace, t: Topology, p: Plan) -> Any:
     planned = {c.node for c in p.actionable if c.node}
     nodes = [n.name for n in t.nodes if n.name in planned]
     nodes += sorted(planned - set(nodes))  # removed from the topology (destroy, deletes)
-    return progress.for_apply(sys.stdout, nodes, as_json=getattr(args, "json", False))
+    return progress.for_apply(sys.stdout, nodes, as_json=getattr(args, "json", False), no_color=no_color(args))
 
 
 def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dict[str, Any] | None = None) -> int:
@@ -107,7 +108,7 @@ def _run_apply(args: argparse.Namespace, *, destroy: bool = False, outcomes: dic
 
     def show(p: Plan) -> None:
         if not args.json:
-            sys.stdout.write(render.render_text(p, color=_color()))
+            sys.stdout.write(render.render_text(p, color=_color(args)))
         elif not args.auto_approve:  # reviewed before the question, off the JSON stream
             sys.stderr.write(render.render_text(p, color=False))
 

@@ -17,8 +17,10 @@ if TYPE_CHECKING:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from hyprov.app.env import shown
+
     t = _topology(args)
-    print(f"{args.file}: ok: cluster {t.cluster.name}, mtls {t.mode}, "
+    print(f"{shown(args.file)}: ok: cluster {t.cluster.name}, mtls {t.mode}, "
           f"{len(t.control_planes)} control plane(s), {len(t.data_planes)} data plane(s)")
     return EXIT_OK
 
@@ -30,7 +32,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     node = t.node(args.node)
     if node is None:
         names = ", ".join(n.name for n in t.nodes) or "none"
-        raise HyprovError(f"no node named {args.node!r} in {args.file}", f"nodes: {names}")
+        from hyprov.app.env import shown
+
+        raise HyprovError(f"no node named {args.node!r} in {shown(args.file)}", f"nodes: {names}")
     password = None
     if args.show_secrets and t.database and t.database.password_env and node.role == "control_plane":
         password = os.environ.get(t.database.password_env)

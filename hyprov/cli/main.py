@@ -12,23 +12,49 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from hyprov.cli.args import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED, Parser
+from hyprov.cli.args import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED, Parser, add_no_color
 from hyprov.errors import HyprovError, UsageError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hyprov.cli import changes, inspect, state
+    from hyprov.cli import changes, completion, inspect, state
 
     parser: argparse.ArgumentParser = Parser(prog="hyprov",
                                              description="Declarative provisioning for Kong hybrid mode.")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     inspect.register(sub)
     changes.register(sub)
     inspect.register_views(sub)
     state.register(sub)
+    completion.register(sub, parser)
+    add_no_color(parser)
     return parser
+
+
+class _Version(argparse._VersionAction):
+    """``--version``: ``hyprov X.Y.Z``, the version looked up only when asked (importlib.metadata
+    costs every other command a few milliseconds)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: str | Sequence[Any] | None,
+                 option_string: str | None = None) -> None:
+        self.version = f"hyprov {version()}"
+        super().__call__(parser, namespace, values, option_string)
+
+
+def version() -> str:
+    """The installed distribution's version, else the package's own ``__version__`` (a source
+    tree on sys.path). The package is this module's parent, so it is loaded already: it is
+    looked up, not imported (cli imports nothing of hyprov/__init__.py, which re-exports)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("hyprov")
+    except metadata.PackageNotFoundError:
+        return str(getattr(sys.modules.get("hyprov"), "__version__", "unknown"))
 
 
 # what an interrupted command leaves behind (the hint under "hyprov: error: interrupted")

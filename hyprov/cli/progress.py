@@ -7,7 +7,7 @@
 * a terminal: a live display, one line per host with its current step or last
   result, redrawn in place with ANSI cursor movement at most ``MAX_FPS`` times a
   second; messages that are not about one host (``ca.root created``) scroll above
-  it. ``NO_COLOR`` (set and not empty) turns colour off, nothing else.
+  it. ``NO_COLOR`` (set and not empty) or ``--no-color`` turns colour off, nothing else.
 
 Every mode is a :class:`Display`: ``event(node, message)`` is the applier's
 ``emit``, ``step(node, text)`` its progress hook (what a host is doing now; only
@@ -26,8 +26,10 @@ from typing import Any, Protocol, TextIO
 
 MAX_FPS = 10
 _CSI = "\x1b["
-_COLORS = {"done": "32", "failed": "31", "running": "33", "waiting": "2", "not started": "2", "skipped": "2"}
+_COLORS = {"done": "32", "failed": "31", "running": "33", "interrupted": "33", "waiting": "2", "not started": "2",
+           "skipped": "2"}
 _FAILED = "failed"
+_INTERRUPTED = "interrupted"
 
 
 class Display(Protocol):
@@ -66,12 +68,13 @@ def color_allowed(env: Mapping[str, str] | None = None) -> bool:
 
 
 def for_apply(stream: TextIO, nodes: Sequence[str], *, as_json: bool,
-              env: Mapping[str, str] | None = None) -> Display:
-    """The display an apply/destroy writing to ``stream`` uses (see the module doc)."""
+              env: Mapping[str, str] | None = None, no_color: bool = False) -> Display:
+    """The display an apply/destroy writing to ``stream`` uses (see the module doc);
+    ``no_color``: the ``--no-color`` flag, as NO_COLOR."""
     if as_json:
         return JsonLines(stream)
     if is_live_terminal(stream, env):
-        return LiveDisplay(stream, nodes, color=color_allowed(env))
+        return LiveDisplay(stream, nodes, color=color_allowed(env) and not no_color)
     return PlainLines(stream)
 
 
@@ -181,11 +184,13 @@ class LiveDisplay:
             for name, o in (outcomes or {}).items():
                 host = self.hosts.setdefault(name, _Host())
                 status = getattr(o, "status", "done")
-                host.status = "done" if status == "files done" else status
                 detail = str(getattr(o, "detail", "")).removeprefix(f"{name}: ")
+                if status == "not started" and not detail and host.status == "running":
+                    status = _INTERRUPTED  # cut off mid-step (Ctrl-C, an error elsewhere): not "not started"
+                host.status = "done" if status == "files done" else status
                 if detail and (host.status != "done" or not host.message):
                     host.message = detail
-                elif not host.message:
+                elif not host.message and host.status != status:  # "files done": more than "done" says
                     host.message = status
             self._draw(final=True)
             self.done = True
@@ -227,14 +232,15 @@ class LiveDisplay:
         for h in self.hosts.values():
             counts[h.status] = counts.get(h.status, 0) + 1
         elapsed = self.clock() - self.started
-        parts = [f"{counts[s]} {s}" for s in ("done", "running", "waiting", "failed", "not started", "skipped")
+        parts = [f"{counts[s]} {s}" for s in ("done", "running", "waiting", "failed", _INTERRUPTED, "not started",
+                                              "skipped")
                  if counts.get(s)]
         head = f"{'Finished' if final else 'Applying'}: {len(self.hosts)} host(s): {', '.join(parts)} ({elapsed:.1f}s)"
         names = list(self.hosts)
         room = max(3, self.size().lines - 3)
         shown, chosen = names, set(names)
         if len(names) > room - 1:  # the busy and failed ones first; a summary for the rest
-            rank = {"failed": 0, "running": 1, "not started": 2, "waiting": 3, "skipped": 4, "done": 5}
+            rank = {"failed": 0, "running": 1, _INTERRUPTED: 1, "not started": 2, "waiting": 3, "skipped": 4, "done": 5}
             pos = {n: i for i, n in enumerate(names)}
             chosen = set(sorted(names, key=lambda n: (rank.get(self.hosts[n].status, 1), pos[n]))[: room - 2])
             shown = [n for n in names if n in chosen]

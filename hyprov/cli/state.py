@@ -75,7 +75,7 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("state", help="inspect or edit the recorded state")
     ss = p.add_subparsers(dest="state_command", metavar="SUBCOMMAND")
     ss.required = True
-    for name, helptext in (("list", "list resource addresses"), ("show", "show one resource"),
+    for name, helptext in (("list", "list resource addresses"), ("show", "show one resource, or all of a node's"),
                            ("mv", "rename a resource or a node"), ("rm", "forget a resource or node"),
                            ("pull", "print the whole state document"),
                            ("rename-cluster", "record the cluster's new name (after renaming cluster.name)")):
@@ -83,7 +83,7 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
         add_file(q)
         add_lock(q)
         if name in ("show", "rm"):
-            q.add_argument("address")
+            q.add_argument("address", metavar="ADDRESS|NODE")
         if name in ("mv", "rename-cluster"):
             q.add_argument("old")
             q.add_argument("new")

@@ -34,7 +34,7 @@ def load_topology(path: Path, gate: Gate | None = None) -> m.Topology:
     try:
         raw = read_limited(path, TOPOLOGY_LIMIT, "topology file")
     except FileNotFoundError as exc:
-        raise HyprovError(f"{path}: no such file", "write a hyprov.yaml (see examples/) or pass -f FILE") from exc
+        raise HyprovError(f"{path}: no such file", _missing_hint(path)) from exc
     except IsADirectoryError as exc:
         raise HyprovError(f"{path}: cannot read: {exc.strerror}",
                           f"-f names the topology file, not a directory: e.g. -f {path / 'hyprov.yaml'}") from exc
@@ -43,9 +43,19 @@ def load_topology(path: Path, gate: Gate | None = None) -> m.Topology:
     return parse_topology(raw, path, gate)
 
 
+def _missing_hint(path: Path) -> str:
+    """hyprov.yml for hyprov.yaml (and the other way round) is the usual slip: name the one there is."""
+    other = {".yml": ".yaml", ".yaml": ".yml"}.get(path.suffix)
+    if other is not None and path.with_suffix(other).is_file():
+        return f"did you mean {path.with_suffix(other)}?"
+    return "write a hyprov.yaml (see examples/) or pass -f FILE"
+
+
 def parse_topology(raw: bytes, path: Path, gate: Gate | None = None) -> m.Topology:
     """``gate``: the compiled schema check (:func:`gate_definition`); the shell passes one
-    cached on disk (hyprov.schemacache), by default it is compiled here."""
+    cached on disk (hyprov.schemacache), by default it is compiled here. ``path`` names the
+    file in messages, and its directory is where the relative paths in it start (for the
+    topology read from standard input: ``<stdin>``, in the current directory)."""
     file = str(path)
     doc, yaml_problems = load(raw, file)
     if yaml_problems and doc.data is None:

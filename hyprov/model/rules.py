@@ -173,7 +173,7 @@ class _Semantics:
                 raw = path.read_bytes()
             except OSError as exc:
                 self.err(p, f"license_file {value}: cannot read it: {exc.strerror}",
-                         "point it at the license.json Kong gave you (relative paths start at this file)")
+                         f"point it at the license.json Kong gave you (relative paths start in {self.base})")
                 continue
             try:
                 json.loads(raw)

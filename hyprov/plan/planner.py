@@ -8,7 +8,7 @@ or a secret. Certificates are renewed by the recorded notAfter and ``now``.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -290,10 +290,13 @@ def plan(
     # an intermediate you bring signs: ca.root's record then holds that CA's fingerprint, not its own
     yours_signs = any(r.type == "ca" and r.address != "ca.root" and r.attrs.get("external") for r in resources)
 
-    unknown = [t for t in targets if t not in desired and t not in prior and (g is None or t not in g)]
+    addresses = _node_targets(targets, desired, prior, node_of)
+    unknown = [t for t in targets if t not in addresses and t not in desired and t not in prior
+               and (g is None or t not in g)]
     if unknown:
-        raise HyprovError(f"unknown target address(es): {', '.join(unknown)}",
-                          "list addresses with: hyprov state list, or hyprov graph")
+        raise HyprovError(f"unknown target address(es) or node(s): {', '.join(unknown)}",
+                          "name a node, or list addresses with: hyprov state list, or hyprov graph")
+    targets = [a for t in targets for a in addresses.get(t, (t,))]
 
     ordered = [] if destroy else graphmod.creation_order(resources) if g is None else [
         desired[a] for a in graphmod.order(g)]
@@ -444,9 +447,8 @@ def plan(
     if targets and g is not None:
         keep = graphmod.closure(g, [t for t in targets if t in g]) | {t for t in targets if t in prior}
         changes = {a: c for a, c in changes.items() if a in keep}
-    for c in changes.values():
-        if c.error:
-            errors.append(f"{c.address}: {c.error}")
+    # one error per host, not one per change of it: each change shows it in its block
+    errors += [c.error for c in changes.values() if c.error]
     # a host refresh could not read is an error even when nothing of it changes: its files
     # could not be checked for drift (with --target, only the targeted ones' hosts count)
     involved = {c.node for c in changes.values()} if targets else \
@@ -458,6 +460,25 @@ def plan(
     return Plan(topology_digest, state.lineage if state else None, state.serial if state else None,
                 tuple(changes.values()), tuple(targets), destroy, tuple(dict.fromkeys(errors)), rot.summary(),
                 unreachable)
+
+
+def _node_targets(targets: Sequence[str], desired: Mapping[str, Resource], prior: Mapping[str, Any],
+                  node_of: Callable[[str], str | None]) -> dict[str, tuple[str, ...]]:
+    """``--target NODE``: each target that is no address but a node's name, and the addresses
+    of all of that node's resources, in the topology or recorded (an address never has a node's
+    form: nodes are DNS labels, addresses have a dot or an underscore)."""
+    names = {t for t in targets if t not in desired and t not in prior}
+    if not names:
+        return {}
+    found: dict[str, list[str]] = {n: [] for n in names}
+    for addr, r in desired.items():
+        if r.node in found:
+            found[r.node].append(addr)
+    for addr in prior:
+        node = node_of(addr)
+        if node in found and addr not in desired:
+            found[node].append(addr)
+    return {n: tuple(addrs) for n, addrs in found.items() if addrs}
 
 
 _DELETE_RANK = {"service": 0, "migrations": 0, "firewall": 1, "file": 2, "cert": 3, "shared_cert": 4, "ca": 5}

@@ -1,0 +1,307 @@
+"""``hyprov completion bash|zsh``: a shell completion script, generated from the argparse
+parser itself, so a new verb, sub-verb or flag is completed without anyone editing a script.
+
+The parser is read once into a small tree (:class:`Command`): each command's sub-commands,
+its options (which take a value, and what that value completes to: files, a fixed list of
+choices, or nothing) and its positionals. Two writers turn the tree into a script: bash
+(``complete -F``, lookup functions generated as ``case`` statements) and zsh (``_arguments``
+and ``_describe``, one function per command). No dependency: the scripts need only the
+shell (bash 4's ``mapfile`` and ``compopt``; zsh's compsys).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+
+from hyprov.cli.args import EXIT_OK, Subparsers
+
+# the values that name files: -f/--file, --out, PLANFILE, gen-cert's CERT KEY
+FILE_DESTS = frozenset({"file", "out", "planfile", "paths"})
+
+FILES = "@files"  # a value that completes to file names
+ANY = "@any"  # a value that completes to nothing (a number, an address, a URL)
+
+
+@dataclass(frozen=True)
+class Option:
+    strings: tuple[str, ...]  # -f, --file
+    help: str
+    takes: str | None  # None: a flag; FILES, ANY, or the choices separated by spaces
+    optional: bool = False  # nargs='?': a value only in the --opt=VALUE form
+    repeats: bool = False  # action='append'
+    exits: bool = False  # --help, --version: nothing may follow
+
+
+@dataclass(frozen=True)
+class Positional:
+    name: str
+    takes: str  # FILES, ANY or choices
+    nargs: str | int | None
+
+
+@dataclass
+class Command:
+    path: tuple[str, ...]  # () for hyprov itself, ("state", "list")
+    help: str = ""
+    options: list[Option] = field(default_factory=list)
+    positionals: list[Positional] = field(default_factory=list)
+    subs: dict[str, Command] = field(default_factory=dict)
+
+    def walk(self) -> list[Command]:
+        out = [self]
+        for sub in self.subs.values():
+            out += sub.walk()
+        return out
+
+
+def _takes(action: argparse.Action) -> str:
+    if action.choices is not None and not isinstance(action, argparse._SubParsersAction):
+        return " ".join(str(c) for c in action.choices)
+    return FILES if action.dest in FILE_DESTS else ANY
+
+
+def tree(parser: argparse.ArgumentParser, path: tuple[str, ...] = (), help: str = "") -> Command:
+    """The commands under ``parser``, as the scripts need them."""
+    cmd = Command(path, help)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help or "" for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                cmd.subs[name] = tree(sub, (*path, name), helps.get(name, ""))
+        elif action.option_strings:
+            exits = isinstance(action, argparse._HelpAction | argparse._VersionAction)
+            takes = None if action.nargs == 0 else _takes(action)
+            cmd.options.append(Option(tuple(action.option_strings), action.help or "", takes,
+                                      optional=action.nargs == "?",
+                                      repeats=isinstance(action, argparse._AppendAction), exits=exits))
+        else:
+            cmd.positionals.append(Positional(action.metavar if isinstance(action.metavar, str) else action.dest,
+                                              _takes(action), action.nargs))
+    return cmd
+
+
+# --------------------------------------------------------------------------- bash
+
+
+def _case_label(*words: str) -> str:
+    return '"' + " ".join(words) + '"'
+
+
+def bash(root: Command, prog: str = "hyprov") -> str:
+    commands = root.walk()
+    subs = [f"        {_case_label(*c.path)}) echo {_sh_words(list(c.subs))} ;;" for c in commands if c.subs]
+    opts = [f"        {_case_label(*c.path)}) echo {_sh_words([s for o in c.options for s in o.strings])} ;;"
+            for c in commands]
+    values: list[str] = []
+    for c in commands:
+        for o in c.options:
+            if o.takes is None:
+                continue
+            labels = "|".join(_case_label(*c.path, s + ("=" if o.optional else "")) for s in o.strings)
+            values.append(f"        {labels}) echo {_sh_words([o.takes])} ;;")
+    positional = [f"        {_case_label(*c.path)}) echo {_sh_words([takes])} ;;" for c in commands
+                  if (takes := next((p.takes for p in c.positionals if p.takes != ANY), None))]
+    fn = "_" + prog.replace("-", "_")
+    return _BASH.format(prog=prog, fn=fn, subs="\n".join(subs), opts="\n".join(opts), values="\n".join(values),
+                        positional="\n".join(positional), FILES=FILES, ANY=ANY)
+
+
+def _sh_words(words: list[str]) -> str:
+    return "'" + " ".join(words).replace("'", "'\\''") + "'"
+
+
+_BASH = """\
+# bash completion for {prog} (generated by `{prog} completion bash`)
+# Load it in this shell:   source <({prog} completion bash)
+# or for every new shell:  {prog} completion bash > ~/.local/share/bash-completion/completions/{prog}
+
+{fn}_subs() {{  # PATH -> its sub-commands
+    case "$1" in
+{subs}
+    esac
+}}
+
+{fn}_opts() {{  # PATH -> its options
+    case "$1" in
+{opts}
+    esac
+}}
+
+{fn}_value() {{  # "PATH OPTION" -> what its value completes to: {FILES}, {ANY} or words; nothing for a flag
+    case "$1" in
+{values}
+    esac
+}}
+
+{fn}_positional() {{  # PATH -> what its positionals complete to: {FILES} or words
+    case "$1" in
+{positional}
+    esac
+}}
+
+{fn}_reply() {{  # WHAT CUR: fill COMPREPLY
+    case "$1" in
+        {FILES}) compopt -o filenames 2>/dev/null; mapfile -t COMPREPLY < <(compgen -f -- "$2") ;;
+        {ANY}) COMPREPLY=() ;;
+        *) mapfile -t COMPREPLY < <(compgen -W "$1" -- "$2") ;;
+    esac
+}}
+
+{fn}() {{
+    local cur=${{COMP_WORDS[COMP_CWORD]}} path="" word what i skip=0
+    # the command so far: sub-command words, less options and their values ("=" is a
+    # word of its own: bash splits --opt=VALUE at it)
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        word=${{COMP_WORDS[i]}}
+        if ((skip)); then
+            skip=0
+            [[ $word == "=" ]] && skip=1
+            continue
+        fi
+        case $word in
+            "=") skip=1 ;;
+            -*) [[ -n $({fn}_value "${{path:+$path }}$word") ]] && skip=1 ;;
+            *) [[ " $({fn}_subs "$path") " == *" $word "* ]] && path=${{path:+$path }}$word ;;
+        esac
+    done
+    COMPREPLY=()
+    # the value of an option: --opt VALUE, --opt=VALUE
+    if [[ $cur == "=" || ${{COMP_WORDS[COMP_CWORD-1]}} == "=" ]]; then
+        [[ $cur == "=" ]] && cur="" i=1 || i=2
+        word=${{COMP_WORDS[COMP_CWORD-i]}}
+        what=$({fn}_value "${{path:+$path }}$word=")
+        [[ -n $what ]] || what=$({fn}_value "${{path:+$path }}$word")
+        [[ -n $what ]] || what={ANY}
+        {fn}_reply "$what" "$cur"
+        return 0
+    fi
+    if ((COMP_CWORD > 1)); then
+        what=$({fn}_value "${{path:+$path }}${{COMP_WORDS[COMP_CWORD-1]}}")
+        if [[ -n $what ]]; then
+            {fn}_reply "$what" "$cur"
+            return 0
+        fi
+    fi
+    if [[ $cur == -* ]]; then
+        {fn}_reply "$({fn}_opts "$path")" "$cur"
+        return 0
+    fi
+    what=$({fn}_subs "$path")
+    if [[ -n $what ]]; then
+        {fn}_reply "$what" "$cur"
+    else
+        what=$({fn}_positional "$path")
+        [[ -z $what ]] || {fn}_reply "$what" "$cur"
+    fi
+    return 0
+}}
+
+complete -F {fn} {prog}
+"""
+
+
+# --------------------------------------------------------------------------- zsh
+
+
+def _zq(text: str) -> str:
+    """``text`` single-quoted for zsh."""
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def _explain(text: str) -> str:
+    """Help text for an ``_arguments`` spec's [explanation]: one line, brackets escaped."""
+    return " ".join(text.split()).replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
+
+
+def _zsh_action(takes: str) -> str:
+    if takes == FILES:
+        return "_files"
+    if takes == ANY:
+        return " "
+    return f"({takes})"
+
+
+def _zsh_option_specs(o: Option) -> list[str]:
+    exclude = "(- *)" if o.exits else (f"({' '.join(o.strings)})" if len(o.strings) > 1 and not o.repeats else "")
+    out = []
+    for s in o.strings:
+        name = s
+        value = ""
+        if o.takes is not None:
+            meta = "value" if o.takes != FILES else "file"
+            if o.optional:
+                name, value = s + "=-", f"::{meta}:{_zsh_action(o.takes)}"
+            else:
+                name, value = s + ("=" if s.startswith("--") else "+"), f":{meta}:{_zsh_action(o.takes)}"
+        out.append(_zq(f"{'*' if o.repeats else ''}{exclude}{name}[{_explain(o.help)}]{value}"))
+    return out
+
+
+def _zsh_positional_spec(p: Positional) -> str:
+    name = p.name.lower().replace(":", " ")
+    action = _zsh_action(p.takes)
+    if p.nargs in ("*", "+"):
+        return _zq(f"*:{name}:{action}")
+    if p.nargs == "?":
+        return _zq(f"::{name}:{action}")
+    return _zq(f":{name}:{action}")
+
+
+def _zsh_fn(path: tuple[str, ...], prog: str) -> str:
+    return "_" + "_".join((prog, *path)).replace("-", "_")
+
+
+def zsh(root: Command, prog: str = "hyprov") -> str:
+    out = [f"#compdef {prog}", f"# zsh completion for {prog} (generated by `{prog} completion zsh`)",
+           f"# Install: {prog} completion zsh > \"${{fpath[1]}}/_{prog}\", then start a new shell;",
+           f"# or, after compinit in ~/.zshrc: source <({prog} completion zsh)", ""]
+    for c in root.walk():
+        fn = _zsh_fn(c.path, prog)
+        specs = [s for o in c.options for s in _zsh_option_specs(o)]
+        specs += [_zsh_positional_spec(p) for p in c.positionals]
+        if c.subs:
+            out += [f"{fn}_commands() {{", "    local -a commands", "    commands=("]
+            out += [f"        {_zq(name.replace(':', chr(92) + ':') + ':' + ' '.join(sub.help.split()))}"
+                    for name, sub in c.subs.items()]
+            label = " ".join((prog, *c.path, "command"))
+            out += ["    )", f"    _describe -t commands {_zq(label)} commands", "}", ""]
+            specs += [_zq(f"1:command:{fn}_commands"), _zq("*::argument:->argument")]
+        out += [f"{fn}() {{", "    local curcontext=\"$curcontext\" state state_descr line ret=1",
+                "    typeset -A opt_args", "    _arguments -C -S \\"]
+        out += [f"        {s} \\" for s in specs]
+        out += ["        && ret=0"]
+        if c.subs:
+            out += ["    if [[ $state == argument ]]; then",
+                    f"        curcontext=\"${{curcontext%:*:*}}:{'-'.join((prog, *c.path))}-$words[1]:\"",
+                    "        case $words[1] in"]
+            out += [f"            {_zq(name)}) {_zsh_fn(sub.path, prog)} && ret=0 ;;" for name, sub in c.subs.items()]
+            out += ["        esac", "    fi"]
+        out += ["    return ret", "}", ""]
+    fn = _zsh_fn((), prog)
+    out += [f"if [[ $funcstack[1] == {fn} ]]; then", f"    {fn} \"$@\"", "else", f"    compdef {fn} {prog}", "fi", ""]
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- the verb
+
+SHELLS = {"bash": bash, "zsh": zsh}
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    root = tree(args.root_parser)
+    sys.stdout.write(SHELLS[args.shell](root))
+    return EXIT_OK
+
+
+def register(sub: Subparsers[argparse.ArgumentParser], root: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "completion", help="print a shell completion script (bash or zsh)",
+        description="Print a completion script for hyprov's verbs, sub-verbs and flags. bash: "
+                    "source <(hyprov completion bash) in ~/.bashrc, or save it as "
+                    "~/.local/share/bash-completion/completions/hyprov. zsh: hyprov completion zsh > "
+                    "\"${fpath[1]}/_hyprov\" and start a new shell, or source <(hyprov completion zsh) "
+                    "after compinit.")
+    p.add_argument("shell", choices=tuple(SHELLS))
+    p.set_defaults(func=cmd_completion, root_parser=root)
