@@ -135,7 +135,10 @@ def test_coalesced_saves_are_written_at_the_end_of_their_interval(tmp_path: Path
 def test_ctrl_c_during_apply_writes_what_was_done_and_the_rerun_resumes(tmp_path: Path, sig: int, code: int,
                                                                         said: str) -> None:
     proc, release = _apply_held_at_cp1s_restart(tmp_path)
-    time.sleep(0.5)  # the DPs' files land
+    deadline = time.monotonic() + 60  # the DPs' files land (their coalesced save is on disk)
+    while not (tmp_path / "hyprov.state.json").exists() or len(_recorded_dp_files(tmp_path)) < 9:
+        assert time.monotonic() < deadline and proc.poll() is None, "the DPs' files never landed"
+        time.sleep(0.1)
     proc.send_signal(sig)
     release.write_text("")
     out, err = proc.communicate(timeout=120)

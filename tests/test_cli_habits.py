@@ -245,7 +245,7 @@ def bash_complete(script: Path, words: list[str], cwd: Path) -> list[str]:
     (["hyprov", "plan", "--det"], ["--detailed-exitcode"]),
     (["hyprov", ""], ["validate", "render", "gen-cert", "plan", "show", "apply", "destroy", "status", "graph",
                       "firewall", "state", "completion"]),
-    (["hyprov", "state", ""], ["list", "show", "mv", "rm", "pull", "history", "unlock", "migrate"]),
+    (["hyprov", "state", ""], ["list", "show", "mv", "rm", "pull", "rename-cluster", "history", "unlock", "migrate"]),
     (["hyprov", "--no-color", "state", "sh"], ["show"]),
     (["hyprov", "state", "list", "--no"], ["--no-color"]),
     (["hyprov", "-"], ["-h", "--help", "--version", "--no-color"]),
