@@ -20,7 +20,10 @@ from pathlib import Path
 
 
 def _env(tree: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(tree), "NO_COLOR": "1"}
+    """As users run hyprov: with bytecode caches (this machine's sessions disable them, and
+    compiling every module from source on each run would measure the compiler)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, "PYTHONPATH": str(tree), "NO_COLOR": "1"}
 
 
 def validate_wall(tree: Path) -> float:

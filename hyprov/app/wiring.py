@@ -13,9 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +22,9 @@ from hyprov.app.env import now
 from hyprov.errors import HyprovError, StateError
 from hyprov.model import topology as m
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # concurrent.futures and uuid load only when a run connects or starts a state
+    from concurrent.futures import Future
+
     from hyprov.backends.base import StateBackend
     from hyprov.state.document import State
     from hyprov.transports.base import Transport
@@ -150,6 +150,8 @@ def read_or_new(backend: StateBackend) -> State:
     from hyprov.state.document import new_state
 
     st = backend.read()
+    import uuid
+
     return st if st is not None else new_state(str(uuid.uuid4()))
 
 
@@ -170,6 +172,8 @@ class Connector:
         todo = [n for n in nodes if n.connection.type in NETWORKED]
         if not todo:
             return
+        from concurrent.futures import ThreadPoolExecutor
+
         pool = ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(todo))),
                                   thread_name_prefix="hyprov-connect")
         with self._lock:

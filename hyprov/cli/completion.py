@@ -15,7 +15,7 @@ import argparse
 import sys
 from dataclasses import dataclass, field
 
-from hyprov.cli.args import EXIT_OK, Subparsers
+from hyprov.cli.args import EXIT_OK
 
 # the values that name files: -f/--file, --out, PLANFILE, gen-cert's CERT KEY
 FILE_DESTS = frozenset({"file", "out", "planfile", "paths"})
@@ -293,15 +293,3 @@ def cmd_completion(args: argparse.Namespace) -> int:
     root = tree(args.root_parser)
     sys.stdout.write(SHELLS[args.shell](root))
     return EXIT_OK
-
-
-def register(sub: Subparsers[argparse.ArgumentParser], root: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
-        "completion", help="print a shell completion script (bash or zsh)",
-        description="Print a completion script for hyprov's verbs, sub-verbs and flags. bash: "
-                    "source <(hyprov completion bash) in ~/.bashrc, or save it as "
-                    "~/.local/share/bash-completion/completions/hyprov. zsh: hyprov completion zsh > "
-                    "\"${fpath[1]}/_hyprov\" and start a new shell, or source <(hyprov completion zsh) "
-                    "after compinit.")
-    p.add_argument("shell", choices=tuple(SHELLS))
-    p.set_defaults(func=cmd_completion, root_parser=root)

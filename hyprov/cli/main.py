@@ -14,12 +14,38 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from hyprov.cli.args import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED, Parser, add_no_color
+from hyprov.cli.args import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    Parser,
+    Subparsers,
+    add_no_color,
+)
 from hyprov.errors import HyprovError, UsageError
 
 
+def _register_completion(sub: Subparsers[argparse.ArgumentParser], root: argparse.ArgumentParser) -> None:
+    """The completion verb; its generator (hyprov.cli.completion) loads only when it runs."""
+    p = sub.add_parser(
+        "completion", help="print a shell completion script (bash or zsh)",
+        description="Print a completion script for hyprov's verbs, sub-verbs and flags. bash: "
+                    "source <(hyprov completion bash) in ~/.bashrc, or save it as "
+                    "~/.local/share/bash-completion/completions/hyprov. zsh: hyprov completion zsh > "
+                    "\"${fpath[1]}/_hyprov\" and start a new shell, or source <(hyprov completion zsh) "
+                    "after compinit.")
+    p.add_argument("shell", choices=("bash", "zsh"))
+    p.set_defaults(func=_cmd_completion, root_parser=root)
+
+
+def _cmd_completion(args: argparse.Namespace) -> int:
+    from hyprov.cli.completion import cmd_completion
+
+    return cmd_completion(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from hyprov.cli import changes, completion, inspect, state
+    from hyprov.cli import changes, inspect, state
 
     parser: argparse.ArgumentParser = Parser(prog="hyprov",
                                              description="Declarative provisioning for Kong hybrid mode.")
@@ -30,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     changes.register(sub)
     inspect.register_views(sub)
     state.register(sub)
-    completion.register(sub, parser)
+    _register_completion(sub, parser)
     add_no_color(parser)
     return parser
 
