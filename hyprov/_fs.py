@@ -27,6 +27,7 @@ import errno
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -128,17 +129,10 @@ def read_limited(path: Path | str, limit: int, what: str,
                         hint or f"name the {what} itself")
         if st.st_size > limit:
             raise _too_large(path, f"{st.st_size} bytes", limit, what, error, hint)
-        chunks: list[bytes] = []
-        size = 0
-        while size <= limit:
-            chunk = os.read(fd, min(limit + 1 - size, 8 * MiB))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > limit:
+        data = _read_capped(lambda n: os.read(fd, n), limit)
+        if len(data) > limit:
             raise _too_large(path, f"more than {limit} bytes", limit, what, error, hint)
-        return b"".join(chunks)
+        return data
     finally:
         os.close(fd)
 
@@ -152,16 +146,22 @@ def read_stream_limited(stream: BinaryIO | None, name: str, limit: int, what: st
     if stream is None:
         raise error(f"{name}: there is no standard input to read the {what} from",
                     hint or f"pipe the {what} in, or name it with -f FILE")
+    data = _read_capped(stream.read, limit)
+    if len(data) > limit:
+        raise _too_large(name, f"more than {limit} bytes", limit, what, error, hint)
+    return data
+
+
+def _read_capped(read: Callable[[int], bytes], limit: int) -> bytes:
+    """Up to ``limit + 1`` bytes, in chunks: one byte over says "too large" without reading on."""
     chunks: list[bytes] = []
     size = 0
     while size <= limit:
-        chunk = stream.read(min(limit + 1 - size, 8 * MiB))
+        chunk = read(min(limit + 1 - size, 8 * MiB))
         if not chunk:
             break
         chunks.append(chunk)
         size += len(chunk)
-    if size > limit:
-        raise _too_large(name, f"more than {limit} bytes", limit, what, error, hint)
     return b"".join(chunks)
 
 
